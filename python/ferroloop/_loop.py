@@ -1,0 +1,257 @@
+"""`ferroloop.Loop`: the public event loop class.
+
+The per-event machinery (ready queue, timers, poller, fd watchers, running callbacks) is the
+Rust `LoopCore` this class extends. What runs once per call and whose exact semantics the
+standard library defines — run_until_complete, the exception handler, executors, DNS via the
+executor, shutting down async generators, signal bookkeeping, the sock_* operations' state
+machines — is taken from the standard library's own loop classes, function by function, so it
+behaves exactly like the interpreter's asyncio (3.11 through 3.14). The names borrowed are
+listed below; everything else is ferroloop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+import time
+import warnings
+import weakref
+from asyncio import base_events, coroutines, events, selector_events, unix_events
+from asyncio.log import logger
+from typing import Any, Callable
+
+from . import _core
+
+_BORROWED: dict[type, tuple[str, ...]] = {
+    base_events.BaseEventLoop: (
+        "__repr__",
+        "create_future",
+        "create_task",
+        "set_task_factory",
+        "get_task_factory",
+        "run_until_complete",
+        "_check_running",
+        "_check_default_executor",
+        "_check_callback",
+        "_check_thread",
+        "_asyncgen_finalizer_hook",
+        "_asyncgen_firstiter_hook",
+        "shutdown_asyncgens",
+        "shutdown_default_executor",
+        "_do_shutdown",
+        "run_in_executor",
+        "set_default_executor",
+        "_getaddrinfo_debug",
+        "getaddrinfo",
+        "getnameinfo",
+        "_ensure_resolved",
+        "sock_sendfile",
+        "_sock_sendfile_fallback",
+        "_check_sendfile_params",
+        "get_exception_handler",
+        "set_exception_handler",
+        "default_exception_handler",
+        "call_exception_handler",
+        "_set_coroutine_origin_tracking",
+        "set_debug",
+        "_timer_handle_cancelled",
+    ),
+    selector_events.BaseSelectorEventLoop: (
+        "_ensure_fd_no_transport",
+        "sock_recv",
+        "_sock_recv",
+        "sock_recv_into",
+        "_sock_recv_into",
+        "sock_recvfrom",
+        "_sock_recvfrom",
+        "sock_recvfrom_into",
+        "_sock_recvfrom_into",
+        "sock_sendall",
+        "_sock_sendall",
+        "sock_sendto",
+        "_sock_sendto",
+        "sock_connect",
+        "_sock_connect",
+        "_sock_connect_cb",
+        "sock_accept",
+        "_sock_accept",
+        "_sock_read_done",
+        "_sock_write_done",
+    ),
+    unix_events._UnixSelectorEventLoop: (
+        "_check_signal",
+        "_handle_signal",
+        "remove_signal_handler",
+        "_sock_sendfile_native",
+        "_sock_sendfile_native_impl",
+        "_sock_sendfile_update_filepos",
+        "_sock_add_cancellation_callback",
+    ),
+}
+
+_OPTIONAL = frozenset({"_timer_handle_cancelled", "_sock_read_done", "_sock_write_done"})
+
+
+def _borrow(namespace: dict[str, Any]) -> None:
+    for cls, names in _BORROWED.items():
+        for name in names:
+            for klass in cls.__mro__:
+                if name in vars(klass):
+                    namespace[name] = vars(klass)[name]
+                    break
+            else:
+                if name not in _OPTIONAL:
+                    raise AttributeError(f"{cls.__qualname__}.{name} is missing")
+
+
+class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
+    """An asyncio event loop whose core runs in Rust."""
+
+    _borrow(locals())
+
+    def __init__(self) -> None:
+        self._default_executor = None
+        self._internal_fds = 0
+        self._thread_id: int | None = None
+        self._clock_resolution = time.get_clock_info("monotonic").resolution
+        self._exception_handler = None
+        self.slow_callback_duration = 0.1
+        self._current_handle = None
+        self._task_factory = None
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._executor_shutdown_called = False
+        self._old_agen_hooks: Any = None
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._signal_handlers: dict[int, Any] = {}
+        self._ssock: socket.socket | None = None
+        self._csock: socket.socket | None = None
+        self.set_debug(coroutines._is_debug_mode())
+
+    # -- running -----------------------------------------------------------------------
+
+    def _run_forever_setup(self) -> None:
+        """Called by the Rust run_forever before its first iteration."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook,
+            finalizer=self._asyncgen_finalizer_hook,
+        )
+        events._set_running_loop(self)
+
+    def _run_forever_cleanup(self) -> None:
+        """Called by the Rust run_forever after its last iteration, however it ended."""
+        self._thread_id = None
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self._debug:
+            logger.debug("Close %r", self)
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown "
+                f"stage, skipping signal handlers removal",
+                ResourceWarning,
+                source=self,
+            )
+            self._signal_handlers.clear()
+        self._close_core()
+        self._close_signal_pipe()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- file descriptors --------------------------------------------------------------
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
+
+    # -- signals -----------------------------------------------------------------------
+    # The standard library's add_signal_handler writes signal numbers to `_csock` through
+    # signal.set_wakeup_fd; we read them from `_ssock` and dispatch with `_handle_signal`.
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        # Same checks, in the same order, as the borrowed implementation; the wake-up pipe is
+        # opened only once they pass, because that implementation needs it.
+        if not (coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback)):
+            self._check_signal(sig)
+            self._check_closed()
+            self._open_signal_pipe()
+        _UNIX_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+
+    def _open_signal_pipe(self) -> None:
+        if self._ssock is not None:
+            return
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._internal_fds += 1
+        self._add_reader(self._ssock.fileno(), self._read_signal_numbers)
+
+    def _close_signal_pipe(self) -> None:
+        if self._ssock is None:
+            return
+        self._remove_reader(self._ssock.fileno())
+        self._ssock.close()
+        self._ssock = None
+        if self._csock is not None:
+            self._csock.close()
+            self._csock = None
+        self._internal_fds -= 1
+
+    def _read_signal_numbers(self) -> None:
+        while self._ssock is not None:
+            try:
+                data = self._ssock.recv(4096)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum:
+                    self._handle_signal(signum)
+
+
+_UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler

@@ -1,0 +1,55 @@
+"""Cold-path helpers the Rust core calls: reprs, debug-mode checks and stacks, log lines.
+
+Nothing here runs per callback unless debug mode is on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import selectors
+import sys
+from asyncio import base_events, format_helpers
+from asyncio.log import logger
+from typing import Any
+
+_FORMAT_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+
+
+def format_callback_source(callback: Any, args: tuple[Any, ...], loop: Any) -> str:
+    if _FORMAT_TAKES_DEBUG:
+        return format_helpers._format_callback_source(callback, args, debug=loop.get_debug())
+    return format_helpers._format_callback_source(callback, args)
+
+
+def extract_stack() -> Any:
+    # Frame 0 is this helper; frame 1 is the Python code that called into the loop.
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def handle_repr(handle: Any) -> str:
+    info = [type(handle).__name__]
+    if handle._cancelled:
+        info.append("cancelled")
+    when = getattr(handle, "_when", None)
+    if when is not None:
+        info.append(f"when={when}")
+    if not handle._cancelled:
+        info.append(format_helpers._format_callback_source(handle._callback, handle._args))
+    tb = handle._source_traceback
+    if tb:
+        frame = tb[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
+    return "<{}>".format(" ".join(info))
+
+
+def debug_checks(loop: Any, callback: Any, method: str, threadsafe: bool) -> None:
+    if not threadsafe:
+        loop._check_thread()
+    loop._check_callback(callback, method)
+
+
+def log_slow_callback(handle: Any, seconds: float) -> None:
+    logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
+
+
+fileobj_to_fd = selectors._fileobj_to_fd

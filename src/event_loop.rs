@@ -1,0 +1,685 @@
+//! `LoopCore`: the Rust half of `ferroloop.Loop` — the ready queue, the timer heap, the fd
+//! table, the poller, and one iteration of the loop (`run_once`).
+//!
+//! Everything here runs on the loop's thread with the GIL held, except the poller wait, which
+//! releases the GIL, and `call_soon_threadsafe`, which any thread may call (the GIL serialises
+//! it with the loop thread; the eventfd waker ends a wait that is already in progress).
+//! The Python subclass (`python/ferroloop/_loop.py`) adds the parts that run once per call
+//! and whose semantics the standard library spells out (run_until_complete, the exception
+//! handler, executors, signals' bookkeeping).
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::clock::{monotonic, CLOCK_RESOLUTION};
+use crate::fd_watchers::{Direction, FdTable};
+use crate::gil_cell::GilCell;
+use crate::handles::{Handle, TimerHandle, TimerState};
+use crate::poller::{Event, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
+use crate::support;
+use crate::timers::TimerHeap;
+
+/// Below this many scheduled timers the heap is never compacted (stdlib: 100).
+const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+
+/// An entry of the ready queue.
+pub enum Ready {
+    Native(Py<Handle>),
+    /// An `asyncio.Handle` made by standard-library code (signal handlers), run via `_run()`.
+    Foreign(Py<PyAny>),
+}
+
+struct Io {
+    poller: Poller,
+    waker: Waker,
+}
+
+#[pyclass(module = "ferroloop._core", subclass, frozen)]
+pub struct LoopCore {
+    ready: GilCell<VecDeque<Ready>>,
+    scheduled: GilCell<TimerHeap<Py<Handle>>>,
+    cancelled_in_heap: Arc<AtomicUsize>,
+    fds: GilCell<FdTable>,
+    events: GilCell<Vec<Event>>,
+    /// `None` once the loop is closed: closing releases the epoll fd and the eventfd.
+    io: GilCell<Option<Arc<Io>>>,
+    stopping: AtomicBool,
+    running: AtomicBool,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    /// True while the loop thread waits in the poller with the GIL released.
+    polling: AtomicBool,
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+impl LoopCore {
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Relaxed) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn io(&self, py: Python<'_>) -> PyResult<Arc<Io>> {
+        self.io.borrow(py).clone().ok_or_else(closed_error)
+    }
+
+    fn new_handle(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let debug = self.debug.load(Relaxed);
+        Py::new(py, Handle::new(py, callback, args, context, None, debug)?)
+    }
+
+    #[inline]
+    fn push_ready(&self, py: Python<'_>, item: Ready) {
+        self.ready.borrow_mut(py).push_back(item);
+    }
+
+    fn wake(&self, py: Python<'_>) {
+        if self.polling.load(Relaxed) {
+            if let Some(io) = self.io.borrow(py).as_ref() {
+                io.waker.wake();
+            }
+        }
+    }
+
+    fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let debug = this.debug.load(Relaxed);
+        if debug {
+            support::debug_checks(slf.as_any(), &callback, method, false)?;
+        }
+        let state = TimerState {
+            scheduled: AtomicBool::new(true),
+            cancelled_in_heap: this.cancelled_in_heap.clone(),
+        };
+        let base = Handle::new(py, callback, args, context, Some(state), debug)?;
+        let timer = Bound::new(
+            py,
+            PyClassInitializer::from(base).add_subclass(TimerHandle { when }),
+        )?;
+        let as_handle: Py<Handle> = timer.clone().into_super().unbind();
+        this.scheduled.borrow_mut(py).push(when, as_handle);
+        Ok(timer.unbind())
+    }
+
+    /// Drop cancelled timers: all of them when they are more than half the heap, otherwise
+    /// those at its head. Returns them so they are released outside the borrow.
+    fn sweep_cancelled_timers(&self, py: Python<'_>) -> Vec<Py<Handle>> {
+        let mut heap = self.scheduled.borrow_mut(py);
+        let count = heap.len();
+        let cancelled = self.cancelled_in_heap.load(Relaxed);
+        let dropped = if count > MIN_SCHEDULED_TIMER_HANDLES && cancelled * 2 > count {
+            self.cancelled_in_heap.store(0, Relaxed);
+            heap.compact(|h| !h.get().is_cancelled())
+        } else {
+            let mut dropped = Vec::new();
+            while heap.peek().is_some_and(|h| h.get().is_cancelled()) {
+                dropped.extend(heap.pop());
+                let _ = self
+                    .cancelled_in_heap
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            }
+            dropped
+        };
+        for h in &dropped {
+            mark_unscheduled(h);
+        }
+        dropped
+    }
+
+    fn poll_timeout(&self, py: Python<'_>) -> Option<f64> {
+        if self.stopping.load(Relaxed) || !self.ready.borrow(py).is_empty() {
+            return Some(0.0);
+        }
+        let when = self.scheduled.borrow(py).peek_when()?;
+        Some((when - monotonic()).clamp(0.0, MAX_TIMEOUT))
+    }
+
+    /// Wait for I/O (releasing the GIL unless the wait is non-blocking) and queue the handles
+    /// of the fds that became ready.
+    fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let io = self.io(py)?;
+        let needs_poll = timeout != Some(0.0) || !self.fds.borrow(py).is_empty();
+        if !needs_poll {
+            // Nothing but the waker is registered and we must not block: a pending wake-up
+            // byte can wait for the next blocking poll, which drains it.
+            return Ok(());
+        }
+        let mut events = std::mem::take(&mut *self.events.borrow_mut(py));
+        let result = if timeout == Some(0.0) {
+            io.poller.wait(&mut events, timeout)
+        } else {
+            self.polling.store(true, Relaxed);
+            let r = py.detach(|| io.poller.wait(&mut events, timeout));
+            self.polling.store(false, Relaxed);
+            r
+        };
+        if let Err(err) = result {
+            *self.events.borrow_mut(py) = events;
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                // A signal arrived: run Python's handlers now (Ctrl-C raises KeyboardInterrupt).
+                return py.check_signals();
+            }
+            return Err(err.into());
+        }
+        let mut woken = Vec::with_capacity(events.len());
+        {
+            let fds = self.fds.borrow(py);
+            for ev in &events {
+                if ev.token == WAKER_TOKEN {
+                    io.waker.drain();
+                } else {
+                    fds.ready_handles(py, ev, &mut woken);
+                }
+            }
+        }
+        *self.events.borrow_mut(py) = events;
+        let mut stale = Vec::new();
+        {
+            let mut ready = self.ready.borrow_mut(py);
+            for (fd, dir, handle) in woken {
+                if handle.get().is_cancelled() {
+                    stale.push((fd, dir, handle));
+                } else {
+                    ready.push_back(Ready::Native(handle));
+                }
+            }
+        }
+        for (fd, dir, handle) in stale {
+            // A cancelled watcher is removed, as the standard loop does.
+            let (removed, emptied, _) = self.fds.borrow_mut(py).remove(&io.poller, fd, dir);
+            drop((removed, emptied, handle));
+        }
+        Ok(())
+    }
+
+    fn queue_due_timers(&self, py: Python<'_>) {
+        let end_time = monotonic() + CLOCK_RESOLUTION;
+        let mut due = Vec::new();
+        {
+            let mut heap = self.scheduled.borrow_mut(py);
+            while let Some(h) = heap.pop_due(end_time) {
+                mark_unscheduled(&h);
+                if h.get().is_cancelled() {
+                    let _ = self
+                        .cancelled_in_heap
+                        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+                }
+                due.push(h);
+            }
+        }
+        if !due.is_empty() {
+            let mut ready = self.ready.borrow_mut(py);
+            ready.extend(due.into_iter().map(Ready::Native));
+        }
+    }
+
+    fn run_ready(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let event_loop = slf.as_any();
+        let ntodo = self.ready.borrow(py).len();
+        let debug = self.debug.load(Relaxed);
+        for _ in 0..ntodo {
+            let Some(item) = self.ready.borrow_mut(py).pop_front() else {
+                break;
+            };
+            match item {
+                Ready::Native(handle) => {
+                    let handle = handle.into_bound(py);
+                    if handle.get().is_cancelled() {
+                        continue;
+                    }
+                    if debug {
+                        run_timed(event_loop, handle.as_any(), || {
+                            Handle::run(&handle, event_loop)
+                        })?;
+                    } else {
+                        Handle::run(&handle, event_loop)?;
+                    }
+                }
+                Ready::Foreign(handle) => {
+                    let handle = handle.into_bound(py);
+                    if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
+                        continue;
+                    }
+                    let run = || handle.call_method0(intern!(py, "_run")).map(drop);
+                    if debug {
+                        run_timed(event_loop, &handle, run)?;
+                    } else {
+                        run()?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_once_impl(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        drop(self.sweep_cancelled_timers(py));
+        let timeout = self.poll_timeout(py);
+        self.poll(py, timeout)?;
+        self.queue_due_timers(py);
+        self.run_ready(slf)
+    }
+
+    fn add_watch(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        dir: Direction,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let fd = resolve_fd(fileobj)?;
+        let io = this.io(py)?;
+        let handle = this.new_handle(py, callback, args, None)?;
+        let (replaced, old_fileobj) = this.fds.borrow_mut(py).add(
+            &io.poller,
+            fd,
+            fileobj.clone().unbind(),
+            dir,
+            handle.clone_ref(py),
+        )?;
+        if let Some(old) = replaced {
+            old.get().cancel_handle();
+        }
+        drop(old_fileobj);
+        Ok(handle)
+    }
+
+    fn remove_watch(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        dir: Direction,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        let fd = match resolve_fd(fileobj) {
+            Ok(fd) => fd,
+            Err(err) if err.is_instance_of::<PyValueError>(py) => {
+                match this.fds.borrow(py).fd_of_object(fileobj) {
+                    Some(fd) => fd,
+                    None => return Err(err),
+                }
+            }
+            Err(err) => return Err(err),
+        };
+        let io = this.io(py)?;
+        let (removed, emptied, result) = this.fds.borrow_mut(py).remove(&io.poller, fd, dir);
+        drop(emptied);
+        match removed {
+            Some(handle) => {
+                handle.get().cancel_handle();
+                drop(handle);
+                result?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+fn mark_unscheduled(h: &Py<Handle>) {
+    if let Some(t) = &h.get().timer {
+        t.scheduled.store(false, Relaxed);
+    }
+}
+
+/// Run a handle in debug mode: expose it as `_current_handle` and log it if it was slow.
+fn run_timed(
+    event_loop: &Bound<'_, PyAny>,
+    handle: &Bound<'_, PyAny>,
+    run: impl FnOnce() -> PyResult<()>,
+) -> PyResult<()> {
+    let py = event_loop.py();
+    event_loop.setattr(intern!(py, "_current_handle"), handle)?;
+    let t0 = monotonic();
+    let result = run();
+    let elapsed = monotonic() - t0;
+    event_loop.setattr(intern!(py, "_current_handle"), py.None())?;
+    result?;
+    let slow: f64 = event_loop
+        .getattr(intern!(py, "slow_callback_duration"))?
+        .extract()?;
+    if elapsed >= slow {
+        support::log_slow_callback(handle, elapsed)?;
+    }
+    Ok(())
+}
+
+/// `selectors._fileobj_to_fd`: ints directly, anything else through its `fileno()`.
+fn resolve_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        i64::from(support::fileobj_to_fd(obj)?)
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+fn number(value: &Bound<'_, PyAny>, none_message: &'static str) -> PyResult<f64> {
+    if value.is_none() {
+        return Err(PyTypeError::new_err(none_message));
+    }
+    value.extract::<f64>()
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let poller = Poller::new()?;
+        let waker = Waker::new(&poller)?;
+        Ok(LoopCore {
+            ready: GilCell::new(VecDeque::new()),
+            scheduled: GilCell::new(TimerHeap::new()),
+            cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
+            fds: GilCell::new(FdTable::default()),
+            events: GilCell::new(Vec::with_capacity(64)),
+            io: GilCell::new(Some(Arc::new(Io { poller, waker }))),
+            stopping: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
+        })
+    }
+
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Relaxed) {
+            support::debug_checks(slf.as_any(), &callback, "call_soon", false)?;
+        }
+        let handle = this.new_handle(py, callback, args, context)?;
+        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Relaxed) {
+            support::debug_checks(slf.as_any(), &callback, "call_soon_threadsafe", true)?;
+        }
+        let handle = this.new_handle(py, callback, args, context)?;
+        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
+        this.wake(py);
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let delay = number(&delay, "delay must not be None")?;
+        let when = monotonic() + delay;
+        Self::schedule_timer(slf, when, callback, args, context, "call_later")
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = number(&when, "when cannot be None")?;
+        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    /// Queue an existing handle (ours or an `asyncio.Handle`) unless it is cancelled.
+    fn _add_callback(slf: &Bound<'_, Self>, handle: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let item = match handle.cast::<Handle>() {
+            Ok(native) => {
+                if native.get().is_cancelled() {
+                    return Ok(());
+                }
+                Ready::Native(native.clone().unbind())
+            }
+            Err(_) => {
+                if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
+                    return Ok(());
+                }
+                Ready::Foreign(handle.unbind())
+            }
+        };
+        slf.get().push_ready(py, item);
+        Ok(())
+    }
+
+    fn _add_callback_signalsafe(slf: &Bound<'_, Self>, handle: Bound<'_, PyAny>) -> PyResult<()> {
+        Self::_add_callback(slf, handle)?;
+        slf.get().wake(slf.py());
+        Ok(())
+    }
+
+    fn _write_to_self(&self, py: Python<'_>) {
+        if let Some(io) = self.io.borrow(py).as_ref() {
+            io.waker.wake();
+        }
+    }
+
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().run_once_impl(slf)
+    }
+
+    fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        slf.call_method0(intern!(py, "_run_forever_setup"))?;
+        this.running.store(true, Relaxed);
+        let result = loop {
+            if let Err(err) = this.run_once_impl(slf) {
+                break Err(err);
+            }
+            if this.stopping.load(Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Relaxed);
+        this.running.store(false, Relaxed);
+        let cleanup = slf.call_method0(intern!(py, "_run_forever_cleanup"));
+        result.and(cleanup.map(drop))
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.load(Relaxed)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    fn _check_closed(&self) -> PyResult<()> {
+        self.check_closed()
+    }
+
+    #[getter]
+    fn _closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    #[getter(_debug)]
+    fn debug_getter(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    #[setter(_debug)]
+    fn debug_setter(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Relaxed);
+        Ok(())
+    }
+
+    /// Number of timers in the heap, cancelled ones included (for tests and introspection).
+    fn _scheduled_count(&self, py: Python<'_>) -> usize {
+        self.scheduled.borrow(py).len()
+    }
+
+    fn _ready_count(&self, py: Python<'_>) -> usize {
+        self.ready.borrow(py).len()
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, &fd, Direction::Read, callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, &fd, Direction::Write, callback, args)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, &fd, Direction::Read)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, &fd, Direction::Write)
+    }
+
+    /// Whether `fd` has a reader (`write=False`) or writer (`write=True`) installed.
+    #[pyo3(signature = (fd, write=false))]
+    fn _has_watcher(&self, py: Python<'_>, fd: RawFd, write: bool) -> bool {
+        let dir = if write {
+            Direction::Write
+        } else {
+            Direction::Read
+        };
+        self.fds.borrow(py).has(fd, dir)
+    }
+
+    /// Release everything the loop holds: queued callbacks, timers, watchers, the epoll fd and
+    /// the waker. Idempotent; the Python `close()` checks the loop is not running first.
+    fn _close_core(&self, py: Python<'_>) {
+        if self.closed.swap(true, Relaxed) {
+            return;
+        }
+        let ready = std::mem::take(&mut *self.ready.borrow_mut(py));
+        let timers = self.scheduled.borrow_mut(py).drain_all();
+        for h in &timers {
+            mark_unscheduled(h);
+        }
+        self.cancelled_in_heap.store(0, Relaxed);
+        let watches = self.fds.borrow_mut(py).drain_all();
+        let io = self.io.borrow_mut(py).take();
+        drop((ready, timers, watches, io));
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(ready) = self.ready.try_borrow_unchecked() {
+            for item in ready.iter() {
+                match item {
+                    Ready::Native(h) => visit.call(h)?,
+                    Ready::Foreign(h) => visit.call(h)?,
+                }
+            }
+        }
+        if let Some(heap) = self.scheduled.try_borrow_unchecked() {
+            for h in heap.iter() {
+                visit.call(h)?;
+            }
+        }
+        if let Some(fds) = self.fds.try_borrow_unchecked() {
+            let mut result = Ok(());
+            fds.visit(|w| {
+                if result.is_ok() {
+                    result = visit
+                        .call(&w.fileobj)
+                        .and_then(|()| w.reader.as_ref().map_or(Ok(()), |h| visit.call(h)))
+                        .and_then(|()| w.writer.as_ref().map_or(Ok(()), |h| visit.call(h)));
+                }
+            });
+            result?;
+        }
+        Ok(())
+    }
+}

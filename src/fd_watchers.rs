@@ -1,0 +1,169 @@
+//! The fd table behind `add_reader`/`add_writer`: which handle runs when an fd is readable or
+//! writable, kept in step with the poller's interest set.
+//!
+//! Runs on the loop thread with the GIL held. Methods never call into Python; handles that
+//! leave the table are returned to the caller, which cancels and drops them after releasing
+//! its borrow (dropping may run arbitrary Python code).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+
+use pyo3::prelude::*;
+
+use crate::handles::Handle;
+use crate::poller::{Event, Interest, Poller};
+
+pub struct FdWatch {
+    /// The object the user passed (socket, file, int), so `remove_reader(sock)` still finds
+    /// the entry after `sock.close()` has made `sock.fileno()` return -1, as with selectors.
+    pub fileobj: Py<PyAny>,
+    pub reader: Option<Py<Handle>>,
+    pub writer: Option<Py<Handle>>,
+}
+
+impl FdWatch {
+    fn interest(&self) -> Interest {
+        Interest {
+            readable: self.reader.is_some(),
+            writable: self.writer.is_some(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+#[derive(Default)]
+pub struct FdTable {
+    watches: HashMap<RawFd, FdWatch>,
+}
+
+impl FdTable {
+    fn slot(watch: &mut FdWatch, dir: Direction) -> &mut Option<Py<Handle>> {
+        match dir {
+            Direction::Read => &mut watch.reader,
+            Direction::Write => &mut watch.writer,
+        }
+    }
+
+    /// Install `handle` for `dir` on `fd`; returns the handle it replaces, if any.
+    pub fn add(
+        &mut self,
+        poller: &Poller,
+        fd: RawFd,
+        fileobj: Py<PyAny>,
+        dir: Direction,
+        handle: Py<Handle>,
+    ) -> io::Result<(Option<Py<Handle>>, Option<Py<PyAny>>)> {
+        match self.watches.get_mut(&fd) {
+            Some(watch) => {
+                let old_interest = watch.interest();
+                let mut new_interest = old_interest;
+                match dir {
+                    Direction::Read => new_interest.readable = true,
+                    Direction::Write => new_interest.writable = true,
+                }
+                poller.set_interest(fd, fd as u64, old_interest, new_interest)?;
+                let replaced = Self::slot(watch, dir).replace(handle);
+                let old_fileobj = std::mem::replace(&mut watch.fileobj, fileobj);
+                Ok((replaced, Some(old_fileobj)))
+            }
+            None => {
+                let mut watch = FdWatch {
+                    fileobj,
+                    reader: None,
+                    writer: None,
+                };
+                *Self::slot(&mut watch, dir) = Some(handle);
+                poller.set_interest(fd, fd as u64, Interest::default(), watch.interest())?;
+                self.watches.insert(fd, watch);
+                Ok((None, None))
+            }
+        }
+    }
+
+    /// Remove the `dir` handle of `fd`. Returns the removed handle (None if there was none), the
+    /// whole entry if it is now empty, and the poller's verdict; the handles are returned even
+    /// on error so the caller drops them outside its borrow.
+    pub fn remove(
+        &mut self,
+        poller: &Poller,
+        fd: RawFd,
+        dir: Direction,
+    ) -> (Option<Py<Handle>>, Option<FdWatch>, io::Result<()>) {
+        let Some(watch) = self.watches.get_mut(&fd) else {
+            return (None, None, Ok(()));
+        };
+        let old_interest = watch.interest();
+        let removed = Self::slot(watch, dir).take();
+        if removed.is_none() {
+            return (None, None, Ok(()));
+        }
+        let new_interest = watch.interest();
+        let result = poller.set_interest(fd, fd as u64, old_interest, new_interest);
+        let emptied = if new_interest.is_empty() {
+            self.watches.remove(&fd)
+        } else {
+            None
+        };
+        (removed, emptied, result)
+    }
+
+    /// Find the fd registered for exactly this object (a closed socket no longer knows its fd).
+    pub fn fd_of_object(&self, obj: &Bound<'_, PyAny>) -> Option<RawFd> {
+        self.watches
+            .iter()
+            .find(|(_, w)| w.fileobj.is(obj))
+            .map(|(fd, _)| *fd)
+    }
+
+    pub fn has(&self, fd: RawFd, dir: Direction) -> bool {
+        self.watches.get(&fd).is_some_and(|w| match dir {
+            Direction::Read => w.reader.is_some(),
+            Direction::Write => w.writer.is_some(),
+        })
+    }
+
+    /// The handles an event wakes, in reader-then-writer order (the stdlib's order).
+    pub fn ready_handles(
+        &self,
+        py: Python<'_>,
+        ev: &Event,
+        out: &mut Vec<(RawFd, Direction, Py<Handle>)>,
+    ) {
+        let fd = ev.token as RawFd;
+        let Some(watch) = self.watches.get(&fd) else {
+            return;
+        };
+        if ev.readable {
+            if let Some(h) = &watch.reader {
+                out.push((fd, Direction::Read, h.clone_ref(py)));
+            }
+        }
+        if ev.writable {
+            if let Some(h) = &watch.writer {
+                out.push((fd, Direction::Write, h.clone_ref(py)));
+            }
+        }
+    }
+
+    pub fn drain_all(&mut self) -> Vec<FdWatch> {
+        self.watches.drain().map(|(_, w)| w).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.watches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
+    pub fn visit(&self, mut f: impl FnMut(&FdWatch)) {
+        self.watches.values().for_each(|w| f(w));
+    }
+}

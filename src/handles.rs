@@ -1,0 +1,266 @@
+//! `Handle` and `TimerHandle`: what `call_soon`, `call_later` and `add_reader` return, and what
+//! the ready queue and the timer heap hold.
+//!
+//! Runs on the loop thread with the GIL held. A handle keeps its callback, its arguments (the
+//! `*args` tuple the call already built, so no second tuple is made) and the `contextvars`
+//! context it runs in. Running one enters the context with the C API and calls the callback
+//! directly: no bound `Context.run` method, no new argument tuple.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::support;
+
+/// What a scheduled `TimerHandle` shares with its loop: whether it is still in the heap, and
+/// the loop's count of cancelled entries in the heap (which drives compaction).
+pub struct TimerState {
+    pub scheduled: AtomicBool,
+    pub cancelled_in_heap: Arc<AtomicUsize>,
+}
+
+#[pyclass(module = "ferroloop", subclass, frozen, weakref)]
+pub struct Handle {
+    callback: Py<PyAny>,
+    args: Py<PyTuple>,
+    context: Py<PyAny>,
+    cancelled: AtomicBool,
+    pub(crate) timer: Option<TimerState>,
+    source_traceback: Option<Py<PyAny>>,
+}
+
+impl Handle {
+    /// `context=None` means "a copy of the current context", as in the standard loop.
+    pub fn new(
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        timer: Option<TimerState>,
+        debug: bool,
+    ) -> PyResult<Handle> {
+        let context = match context {
+            Some(c) if !c.is_none() => c.unbind(),
+            _ => copy_current_context(py)?,
+        };
+        let source_traceback = if debug {
+            Some(support::extract_stack(py)?)
+        } else {
+            None
+        };
+        Ok(Handle {
+            callback: callback.unbind(),
+            args: args.unbind(),
+            context,
+            cancelled: AtomicBool::new(false),
+            timer,
+            source_traceback,
+        })
+    }
+
+    pub fn cancel_handle(&self) {
+        if !self.cancelled.swap(true, Relaxed) {
+            if let Some(timer) = &self.timer {
+                if timer.scheduled.load(Relaxed) {
+                    timer.cancelled_in_heap.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Relaxed)
+    }
+
+    pub fn callback<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        self.callback.bind(py)
+    }
+
+    /// Run the callback in its context. Returns `Err` only for the exceptions that must stop
+    /// the loop (KeyboardInterrupt, SystemExit); any other exception goes to the loop's
+    /// exception handler, as `asyncio.Handle._run` does.
+    pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let ctx = this.context.as_ptr();
+        // SAFETY: `ctx` is a live object owned by this handle for the whole call; a non-Context
+        // object or an already-entered context makes PyContext_Enter fail with an exception set,
+        // which we fetch.
+        let entered = unsafe { ffi::PyContext_Enter(ctx) } == 0;
+        let result = if !entered {
+            Err(PyErr::fetch(py))
+        } else {
+            let callback = this.callback.bind(py);
+            let args = this.args.bind(py);
+            let r = if args.is_empty() {
+                callback.call0()
+            } else {
+                callback.call1(args)
+            };
+            // SAFETY: balances the successful PyContext_Enter above on the same thread.
+            if unsafe { ffi::PyContext_Exit(ctx) } != 0 {
+                PyErr::fetch(py).restore(py);
+                r.and(Err(PyErr::fetch(py)))
+            } else {
+                r
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => report_callback_error(slf.as_any(), event_loop, err, this),
+        }
+    }
+}
+
+fn report_callback_error(
+    handle: &Bound<'_, PyAny>,
+    event_loop: &Bound<'_, PyAny>,
+    err: PyErr,
+    this: &Handle,
+) -> PyResult<()> {
+    let py = handle.py();
+    if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+        return Err(err);
+    }
+    let source = support::format_callback_source(
+        py,
+        this.callback.bind(py),
+        this.args.bind(py),
+        event_loop,
+    )?;
+    let context = PyDict::new(py);
+    context.set_item("message", format!("Exception in callback {source}"))?;
+    context.set_item("exception", err.into_value(py))?;
+    context.set_item("handle", handle)?;
+    if let Some(tb) = &this.source_traceback {
+        context.set_item("source_traceback", tb)?;
+    }
+    event_loop.call_method1("call_exception_handler", (context,))?;
+    Ok(())
+}
+
+pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set;
+    // `from_owned_ptr_or_err` takes ownership of exactly that.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(&self) {
+        self.cancel_handle();
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
+        self.callback.clone_ref(py)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
+        self.args.clone_ref(py)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.timer
+            .as_ref()
+            .is_some_and(|t| t.scheduled.load(Relaxed))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        support::handle_repr(slf.as_any())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.callback)?;
+        visit.call(&self.args)?;
+        visit.call(&self.context)?;
+        if let Some(tb) = &self.source_traceback {
+            visit.call(tb)?;
+        }
+        Ok(())
+    }
+}
+
+#[pyclass(module = "ferroloop", extends = Handle, frozen)]
+pub struct TimerHandle {
+    pub(crate) when: f64,
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    fn __hash__(&self) -> u64 {
+        // Same as hash(float): equal `when`s hash equal, which is all __eq__ needs.
+        let w = if self.when == 0.0 { 0.0 } else { self.when };
+        w.to_bits()
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let equal = || -> PyResult<bool> {
+            let (ha, hb) = (slf.as_super().get(), other.as_super().get());
+            Ok(a == b
+                && ha.callback.bind(py).eq(hb.callback.bind(py))?
+                && ha.args.bind(py).eq(hb.args.bind(py))?
+                && ha.is_cancelled() == hb.is_cancelled())
+        };
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Gt => a > b,
+            CompareOp::Le => a < b || equal()?,
+            CompareOp::Ge => a > b || equal()?,
+            CompareOp::Eq => equal()?,
+            CompareOp::Ne => !equal()?,
+        };
+        Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}

@@ -1,0 +1,23 @@
+//! ferroloop's native core: an asyncio event loop in Rust.
+//!
+//! This file only registers the module; see `event_loop.rs` for the loop itself and
+//! `docs/ARCHITECTURE.md` for how a call travels through it.
+
+pub mod clock;
+pub mod event_loop;
+pub mod fd_watchers;
+pub mod gil_cell;
+pub mod handles;
+pub mod poller;
+pub mod support;
+pub mod timers;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = true)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The poller: a thin, level-triggered epoll wrapper plus an eventfd waker, in pure Rust.
+//!
+//! asyncio's `add_reader`/`add_writer` are level-triggered (a callback runs on every iteration
+//! while its fd stays ready), so this is plain epoll without `EPOLLET` or `EPOLLONESHOT`: no
+//! re-arming syscall per event. Interest is set per fd with [`Poller::set_interest`], which adds,
+//! modifies or deletes the registration as needed and tolerates fds that the user closed behind
+//! the loop's back (epoll forgets those by itself).
+//!
+//! `wait` is the only blocking call; the loop calls it with the GIL released. The [`Waker`] is
+//! written from any thread (`call_soon_threadsafe`) to end a wait early.
+//!
+//! ```
+//! use _core::poller::{Poller, Interest};
+//! let poller = Poller::new().unwrap();
+//! let mut events = Vec::with_capacity(8);
+//! assert_eq!(poller.wait(&mut events, Some(0.0)).unwrap(), 0);
+//! ```
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Token reported for the waker's own events.
+pub const WAKER_TOKEN: u64 = u64::MAX;
+
+/// Longest single wait, as in the standard loop (`MAXIMUM_SELECT_TIMEOUT`, one day).
+pub const MAX_TIMEOUT: f64 = 24.0 * 3600.0;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Interest {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Interest {
+    fn epoll_bits(self) -> u32 {
+        let mut bits = 0;
+        if self.readable {
+            bits |= libc::EPOLLIN as u32;
+        }
+        if self.writable {
+            bits |= libc::EPOLLOUT as u32;
+        }
+        bits
+    }
+
+    pub fn is_empty(self) -> bool {
+        !self.readable && !self.writable
+    }
+}
+
+/// One readiness report: which fd, and whether its reader and/or writer should run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub token: u64,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Event {
+    fn from_epoll(ev: &libc::epoll_event) -> Event {
+        let bits = ev.events;
+        // Like the stdlib's EpollSelector: anything but plain EPOLLIN (HUP, ERR) also wakes the
+        // writer, anything but plain EPOLLOUT also wakes the reader.
+        Event {
+            token: ev.u64,
+            readable: bits & !(libc::EPOLLOUT as u32) != 0,
+            writable: bits & !(libc::EPOLLIN as u32) != 0,
+        }
+    }
+}
+
+pub struct Poller {
+    epoll: OwnedFd,
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
+        // SAFETY: epoll_create1 has no pointer arguments; the result is checked below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Poller { epoll })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, bits: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: bits,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call; the epoll fd is
+        // owned by `self`. An invalid `fd` is reported as an error, not undefined behaviour.
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Register `fd` for `new` interest, given what it was registered for before (`old`).
+    pub fn set_interest(
+        &self,
+        fd: RawFd,
+        token: u64,
+        old: Interest,
+        new: Interest,
+    ) -> io::Result<()> {
+        if new.is_empty() {
+            if old.is_empty() {
+                return Ok(());
+            }
+            return match self.ctl(libc::EPOLL_CTL_DEL, fd, 0, token) {
+                // Closed (EBADF) or already forgotten by epoll (ENOENT) is what we wanted.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => Ok(()),
+                other => other,
+            };
+        }
+        let bits = new.epoll_bits();
+        if old.is_empty() {
+            match self.ctl(libc::EPOLL_CTL_ADD, fd, bits, token) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.ctl(libc::EPOLL_CTL_MOD, fd, bits, token)
+                }
+                other => other,
+            }
+        } else {
+            match self.ctl(libc::EPOLL_CTL_MOD, fd, bits, token) {
+                // The fd was closed and its number reused: register the new file.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.ctl(libc::EPOLL_CTL_ADD, fd, bits, token)
+                }
+                other => other,
+            }
+        }
+    }
+
+    /// Wait for readiness. `timeout` in seconds (`None` waits indefinitely); it is rounded up to
+    /// the next millisecond so a wait never ends before a timer is due. Returns the number of
+    /// events appended to `events` (which is cleared first). EINTR is returned as an error so
+    /// the caller can run Python's signal handlers.
+    pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<f64>) -> io::Result<usize> {
+        const CAPACITY: usize = 1024;
+        let mut raw: [MaybeUninit<libc::epoll_event>; CAPACITY] =
+            [const { MaybeUninit::uninit() }; CAPACITY];
+        let timeout_ms: libc::c_int = match timeout {
+            None => -1,
+            Some(t) if !(t > 0.0) => 0,
+            Some(t) => (t.min(MAX_TIMEOUT) * 1000.0).ceil() as libc::c_int,
+        };
+        // SAFETY: `raw` is a writable buffer of CAPACITY epoll_events; epoll writes at most
+        // `maxevents` entries into it.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                raw.as_mut_ptr().cast(),
+                CAPACITY as libc::c_int,
+                timeout_ms,
+            )
+        };
+        events.clear();
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        events.extend(raw[..n].iter().map(|ev| {
+            // SAFETY: epoll_wait initialised the first `n` entries.
+            Event::from_epoll(unsafe { ev.assume_init_ref() })
+        }));
+        Ok(n)
+    }
+}
+
+/// An eventfd registered in the poller: any thread may `wake` the loop.
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub fn new(poller: &Poller) -> io::Result<Waker> {
+        // SAFETY: eventfd has no pointer arguments; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is freshly created and owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        poller.set_interest(
+            fd.as_raw_fd(),
+            WAKER_TOKEN,
+            Interest::default(),
+            Interest {
+                readable: true,
+                writable: false,
+            },
+        )?;
+        Ok(Waker { fd })
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64. A full counter (EAGAIN) still leaves the fd
+        // readable, which is all a wake needs, so the result is deliberately ignored.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn drain(&self) {
+        let mut buf: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a valid u64; EAGAIN (nothing pending) is fine.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors were just created and are owned by nothing else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    const READ: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    const WRITE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
+
+    #[test]
+    fn pipe_readable_is_level_triggered() {
+        let p = Poller::new().unwrap();
+        let (r, w) = pipe();
+        p.set_interest(r.as_raw_fd(), 7, Interest::default(), READ)
+            .unwrap();
+        let mut ev = Vec::new();
+        assert_eq!(p.wait(&mut ev, Some(0.0)).unwrap(), 0);
+        // SAFETY: writes one byte from a valid buffer.
+        unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        for _ in 0..2 {
+            assert_eq!(p.wait(&mut ev, Some(1.0)).unwrap(), 1);
+            assert_eq!(
+                ev[0],
+                Event {
+                    token: 7,
+                    readable: true,
+                    writable: false
+                }
+            );
+        }
+        p.set_interest(r.as_raw_fd(), 7, READ, Interest::default())
+            .unwrap();
+        assert_eq!(p.wait(&mut ev, Some(0.0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn writer_and_modify() {
+        let p = Poller::new().unwrap();
+        let (_r, w) = pipe();
+        p.set_interest(w.as_raw_fd(), 3, Interest::default(), WRITE)
+            .unwrap();
+        let mut ev = Vec::new();
+        assert_eq!(p.wait(&mut ev, Some(1.0)).unwrap(), 1);
+        assert!(ev[0].writable);
+        p.set_interest(w.as_raw_fd(), 3, WRITE, READ).unwrap();
+        assert_eq!(p.wait(&mut ev, Some(0.0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn closed_fd_is_forgotten_quietly() {
+        let p = Poller::new().unwrap();
+        let (r, _w) = pipe();
+        let raw = r.as_raw_fd();
+        p.set_interest(raw, 1, Interest::default(), READ).unwrap();
+        drop(r);
+        p.set_interest(raw, 1, READ, Interest::default()).unwrap();
+    }
+
+    #[test]
+    fn waker_ends_a_wait_from_another_thread() {
+        let p = Poller::new().unwrap();
+        let waker = std::sync::Arc::new(Waker::new(&p).unwrap());
+        let w2 = waker.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            w2.wake();
+        });
+        let mut ev = Vec::new();
+        assert_eq!(p.wait(&mut ev, Some(5.0)).unwrap(), 1);
+        assert_eq!(ev[0].token, WAKER_TOKEN);
+        waker.drain();
+        assert_eq!(p.wait(&mut ev, Some(0.0)).unwrap(), 0);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn timeout_rounds_up_so_waits_are_never_short() {
+        let p = Poller::new().unwrap();
+        let mut ev = Vec::new();
+        let t0 = std::time::Instant::now();
+        p.wait(&mut ev, Some(0.0015)).unwrap();
+        assert!(t0.elapsed() >= std::time::Duration::from_micros(1500));
+    }
+}

@@ -1,0 +1,59 @@
+//! Calls from Rust into `ferroloop._support`: Python helpers for cold paths only (reprs,
+//! debug-mode stacks and checks, log messages), looked up once and cached.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+
+const MODULE: &str = "ferroloop._support";
+
+macro_rules! helper {
+    ($py:expr, $name:literal) => {{
+        static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        CELL.import($py, MODULE, $name)
+    }};
+}
+
+/// The stack where a handle was created (debug mode only).
+pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    Ok(helper!(py, "extract_stack")?.call0()?.unbind())
+}
+
+pub fn format_callback_source(
+    py: Python<'_>,
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+    event_loop: &Bound<'_, PyAny>,
+) -> PyResult<String> {
+    helper!(py, "format_callback_source")?
+        .call1((callback, args, event_loop))?
+        .extract()
+}
+
+pub fn handle_repr(handle: &Bound<'_, PyAny>) -> PyResult<String> {
+    helper!(handle.py(), "handle_repr")?
+        .call1((handle,))?
+        .extract()
+}
+
+/// Debug-mode checks the standard loop makes in `call_soon`/`call_at`: the caller is on the
+/// loop's thread (unless `threadsafe`) and the callback is a plain callable.
+pub fn debug_checks(
+    event_loop: &Bound<'_, PyAny>,
+    callback: &Bound<'_, PyAny>,
+    method: &str,
+    threadsafe: bool,
+) -> PyResult<()> {
+    helper!(event_loop.py(), "debug_checks")?.call1((event_loop, callback, method, threadsafe))?;
+    Ok(())
+}
+
+pub fn log_slow_callback(handle: &Bound<'_, PyAny>, seconds: f64) -> PyResult<()> {
+    helper!(handle.py(), "log_slow_callback")?.call1((handle, seconds))?;
+    Ok(())
+}
+
+/// `selectors._fileobj_to_fd` semantics: an int, or an object whose `fileno()` gives one.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i32> {
+    helper!(obj.py(), "fileobj_to_fd")?.call1((obj,))?.extract()
+}
