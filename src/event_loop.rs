@@ -17,7 +17,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::clock::{monotonic, CLOCK_RESOLUTION};
@@ -26,6 +26,7 @@ use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::poller::{Event, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
 use crate::support;
+use crate::task_factory;
 use crate::timers::TimerHeap;
 
 /// Below this many scheduled timers the heap is never compacted (stdlib: 100).
@@ -58,6 +59,8 @@ pub struct LoopCore {
     debug: AtomicBool,
     /// True while the loop thread waits in the poller with the GIL released.
     polling: AtomicBool,
+    /// `loop._task_factory`, kept here so `create_task` can check it without a dict lookup.
+    task_factory: GilCell<Option<Py<PyAny>>>,
 }
 
 fn closed_error() -> PyErr {
@@ -423,7 +426,61 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             polling: AtomicBool::new(false),
+            task_factory: GilCell::new(None),
         })
+    }
+
+    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        task_factory::create_future(slf.as_any())
+    }
+
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task(
+        slf: &Bound<'_, Self>,
+        coro: Bound<'_, PyAny>,
+        name: Option<Bound<'_, PyAny>>,
+        context: Option<Bound<'_, PyAny>>,
+        kwargs: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let has_factory = this.task_factory.borrow(py).is_some();
+        if has_factory || this.debug.load(Relaxed) {
+            // Pass on only what the caller gave, as 3.14's `create_task(coro, **kwargs)` does.
+            let all = kwargs.unwrap_or_else(|| PyDict::new(py));
+            if let Some(name) = name.filter(|n| !n.is_none()) {
+                all.set_item(intern!(py, "name"), name)?;
+            }
+            if let Some(context) = context.filter(|c| !c.is_none()) {
+                all.set_item(intern!(py, "context"), context)?;
+            }
+            return Ok(slf
+                .call_method(intern!(py, "_create_task_stdlib"), (coro,), Some(&all))?
+                .unbind());
+        }
+        task_factory::create_task(
+            slf.as_any(),
+            &coro,
+            name.as_ref().filter(|n| !n.is_none()),
+            context.as_ref().filter(|c| !c.is_none()),
+            kwargs.as_ref(),
+        )
+    }
+
+    #[getter(_task_factory)]
+    fn task_factory_getter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory
+            .borrow(py)
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn task_factory_setter(&self, py: Python<'_>, factory: Option<Bound<'_, PyAny>>) {
+        let factory = factory.filter(|f| !f.is_none()).map(Bound::unbind);
+        let old = std::mem::replace(&mut *self.task_factory.borrow_mut(py), factory);
+        drop(old);
     }
 
     fn time(&self) -> f64 {

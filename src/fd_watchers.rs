@@ -31,6 +31,10 @@ impl FdWatch {
     }
 }
 
+/// What `FdTable::add` displaced: the previous handle for that direction and the previous
+/// file object.
+pub type Replaced = (Option<Py<Handle>>, Option<Py<PyAny>>);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Read,
@@ -50,7 +54,8 @@ impl FdTable {
         }
     }
 
-    /// Install `handle` for `dir` on `fd`; returns the handle it replaces, if any.
+    /// Install `handle` for `dir` on `fd`. Returns the handle it replaces and the file object
+    /// it displaced, if any, for the caller to release outside its borrow.
     pub fn add(
         &mut self,
         poller: &Poller,
@@ -58,7 +63,7 @@ impl FdTable {
         fileobj: Py<PyAny>,
         dir: Direction,
         handle: Py<Handle>,
-    ) -> io::Result<(Option<Py<Handle>>, Option<Py<PyAny>>)> {
+    ) -> io::Result<Replaced> {
         match self.watches.get_mut(&fd) {
             Some(watch) => {
                 let old_interest = watch.interest();
@@ -163,7 +168,7 @@ impl FdTable {
         self.watches.is_empty()
     }
 
-    pub fn visit(&self, mut f: impl FnMut(&FdWatch)) {
-        self.watches.values().for_each(|w| f(w));
+    pub fn visit(&self, f: impl FnMut(&FdWatch)) {
+        self.watches.values().for_each(f);
     }
 }

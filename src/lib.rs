@@ -10,6 +10,7 @@ pub mod gil_cell;
 pub mod handles;
 pub mod poller;
 pub mod support;
+pub mod task_factory;
 pub mod timers;
 
 use pyo3::prelude::*;

@@ -148,7 +148,8 @@ impl Poller {
             [const { MaybeUninit::uninit() }; CAPACITY];
         let timeout_ms: libc::c_int = match timeout {
             None => -1,
-            Some(t) if !(t > 0.0) => 0,
+            // Zero, negative and NaN timeouts all mean "don't block".
+            Some(t) if t.is_nan() || t <= 0.0 => 0,
             Some(t) => (t.min(MAX_TIMEOUT) * 1000.0).ceil() as libc::c_int,
         };
         // SAFETY: `raw` is a writable buffer of CAPACITY epoll_events; epoll writes at most

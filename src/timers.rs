@@ -43,7 +43,7 @@ impl<T> PartialEq for Entry<T> {
 impl<T> Eq for Entry<T> {}
 impl<T> PartialOrd for Entry<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.order(other))
+        Some(self.cmp(other))
     }
 }
 impl<T> Ord for Entry<T> {

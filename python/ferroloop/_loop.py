@@ -27,8 +27,6 @@ from . import _core
 _BORROWED: dict[type, tuple[str, ...]] = {
     base_events.BaseEventLoop: (
         "__repr__",
-        "create_future",
-        "create_task",
         "set_task_factory",
         "get_task_factory",
         "run_until_complete",
@@ -110,6 +108,10 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     _borrow(locals())
+
+    # The Rust create_task handles the common case; with a task factory or in debug mode it
+    # defers to the standard library's version of this interpreter.
+    _create_task_stdlib = base_events.BaseEventLoop.create_task
 
     def __init__(self) -> None:
         self._default_executor = None

@@ -1,0 +1,49 @@
+//! Fast paths for `create_future` and `create_task`: asyncio's own C `Future` and `Task`,
+//! constructed from Rust.
+//!
+//! Runs on the loop thread with the GIL held. Only the common case is handled here — no task
+//! factory installed, debug mode off. Everything else goes to the standard library's
+//! `create_task` (borrowed by the Python `Loop` as `_create_task_stdlib`), whose exact
+//! behaviour differs between Python versions (3.14 passes `**kwargs` through to the factory).
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+
+static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+pub fn create_future(event_loop: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    let future = FUTURE_TYPE.import(py, "asyncio.futures", "Future")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(intern!(py, "loop"), event_loop)?;
+    Ok(future.call((), Some(&kwargs))?.unbind())
+}
+
+/// `Task(coro, loop=event_loop, name=..., context=..., **extra)`.
+pub fn create_task(
+    event_loop: &Bound<'_, PyAny>,
+    coro: &Bound<'_, PyAny>,
+    name: Option<&Bound<'_, PyAny>>,
+    context: Option<&Bound<'_, PyAny>>,
+    extra: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    let task = TASK_TYPE.import(py, "asyncio.tasks", "Task")?;
+    let kwargs = match extra {
+        Some(extra) => extra.copy()?,
+        None => PyDict::new(py),
+    };
+    kwargs.set_item(intern!(py, "loop"), event_loop)?;
+    if let Some(name) = name {
+        kwargs.set_item(intern!(py, "name"), name)?;
+    }
+    if let Some(context) = context {
+        kwargs.set_item(intern!(py, "context"), context)?;
+    }
+    Ok(task
+        .call(PyTuple::new(py, [coro])?, Some(&kwargs))?
+        .unbind())
+}
