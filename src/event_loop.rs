@@ -17,7 +17,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::clock::{monotonic, CLOCK_RESOLUTION};
@@ -25,6 +25,7 @@ use crate::fd_watchers::{Direction, FdTable};
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::poller::{Event, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
+use crate::sock_ops::{self, RecvWaiter};
 use crate::support;
 use crate::task_factory;
 use crate::timers::TimerHeap;
@@ -342,6 +343,12 @@ impl LoopCore {
             }
             Err(err) => return Err(err),
         };
+        Self::remove_watch_fd(slf, fd, dir)
+    }
+
+    fn remove_watch_fd(slf: &Bound<'_, Self>, fd: RawFd, dir: Direction) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
         let io = this.io(py)?;
         let (removed, emptied, result) = this.fds.borrow_mut(py).remove(&io.poller, fd, dir);
         drop(emptied);
@@ -353,6 +360,26 @@ impl LoopCore {
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+}
+
+impl LoopCore {
+    /// Remove `fd`'s reader if it is still the handle that calls `callback` (a waiter that
+    /// finished must not remove a reader someone installed after it).
+    pub fn remove_reader_if_callback(
+        event_loop: &Bound<'_, LoopCore>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = event_loop.py();
+        let this = event_loop.get();
+        let current = this.fds.borrow(py).handle(py, fd, Direction::Read);
+        match current {
+            Some(handle) if handle.get().callback(py).is(callback) => {
+                Self::remove_watch_fd(event_loop, fd, Direction::Read).map(drop)
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -644,6 +671,37 @@ impl LoopCore {
     fn debug_setter(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
         self.debug.store(value.is_truthy()?, Relaxed);
         Ok(())
+    }
+
+    /// One non-blocking recv: the data, or None if the socket has nothing to read yet.
+    fn _sock_recv_now<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        n: isize,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        sock_ops::recv_bytes(py, fd, n)
+    }
+
+    /// Finish a `sock_recv` that would block: when `fd` is readable, receive up to `n` bytes
+    /// into `future`. Returns the reader handle.
+    fn _sock_recv_wait(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        n: isize,
+        future: Bound<'_, PyAny>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let waiter = RecvWaiter::new(slf.clone().unbind(), fd, n, future.unbind());
+        let waiter = Bound::new(py, waiter)?;
+        let fd_obj = fd.into_pyobject(py)?;
+        Self::add_watch(
+            slf,
+            fd_obj.as_any(),
+            Direction::Read,
+            waiter.into_any(),
+            PyTuple::empty(py),
+        )
     }
 
     /// Number of timers in the heap, cancelled ones included (for tests and introspection).

@@ -126,6 +126,15 @@ impl FdTable {
             .map(|(fd, _)| *fd)
     }
 
+    pub fn handle(&self, py: Python<'_>, fd: RawFd, dir: Direction) -> Option<Py<Handle>> {
+        let watch = self.watches.get(&fd)?;
+        let slot = match dir {
+            Direction::Read => &watch.reader,
+            Direction::Write => &watch.writer,
+        };
+        slot.as_ref().map(|h| h.clone_ref(py))
+    }
+
     pub fn has(&self, fd: RawFd, dir: Direction) -> bool {
         self.watches.get(&fd).is_some_and(|w| match dir {
             Direction::Read => w.reader.is_some(),

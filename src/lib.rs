@@ -9,6 +9,7 @@ pub mod fd_watchers;
 pub mod gil_cell;
 pub mod handles;
 pub mod poller;
+pub mod sock_ops;
 pub mod support;
 pub mod task_factory;
 pub mod timers;
@@ -20,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<sock_ops::RecvWaiter>()?;
     Ok(())
 }

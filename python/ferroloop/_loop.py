@@ -58,8 +58,6 @@ _BORROWED: dict[type, tuple[str, ...]] = {
     ),
     selector_events.BaseSelectorEventLoop: (
         "_ensure_fd_no_transport",
-        "sock_recv",
-        "_sock_recv",
         "sock_recv_into",
         "_sock_recv_into",
         "sock_recvfrom",
@@ -207,6 +205,30 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
     def remove_writer(self, fd: Any) -> bool:
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
+
+    # -- socket operations -------------------------------------------------------------
+    # sock_recv's per-event work is Rust (`_sock_recv_now`, `_sock_recv_wait`); the rest of
+    # the sock_* family is the standard library's, borrowed above.
+
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        """Receive up to n bytes from sock (non-blocking)."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        fd = sock.fileno()
+        data = self._sock_recv_now(fd, n)
+        if data is not None:
+            return data
+        if self._transports:
+            self._ensure_fd_no_transport(fd)
+        fut = self.create_future()
+        handle = self._sock_recv_wait(fd, n, fut)
+        try:
+            return await fut
+        finally:
+            # Done or not, a waiter whose handle is still installed is ours to remove.
+            if not handle.cancelled():
+                self._remove_reader(fd)
 
     # -- signals -----------------------------------------------------------------------
     # The standard library's add_signal_handler writes signal numbers to `_csock` through
