@@ -60,6 +60,8 @@ pub struct LoopCore {
     debug: AtomicBool,
     /// True while the loop thread waits in the poller with the GIL released.
     polling: AtomicBool,
+    /// A wake-up was written during the current wait; further ones would be redundant.
+    woken: AtomicBool,
     /// `loop._task_factory`, kept here so `create_task` can check it without a dict lookup.
     task_factory: GilCell<Option<Py<PyAny>>>,
 }
@@ -99,7 +101,7 @@ impl LoopCore {
     }
 
     fn wake(&self, py: Python<'_>) {
-        if self.polling.load(Relaxed) {
+        if self.polling.load(Relaxed) && !self.woken.swap(true, Relaxed) {
             if let Some(io) = self.io.borrow(py).as_ref() {
                 io.waker.wake();
             }
@@ -182,9 +184,16 @@ impl LoopCore {
         let result = if timeout == Some(0.0) {
             io.poller.wait(&mut events, timeout)
         } else {
+            // A signal whose Python handler has not run yet (it arrived after the last
+            // bytecode) would otherwise wait for the next wake-up: run it before blocking.
+            if let Err(err) = py.check_signals() {
+                *self.events.borrow_mut(py) = events;
+                return Err(err);
+            }
             self.polling.store(true, Relaxed);
             let r = py.detach(|| io.poller.wait(&mut events, timeout));
             self.polling.store(false, Relaxed);
+            self.woken.store(false, Relaxed);
             r
         };
         if let Err(err) = result {
@@ -453,6 +462,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             polling: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
             task_factory: GilCell::new(None),
         })
     }
