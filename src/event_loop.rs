@@ -8,7 +8,6 @@
 //! and whose semantics the standard library spells out (run_until_complete, the exception
 //! handler, executors, signals' bookkeeping).
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use crate::fd_watchers::{Direction, FdTable};
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::poller::{Event, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
+use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
 use crate::support;
 use crate::task_factory;
@@ -47,7 +47,7 @@ struct Io {
 
 #[pyclass(module = "ferroloop._core", subclass, frozen)]
 pub struct LoopCore {
-    ready: GilCell<VecDeque<Ready>>,
+    ready: GilCell<ReadyQueue<Ready>>,
     scheduled: GilCell<TimerHeap<Py<Handle>>>,
     cancelled_in_heap: Arc<AtomicUsize>,
     fds: GilCell<FdTable>,
@@ -97,7 +97,7 @@ impl LoopCore {
 
     #[inline]
     fn push_ready(&self, py: Python<'_>, item: Ready) {
-        self.ready.borrow_mut(py).push_back(item);
+        self.ready.borrow_mut(py).push(item);
     }
 
     fn wake(&self, py: Python<'_>) {
@@ -223,7 +223,7 @@ impl LoopCore {
                 if handle.get().is_cancelled() {
                     stale.push((fd, dir, handle));
                 } else {
-                    ready.push_back(Ready::Native(handle));
+                    ready.push(Ready::Native(handle));
                 }
             }
         }
@@ -259,10 +259,10 @@ impl LoopCore {
     fn run_ready(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let event_loop = slf.as_any();
-        let ntodo = self.ready.borrow(py).len();
+        let ntodo = self.ready.borrow(py).begin_iteration();
         let debug = self.debug.load(Relaxed);
         for _ in 0..ntodo {
-            let Some(item) = self.ready.borrow_mut(py).pop_front() else {
+            let Some(item) = self.ready.borrow_mut(py).pop() else {
                 break;
             };
             match item {
@@ -451,7 +451,7 @@ impl LoopCore {
         let poller = Poller::new()?;
         let waker = Waker::new(&poller)?;
         Ok(LoopCore {
-            ready: GilCell::new(VecDeque::new()),
+            ready: GilCell::new(ReadyQueue::new()),
             scheduled: GilCell::new(TimerHeap::new()),
             cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
             fds: GilCell::new(FdTable::default()),
@@ -768,7 +768,7 @@ impl LoopCore {
         if self.closed.swap(true, Relaxed) {
             return;
         }
-        let ready = std::mem::take(&mut *self.ready.borrow_mut(py));
+        let ready = self.ready.borrow_mut(py).take_all();
         let timers = self.scheduled.borrow_mut(py).drain_all();
         for h in &timers {
             mark_unscheduled(h);

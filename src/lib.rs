@@ -9,6 +9,7 @@ pub mod fd_watchers;
 pub mod gil_cell;
 pub mod handles;
 pub mod poller;
+pub mod ready;
 pub mod sock_ops;
 pub mod support;
 pub mod task_factory;
