@@ -1,0 +1,48 @@
+"""The candidate event loops, selected by name.
+
+Each name maps to the module whose `new_event_loop` makes that loop; "asyncio" is the
+standard library's selector loop. Workers import a loop only when they measure it, so a
+missing peer loop costs nothing but a skipped column.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.metadata
+import platform
+from typing import Callable, Coroutine, TypeVar
+
+T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+# In report order; ferroloop first because every ratio is about it.
+KNOWN_LOOPS: tuple[str, ...] = ("ferroloop", "asyncio", "uvloop", "rloop", "rsloop")
+SUBJECT = "ferroloop"
+BASELINES: tuple[str, ...] = ("uvloop", "asyncio")
+
+
+def loop_factory(name: str) -> LoopFactory:
+    if name == "asyncio":
+        return asyncio.SelectorEventLoop
+    if name not in KNOWN_LOOPS:
+        raise ValueError(f"unknown loop {name!r}; choose from {', '.join(KNOWN_LOOPS)}")
+    factory: LoopFactory = importlib.import_module(name).new_event_loop
+    return factory
+
+
+def loop_version(name: str) -> str:
+    """The distribution version, or the module's own `__version__` for a source checkout."""
+    if name == "asyncio":
+        return f"CPython {platform.python_version()}"
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        module = importlib.import_module(name)
+        return str(getattr(module, "__version__", "source checkout"))
+
+
+def run_on(name: str, main: Callable[[], Coroutine[object, object, T]]) -> T:
+    """Run `main()` to completion on a fresh loop of the named kind and return its result."""
+    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
+        return runner.run(main())

@@ -1,0 +1,122 @@
+"""Turn the collected samples into the markdown report: medians, ratios, machine details."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+
+from .loops import BASELINES, SUBJECT
+from .workloads import Workload
+
+
+@dataclass
+class Samples:
+    """Operations per second for each (workload, loop), in the order they were measured."""
+
+    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, workload: str, loop: str, ops_per_sec: float) -> None:
+        self.values.setdefault((workload, loop), []).append(ops_per_sec)
+
+    def median(self, workload: str, loop: str) -> float | None:
+        found = self.values.get((workload, loop))
+        return statistics.median(found) if found else None
+
+    def spread(self, workload: str, loop: str) -> float | None:
+        """(max - min) / median: how far apart the rounds landed."""
+        found = self.values.get((workload, loop))
+        if not found or len(found) < 2:
+            return None
+        return (max(found) - min(found)) / statistics.median(found)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def rate(value: float | None) -> str:
+    if value is None:
+        return "—"
+    for scale, suffix in ((1e6, "M/s"), (1e3, "k/s")):
+        if value >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value:.3g} /s"
+
+
+def ratio(subject: float | None, baseline: float | None) -> str:
+    if subject is None or baseline is None:
+        return "—"
+    return f"{subject / baseline:.2f}"
+
+
+def table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
+    baselines = [b for b in BASELINES if b in loops and SUBJECT in loops]
+    header = ["workload", "unit", *loops, *(f"{SUBJECT}/{b}" for b in baselines)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for w in workloads:
+        medians = {loop: samples.median(w.name, loop) for loop in loops}
+        cells = [w.name, f"{w.unit}/s", *(rate(medians[loop]) for loop in loops)]
+        cells += [ratio(medians[SUBJECT], medians[b]) for b in baselines]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def spread_table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
+    lines = ["| workload | " + " | ".join(loops) + " |", "|" + "---|" * (len(loops) + 1)]
+    for w in workloads:
+        cells = []
+        for loop in loops:
+            spread = samples.spread(w.name, loop)
+            cells.append("—" if spread is None else f"{spread:.0%}")
+        lines.append(f"| {w.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(
+    samples: Samples,
+    workloads: list[Workload],
+    loops: list[str],
+    versions: dict[str, str],
+    sizes: dict[str, int],
+    rounds: int,
+    gc_state: str,
+    notes: list[str],
+) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    loop_list = ", ".join(f"{loop} {versions[loop]}" for loop in loops)
+    size_list = ", ".join(f"{w.name} {sizes[w.name]:,}" for w in workloads)
+    parts = [
+        "# ferroloop benchmarks",
+        "",
+        f"- Date: {now}",
+        f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)",
+        f"- Python: {platform.python_implementation()} {platform.python_version()}",
+        f"- Loops: {loop_list}",
+        f"- Rounds: {rounds} (candidates alternate within each round; medians shown)",
+        f"- Operations per measurement: {size_list}",
+        f"- Cyclic GC: {gc_state}",
+        "",
+        "Throughput, median over rounds (higher is better). A ratio above 1.00 means "
+        f"{SUBJECT} is faster.",
+        "",
+        table(samples, workloads, loops),
+        "",
+        "Spread between rounds, (max − min) / median:",
+        "",
+        spread_table(samples, workloads, loops),
+    ]
+    if notes or samples.failures:
+        parts += ["", "Notes:", ""]
+        parts += [f"- {note}" for note in notes + samples.failures]
+    return "\n".join(parts) + "\n"
