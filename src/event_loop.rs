@@ -20,6 +20,7 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::clock::{monotonic, CLOCK_RESOLUTION};
+use crate::errors::os_error;
 use crate::fd_watchers::{Direction, FdTable};
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
@@ -202,7 +203,7 @@ impl LoopCore {
                 // A signal arrived: run Python's handlers now (Ctrl-C raises KeyboardInterrupt).
                 return py.check_signals();
             }
-            return Err(err.into());
+            return Err(os_error(err));
         }
         let mut woken = Vec::with_capacity(events.len());
         {
@@ -318,13 +319,17 @@ impl LoopCore {
         let fd = resolve_fd(fileobj)?;
         let io = this.io(py)?;
         let handle = this.new_handle(py, callback, args, None)?;
-        let (replaced, old_fileobj) = this.fds.borrow_mut(py).add(
-            &io.poller,
-            fd,
-            fileobj.clone().unbind(),
-            dir,
-            handle.clone_ref(py),
-        )?;
+        let (replaced, old_fileobj) = this
+            .fds
+            .borrow_mut(py)
+            .add(
+                &io.poller,
+                fd,
+                fileobj.clone().unbind(),
+                dir,
+                handle.clone_ref(py),
+            )
+            .map_err(os_error)?;
         if let Some(old) = replaced {
             old.get().cancel_handle();
         }
@@ -365,7 +370,7 @@ impl LoopCore {
             Some(handle) => {
                 handle.get().cancel_handle();
                 drop(handle);
-                result?;
+                result.map_err(os_error)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -448,8 +453,8 @@ impl LoopCore {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let poller = Poller::new()?;
-        let waker = Waker::new(&poller)?;
+        let poller = Poller::new().map_err(os_error)?;
+        let waker = Waker::new(&poller).map_err(os_error)?;
         Ok(LoopCore {
             ready: GilCell::new(ReadyQueue::new()),
             scheduled: GilCell::new(TimerHeap::new()),

@@ -230,10 +230,9 @@ impl TimerHandle {
         self.when
     }
 
-    fn __hash__(&self) -> u64 {
-        // Same as hash(float): equal `when`s hash equal, which is all __eq__ needs.
-        let w = if self.when == 0.0 { 0.0 } else { self.when };
-        w.to_bits()
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        // hash(when), as asyncio.TimerHandle.
+        self.when.into_pyobject(py)?.hash()
     }
 
     fn __richcmp__(

@@ -4,6 +4,7 @@
 //! `docs/ARCHITECTURE.md` for how a call travels through it.
 
 pub mod clock;
+pub mod errors;
 pub mod event_loop;
 pub mod fd_watchers;
 pub mod gil_cell;

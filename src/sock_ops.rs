@@ -10,16 +10,23 @@ use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
 use pyo3::ffi;
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use pyo3::PyTraverseError;
 
+use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 
 /// `recv(fd, n)`: `Ok(None)` when the socket has nothing to read yet.
 pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<Bound<'_, PyBytes>>> {
     if n < 0 {
         return Err(PyValueError::new_err("negative buffersize in recv"));
+    }
+    if n == 0 {
+        // socket.recv(0) returns b'' without a syscall; recv(fd, 0) would report EAGAIN.
+        return Ok(Some(PyBytes::new(py, b"")));
     }
     loop {
         // SAFETY: PyBytesWriter_Create returns a writer owning an `n`-byte buffer, or NULL with
@@ -42,7 +49,7 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<Bound<
             match err.kind() {
                 std::io::ErrorKind::Interrupted => continue,
                 std::io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(err.into()),
+                _ => return Err(os_error(err)),
             }
         }
         // SAFETY: `received` <= n bytes were initialised by recv; finishing consumes the writer
@@ -79,6 +86,11 @@ impl RecvWaiter {
 
 #[pymethods]
 impl RecvWaiter {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.future)
+    }
+
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
