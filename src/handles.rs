@@ -4,7 +4,9 @@
 //! Runs on the loop thread with the GIL held. A handle keeps its callback, its arguments (the
 //! `*args` tuple the call already built, so no second tuple is made) and the `contextvars`
 //! context it runs in. Running one enters the context with the C API and calls the callback
-//! directly: no bound `Context.run` method, no new argument tuple.
+//! directly: no bound `Context.run` method, no new argument tuple. Cancelling a handle drops its
+//! callback and arguments (outside debug mode), as `asyncio.Handle.cancel` does, so cancelled
+//! handles a program keeps do not keep what they reference alive.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
+use crate::gil_cell::GilCell;
 use crate::support;
 
 /// What a scheduled `TimerHandle` shares with its loop: whether it is still in the heap, and
@@ -26,10 +29,25 @@ pub struct TimerState {
     pub cancelled_in_heap: Arc<AtomicUsize>,
 }
 
-#[pyclass(module = "ferroloop", subclass, frozen, weakref)]
-pub struct Handle {
+/// The callback and the arguments it is called with.
+struct Call {
     callback: Py<PyAny>,
     args: Py<PyTuple>,
+}
+
+impl Call {
+    fn clone_ref(&self, py: Python<'_>) -> Call {
+        Call {
+            callback: self.callback.clone_ref(py),
+            args: self.args.clone_ref(py),
+        }
+    }
+}
+
+#[pyclass(module = "ferroloop", subclass, frozen, weakref)]
+pub struct Handle {
+    /// `None` once `cancel()` released it.
+    call: GilCell<Option<Call>>,
     context: Py<PyAny>,
     cancelled: AtomicBool,
     pub(crate) timer: Option<TimerState>,
@@ -56,8 +74,10 @@ impl Handle {
             None
         };
         Ok(Handle {
-            callback: callback.unbind(),
-            args: args.unbind(),
+            call: GilCell::new(Some(Call {
+                callback: callback.unbind(),
+                args: args.unbind(),
+            })),
             context,
             cancelled: AtomicBool::new(false),
             timer,
@@ -75,13 +95,34 @@ impl Handle {
         }
     }
 
+    /// `Handle.cancel()` from Python: cancel, then drop the callback and its arguments unless
+    /// the handle was made in debug mode (where reprs and logs still show the callback).
+    fn cancel_and_release(&self, py: Python<'_>) {
+        self.cancel_handle();
+        if self.source_traceback.is_none() {
+            // Taken out first: dropping may run Python code that touches this handle.
+            let released = self.call.borrow_mut(py).take();
+            drop(released);
+        }
+    }
+
     #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Relaxed)
     }
 
-    pub fn callback<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
-        self.callback.bind(py)
+    /// New references to the callback and its arguments, `None` once released; held outside
+    /// the cell so the callback may cancel its own handle while it runs.
+    fn call(&self, py: Python<'_>) -> Option<Call> {
+        self.call.borrow(py).as_ref().map(|c| c.clone_ref(py))
+    }
+
+    /// The callback, or Python's `None` once a cancel released it.
+    pub fn callback<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self.call.borrow(py).as_ref() {
+            Some(c) => c.callback.bind(py).clone(),
+            None => py.None().into_bound(py),
+        }
     }
 
     /// Run the callback in its context. Returns `Err` only for the exceptions that must stop
@@ -90,6 +131,9 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let Some(call) = this.call(py) else {
+            return Ok(()); // cancelled and released: nothing to run
+        };
         let ctx = this.context.as_ptr();
         // SAFETY: `ctx` is a live object owned by this handle for the whole call; a non-Context
         // object or an already-entered context makes PyContext_Enter fail with an exception set,
@@ -98,8 +142,8 @@ impl Handle {
         let result = if !entered {
             Err(PyErr::fetch(py))
         } else {
-            let callback = this.callback.bind(py);
-            let args = this.args.bind(py);
+            let callback = call.callback.bind(py);
+            let args = call.args.bind(py);
             let r = if args.is_empty() {
                 callback.call0()
             } else {
@@ -115,7 +159,7 @@ impl Handle {
         };
         match result {
             Ok(_) => Ok(()),
-            Err(err) => report_callback_error(slf.as_any(), event_loop, err, this),
+            Err(err) => report_callback_error(slf.as_any(), event_loop, err, this, &call),
         }
     }
 }
@@ -125,6 +169,7 @@ fn report_callback_error(
     event_loop: &Bound<'_, PyAny>,
     err: PyErr,
     this: &Handle,
+    call: &Call,
 ) -> PyResult<()> {
     let py = handle.py();
     if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
@@ -132,8 +177,8 @@ fn report_callback_error(
     }
     let source = support::format_callback_source(
         py,
-        this.callback.bind(py),
-        this.args.bind(py),
+        call.callback.bind(py),
+        call.args.bind(py),
         event_loop,
     )?;
     let context = PyDict::new(py);
@@ -155,8 +200,8 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 #[pymethods]
 impl Handle {
-    fn cancel(&self) {
-        self.cancel_handle();
+    fn cancel(&self, py: Python<'_>) {
+        self.cancel_and_release(py);
     }
 
     fn cancelled(&self) -> bool {
@@ -169,12 +214,12 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.clone_ref(py)
+        self.callback(py).unbind()
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.args.clone_ref(py)
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.call.borrow(py).as_ref().map(|c| c.args.clone_ref(py))
     }
 
     #[getter]
@@ -204,8 +249,12 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.callback)?;
-        visit.call(&self.args)?;
+        if let Some(call) = self.call.try_borrow_unchecked() {
+            if let Some(call) = call.as_ref() {
+                visit.call(&call.callback)?;
+                visit.call(&call.args)?;
+            }
+        }
         visit.call(&self.context)?;
         if let Some(tb) = &self.source_traceback {
             visit.call(tb)?;
@@ -247,10 +296,19 @@ impl TimerHandle {
         let (a, b) = (slf.get().when, other.get().when);
         let equal = || -> PyResult<bool> {
             let (ha, hb) = (slf.as_super().get(), other.as_super().get());
-            Ok(a == b
-                && ha.callback.bind(py).eq(hb.callback.bind(py))?
-                && ha.args.bind(py).eq(hb.args.bind(py))?
-                && ha.is_cancelled() == hb.is_cancelled())
+            if a != b {
+                return Ok(false);
+            }
+            // Released calls compare as `None`, like asyncio's cancelled handles.
+            let same_call = match (ha.call(py), hb.call(py)) {
+                (Some(ca), Some(cb)) => {
+                    ca.callback.bind(py).eq(cb.callback.bind(py))?
+                        && ca.args.bind(py).eq(cb.args.bind(py))?
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            Ok(same_call && ha.is_cancelled() == hb.is_cancelled())
         };
         let result = match op {
             CompareOp::Lt => a < b,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from asyncio import events
+from asyncio import events, unix_events
 from typing import Any, Coroutine, TypeVar
 
 from ._core import Handle, TimerHandle
@@ -21,9 +21,10 @@ __version__ = "0.1.0"
 
 _T = TypeVar("_T")
 
-_BasePolicy: type = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(
-    events, "_BaseDefaultEventLoopPolicy"
-)
+# The standard Unix policy, so that ferroloop's keeps its whole API: on 3.11-3.13 that includes
+# get_child_watcher()/set_child_watcher(), which programs (and CPython's tests) call through
+# `asyncio.set_child_watcher()` whatever policy is installed.
+_BasePolicy: type = unix_events._UnixDefaultEventLoopPolicy
 
 
 def new_event_loop() -> Loop:
@@ -49,5 +50,9 @@ def install() -> None:
 
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
     """Run a coroutine on a new ferroloop loop, like `asyncio.run`, and return its result."""
+    if events._get_running_loop() is not None:
+        # Fail fast, as asyncio.run does: a Runner would first make and then close a new loop,
+        # and closing it runs shutdown_asyncgens, whose error would hide this one.
+        raise RuntimeError("ferroloop.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)

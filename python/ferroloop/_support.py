@@ -33,7 +33,7 @@ def handle_repr(handle: Any) -> str:
     when = getattr(handle, "_when", None)
     if when is not None:
         info.append(f"when={when}")
-    if not handle._cancelled:
+    if handle._callback is not None:  # released by cancel() outside debug mode, as in asyncio
         info.append(format_helpers._format_callback_source(handle._callback, handle._args))
     tb = handle._source_traceback
     if tb:
