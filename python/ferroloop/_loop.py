@@ -12,6 +12,7 @@ listed below; everything else is ferroloop's.
 from __future__ import annotations
 
 import asyncio
+import selectors
 import socket
 import sys
 import threading
@@ -55,6 +56,19 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_set_coroutine_origin_tracking",
         "set_debug",
         "_timer_handle_cancelled",
+        # connections, servers, pipes: per-connection setup
+        "_connect_sock",
+        "create_connection",
+        "_create_connection_transport",
+        "sendfile",
+        "_sendfile_fallback",
+        "start_tls",
+        "create_datagram_endpoint",
+        "_create_server_getaddrinfo",
+        "create_server",
+        "connect_accepted_socket",
+        "connect_read_pipe",
+        "connect_write_pipe",
     ),
     selector_events.BaseSelectorEventLoop: (
         "_ensure_fd_no_transport",
@@ -75,6 +89,15 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_sock_accept",
         "_sock_read_done",
         "_sock_write_done",
+        "_stop_serving",
+        # transports (the standard library's selector transports, for now) and accepting
+        "_make_socket_transport",
+        "_make_ssl_transport",
+        "_make_datagram_transport",
+        "_sendfile_native",
+        "_start_serving",
+        "_accept_connection",
+        "_accept_connection2",
     ),
     unix_events._UnixSelectorEventLoop: (
         "_check_signal",
@@ -84,6 +107,10 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_sock_sendfile_native_impl",
         "_sock_sendfile_update_filepos",
         "_sock_add_cancellation_callback",
+        "create_unix_connection",
+        "create_unix_server",
+        "_make_read_pipe_transport",
+        "_make_write_pipe_transport",
     ),
 }
 
@@ -100,6 +127,25 @@ def _borrow(namespace: dict[str, Any]) -> None:
             else:
                 if name not in _OPTIONAL:
                     raise AttributeError(f"{cls.__qualname__}.{name} is missing")
+
+
+class _SelectorView:
+    """Just enough of `selectors.BaseSelector` (`get_key`) for code that asks which events an
+    fd is watched for, such as the standard library transports' `__repr__`."""
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = selectors._fileobj_to_fd(fileobj)  # type: ignore[attr-defined]
+        events = 0
+        if self._loop._has_watcher(fd):
+            events |= selectors.EVENT_READ
+        if self._loop._has_watcher(fd, True):
+            events |= selectors.EVENT_WRITE
+        if not events:
+            raise KeyError(f"{fileobj!r} is not registered")
+        return selectors.SelectorKey(fileobj, fd, events, None)
 
 
 class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
@@ -187,6 +233,10 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
                 self.close()
+
+    @property
+    def _selector(self) -> _SelectorView:
+        return _SelectorView(self)
 
     # -- file descriptors --------------------------------------------------------------
 
