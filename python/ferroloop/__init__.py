@@ -24,7 +24,13 @@ _T = TypeVar("_T")
 # The standard Unix policy, so that ferroloop's keeps its whole API: on 3.11-3.13 that includes
 # get_child_watcher()/set_child_watcher(), which programs (and CPython's tests) call through
 # `asyncio.set_child_watcher()` whatever policy is installed.
-_BasePolicy: type = unix_events._UnixDefaultEventLoopPolicy
+# The Unix default policy (child watchers on 3.11-3.13); its name has been stable, but fall back
+# to the generic base should a future release drop it.
+_BasePolicy: type = (
+    getattr(unix_events, "_UnixDefaultEventLoopPolicy", None)
+    or getattr(events, "BaseDefaultEventLoopPolicy", None)
+    or getattr(events, "_BaseDefaultEventLoopPolicy")
+)
 
 
 def new_event_loop() -> Loop:
