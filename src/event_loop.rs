@@ -63,6 +63,7 @@ pub struct LoopCore {
     polling: AtomicBool,
     /// A wake-up was written during the current wait; further ones would be redundant.
     woken: AtomicBool,
+    read_buffer: GilCell<Vec<u8>>,
     /// `loop._task_factory`, kept here so `create_task` can check it without a dict lookup.
     task_factory: GilCell<Option<Py<PyAny>>>,
 }
@@ -306,7 +307,7 @@ impl LoopCore {
         self.run_ready(slf)
     }
 
-    fn add_watch(
+    pub(crate) fn add_watch(
         slf: &Bound<'_, Self>,
         fileobj: &Bound<'_, PyAny>,
         dir: Direction,
@@ -360,9 +361,16 @@ impl LoopCore {
         Self::remove_watch_fd(slf, fd, dir)
     }
 
-    fn remove_watch_fd(slf: &Bound<'_, Self>, fd: RawFd, dir: Direction) -> PyResult<bool> {
+    pub(crate) fn remove_watch_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        dir: Direction,
+    ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
+        if this.closed.load(Relaxed) {
+            return Ok(false);
+        }
         let io = this.io(py)?;
         let (removed, emptied, result) = this.fds.borrow_mut(py).remove(&io.poller, fd, dir);
         drop(emptied);
@@ -379,6 +387,20 @@ impl LoopCore {
 }
 
 impl LoopCore {
+    pub fn debug_enabled(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    /// The loop's scratch buffer for transport reads (one thread, one read at a time): data is
+    /// received into it and copied into a `bytes` of exactly the received size.
+    pub fn read_buffer(&self, py: Python<'_>) -> std::cell::RefMut<'_, Vec<u8>> {
+        let mut buf = self.read_buffer.borrow_mut(py);
+        if buf.is_empty() {
+            buf.resize(crate::transports::stream::MAX_READ, 0);
+        }
+        buf
+    }
+
     /// Remove `fd`'s reader if it is still the handle that calls `callback` (a waiter that
     /// finished must not remove a reader someone installed after it).
     pub fn remove_reader_if_callback(
@@ -469,6 +491,7 @@ impl LoopCore {
             polling: AtomicBool::new(false),
             woken: AtomicBool::new(false),
             task_factory: GilCell::new(None),
+            read_buffer: GilCell::new(Vec::new()),
         })
     }
 
@@ -530,7 +553,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
+    pub(crate) fn call_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,

@@ -3,6 +3,7 @@
 //! This file only registers the module; see `event_loop.rs` for the loop itself and
 //! `docs/ARCHITECTURE.md` for how a call travels through it.
 
+pub mod buffers;
 pub mod clock;
 pub mod errors;
 pub mod event_loop;
@@ -12,9 +13,12 @@ pub mod handles;
 pub mod poller;
 pub mod ready;
 pub mod sock_ops;
+pub mod socket_io;
 pub mod support;
 pub mod task_factory;
 pub mod timers;
+pub mod transports;
+pub mod write_buffer;
 
 use pyo3::prelude::*;
 
@@ -24,5 +28,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock_ops::RecvWaiter>()?;
+    m.add_class::<transports::stream::StreamCore>()?;
     Ok(())
 }

@@ -57,3 +57,24 @@ pub fn log_slow_callback(handle: &Bound<'_, PyAny>, seconds: f64) -> PyResult<()
 pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i32> {
     helper!(obj.py(), "fileobj_to_fd")?.call1((obj,))?.extract()
 }
+
+/// `logger.debug("%r: %s", transport, message, exc_info=exc)` (debug mode only).
+pub fn log_transport_error(
+    transport: &Bound<'_, PyAny>,
+    message: &str,
+    exc: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    helper!(transport.py(), "log_transport_error")?.call1((transport, message, exc))?;
+    Ok(())
+}
+
+/// `logger.debug("%r <what>", transport)` (debug mode only).
+pub fn log_transport_debug(transport: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    helper!(transport.py(), "log_transport_debug")?.call1((transport, what))?;
+    Ok(())
+}
+
+pub fn log_warning(py: Python<'_>, message: &str) -> PyResult<()> {
+    helper!(py, "log_warning")?.call1((message,))?;
+    Ok(())
+}

@@ -24,6 +24,7 @@ from asyncio.log import logger
 from typing import Any, Callable
 
 from . import _core
+from ._transports import SocketTransport
 
 _BORROWED: dict[type, tuple[str, ...]] = {
     base_events.BaseEventLoop: (
@@ -90,8 +91,7 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_sock_read_done",
         "_sock_write_done",
         "_stop_serving",
-        # transports (the standard library's selector transports, for now) and accepting
-        "_make_socket_transport",
+        # TLS and datagram transports (the standard library's, for now) and accepting
         "_make_ssl_transport",
         "_make_datagram_transport",
         "_sendfile_native",
@@ -233,6 +233,11 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
                 self.close()
+
+    def _make_socket_transport(
+        self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
+    ) -> SocketTransport:
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     @property
     def _selector(self) -> _SelectorView:

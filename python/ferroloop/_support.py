@@ -52,4 +52,16 @@ def log_slow_callback(handle: Any, seconds: float) -> None:
     logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
 
 
+def log_transport_error(transport: Any, message: str, exc: BaseException) -> None:
+    logger.debug("%r: %s", transport, message, exc_info=exc)
+
+
+def log_transport_debug(transport: Any, what: str) -> None:
+    logger.debug("%r %s", transport, what)
+
+
+def log_warning(message: str) -> None:
+    logger.warning(message)
+
+
 fileobj_to_fd = selectors._fileobj_to_fd

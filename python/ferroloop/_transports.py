@@ -1,0 +1,189 @@
+"""`SocketTransport`: ferroloop's TCP and Unix stream transport.
+
+An `asyncio.Transport` subclass, so `isinstance` checks in libraries hold. Everything that runs
+per read or per write — receiving, `data_received`/`buffer_updated`, sending, the write buffer,
+flow control, EOF and closing — is the Rust `StreamCore`; its methods are bound straight onto
+each instance, so `transport.write(data)` calls Rust with no Python frame in between. What runs
+once per connection (extra info, server bookkeeping, closing the socket) is here.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from asyncio import base_events, constants, futures, transports, trsock
+from typing import Any, Callable
+
+from . import _core
+
+# Methods served by the Rust core directly (bound per instance, see __init__).
+_DIRECT = (
+    "write",
+    "writelines",
+    "write_eof",
+    "close",
+    "abort",
+    "is_closing",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "set_protocol",
+    "get_protocol",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "set_write_buffer_limits",
+)
+
+
+class SocketTransport(transports.Transport):
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        super().__init__(extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._sock_fd = sock.fileno()
+        self._server = server
+        core = _core.StreamCore(loop, self._sock_fd, self, protocol)
+        self._core = core
+        for name in _DIRECT:
+            setattr(self, name, getattr(core, name))
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # The Rust core's methods replace these on every instance; they are spelled out for
+    # readers, type checkers and code that looks methods up on the class.
+    def write(self, data: Any) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self._core.is_closing())
+
+    def is_reading(self) -> bool:
+        return bool(self._core.is_reading())
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._core.get_write_buffer_size())
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    # -- state the standard library's helpers read (sendfile, start_tls, repr) ------------
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return bool(self._core._closing)
+
+    @property
+    def _conn_lost(self) -> int:
+        return int(self._core._conn_lost)
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return bool(self._core._protocol_paused)
+
+    @property
+    def _empty_waiter(self) -> Any:
+        return self._core._empty_waiter
+
+    def _make_empty_waiter(self) -> Any:
+        waiter = self._loop.create_future()
+        self._core._set_empty_waiter(waiter)
+        return waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._set_empty_waiter(None)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._core._connection_lost(exc)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            server = self._server
+            if server is not None:
+                server._detach()
+                self._server = None
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            reading = loop._has_watcher(self._sock_fd)
+            info.append("read=polling" if reading else "read=idle")
+            writing = "polling" if loop._has_watcher(self._sock_fd, True) else "idle"
+            info.append(f"write=<{writing}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()

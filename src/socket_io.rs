@@ -1,0 +1,118 @@
+//! Non-blocking socket syscalls for the transports: recv, send, vectored send, shutdown.
+//!
+//! EINTR is retried; "would block" (EAGAIN) comes back as `Ok(None)` rather than an error, so
+//! the common "nothing to read yet" case costs no exception. Sends use `MSG_NOSIGNAL`: a peer
+//! that went away is an `EPIPE` error, never a SIGPIPE.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Most slices one vectored send takes (Linux's IOV_MAX is 1024).
+pub const MAX_IOVECS: usize = 1024;
+
+fn retry<T>(mut call: impl FnMut() -> isize, done: impl Fn(usize) -> T) -> io::Result<Option<T>> {
+    loop {
+        let rc = call();
+        if rc >= 0 {
+            return Ok(Some(done(rc as usize)));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// recv into raw memory.
+///
+/// # Safety
+/// `ptr` must point to `len` writable bytes that stay valid for the call.
+pub unsafe fn recv_raw(fd: RawFd, ptr: *mut libc::c_void, len: usize) -> io::Result<Option<usize>> {
+    // SAFETY: the caller guarantees `ptr`/`len` describe writable memory.
+    retry(|| unsafe { libc::recv(fd, ptr, len, 0) }, |n| n)
+}
+
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is a valid, writable slice for the duration of the call.
+    unsafe { recv_raw(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is a valid slice for the duration of the call; send only reads it.
+    retry(
+        || unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) },
+        |n| n,
+    )
+}
+
+/// One `sendmsg` of up to `MAX_IOVECS` slices; returns how many bytes the kernel took.
+pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
+    if bufs.len() == 1 {
+        return send(fd, bufs[0]);
+    }
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .take(MAX_IOVECS)
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is plain data; zeroed is a valid "no name, no control data" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: every iovec points into a slice borrowed for this call, and sendmsg only reads
+    // through them; `msg` and `iov` outlive the call.
+    retry(
+        || unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) },
+        |n| n,
+    )
+}
+
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes no pointers; an invalid fd is reported as an error.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn vectored_send_then_recv_round_trip() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), None);
+        let sent = send_vectored(a.as_raw_fd(), &[b"hello ", b"vectored ", b"world"]).unwrap();
+        assert_eq!(sent, Some(20));
+        let got = recv(b.as_raw_fd(), &mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..got], b"hello vectored world");
+    }
+
+    #[test]
+    fn send_to_a_closed_peer_is_an_error_not_a_signal() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let err = send(a.as_raw_fd(), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn shutdown_write_gives_the_peer_eof() {
+        let (a, b) = UnixStream::pair().unwrap();
+        shutdown_write(a.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), Some(0));
+    }
+}

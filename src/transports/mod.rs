@@ -1,0 +1,5 @@
+//! Transports: the per-event halves of asyncio's transport objects. Each Rust core is wrapped
+//! by a thin Python `asyncio.Transport` subclass (`python/ferroloop/_transports.py`), so that
+//! `isinstance(transport, asyncio.Transport)` holds as libraries expect.
+
+pub mod stream;

@@ -1,0 +1,881 @@
+//! `StreamCore`: the Rust half of a TCP or Unix stream transport — reading into
+//! `data_received` / `BufferedProtocol.buffer_updated`, writing straight from the caller's
+//! buffer and buffering only the unsent tail, vectored `writelines`, flow control, EOF and
+//! closing, with the standard library's `_SelectorSocketTransport` semantics and messages.
+//!
+//! Runs on the loop thread with the GIL held. The socket's reader and writer are ordinary
+//! loop watchers whose callbacks are this object's `_read_ready` / `_write_ready`. State sits
+//! in a `GilCell`; every path takes what it needs out of it and releases the borrow before
+//! calling the protocol, which may re-enter the transport (write from data_received, close
+//! from connection_lost, ...).
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyConnectionError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError,
+    PyValueError,
+};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::buffers::ByteView;
+use crate::errors::os_error;
+use crate::event_loop::LoopCore;
+use crate::fd_watchers::Direction;
+use crate::gil_cell::GilCell;
+use crate::socket_io::{self, MAX_IOVECS};
+use crate::support;
+use crate::write_buffer::WriteBuffer;
+
+/// recv size for `data_received`, as the standard library's `max_size`.
+pub const MAX_READ: usize = 256 * 1024;
+/// After this many writes to a lost connection, each further one logs a warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+struct StreamState {
+    /// The Python transport object handed to the protocol; dropped once the connection is lost.
+    transport: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    buffered: bool,
+    protocol_connected: bool,
+    buffer: WriteBuffer,
+    conn_lost: u32,
+    closing: bool,
+    paused: bool,
+    eof: bool,
+    writer_installed: bool,
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    empty_waiter: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct StreamCore {
+    event_loop: Py<LoopCore>,
+    fd: RawFd,
+    state: GilCell<StreamState>,
+}
+
+fn is_fatal_to_loop(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cls = BUFFERED.import(protocol.py(), "asyncio.protocols", "BufferedProtocol")?;
+    protocol.is_instance(cls)
+}
+
+impl StreamCore {
+    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
+        self.event_loop.bind(py)
+    }
+
+    fn debug(&self, py: Python<'_>) -> bool {
+        self.event_loop(py).get().debug_enabled()
+    }
+
+    fn transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .transport
+            .as_ref()
+            .map(|t| t.clone_ref(py))
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    fn is_reading_now(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.closing && !st.paused
+    }
+
+    fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let callback = slf.getattr(intern!(py, "_read_ready"))?;
+        let fd = this.fd.into_pyobject(py)?;
+        LoopCore::add_watch(
+            this.event_loop(py),
+            fd.as_any(),
+            Direction::Read,
+            callback,
+            PyTuple::empty(py),
+        )?;
+        Ok(())
+    }
+
+    fn add_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let callback = slf.getattr(intern!(py, "_write_ready"))?;
+        let fd = this.fd.into_pyobject(py)?;
+        LoopCore::add_watch(
+            this.event_loop(py),
+            fd.as_any(),
+            Direction::Write,
+            callback,
+            PyTuple::empty(py),
+        )?;
+        this.state.borrow_mut(py).writer_installed = true;
+        Ok(())
+    }
+
+    fn remove_reader(&self, py: Python<'_>) -> PyResult<()> {
+        LoopCore::remove_watch_fd(self.event_loop(py), self.fd, Direction::Read).map(drop)
+    }
+
+    fn remove_writer(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.borrow_mut(py).writer_installed = false;
+        LoopCore::remove_watch_fd(self.event_loop(py), self.fd, Direction::Write).map(drop)
+    }
+
+    /// `loop.call_soon(transport._call_connection_lost, exc)`.
+    fn schedule_connection_lost(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
+        let Some(transport) = self.transport(py) else {
+            return Ok(());
+        };
+        let callback = transport
+            .bind(py)
+            .getattr(intern!(py, "_call_connection_lost"))?;
+        let args = PyTuple::new(py, [exc])?;
+        LoopCore::call_soon(self.event_loop(py), callback, args, None)?;
+        Ok(())
+    }
+
+    fn exception_context<'py>(
+        &self,
+        py: Python<'py>,
+        message: &str,
+        exc: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let context = PyDict::new(py);
+        context.set_item("message", message)?;
+        context.set_item("exception", exc)?;
+        context.set_item("transport", self.transport(py))?;
+        context.set_item("protocol", self.protocol(py))?;
+        Ok(context)
+    }
+
+    /// `_fatal_error`: report (OS errors only in debug mode, as the stdlib) and force-close.
+    fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
+        if is_fatal_to_loop(py, &err) {
+            return Err(err);
+        }
+        let exc = err.into_value(py).into_any();
+        let exc = exc.bind(py);
+        if exc.is_instance_of::<PyOSError>() {
+            if self.debug(py) {
+                if let Some(transport) = self.transport(py) {
+                    support::log_transport_error(transport.bind(py), message, exc)?;
+                }
+            }
+        } else {
+            let context = self.exception_context(py, message, exc)?;
+            self.event_loop(py)
+                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        }
+        self.force_close(py, exc.clone().unbind())
+    }
+
+    fn force_close(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
+        let (had_buffer, was_closing) = {
+            let mut st = self.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_buffer = !st.buffer.is_empty() || st.writer_installed;
+            st.buffer.clear();
+            let was_closing = st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (had_buffer, was_closing)
+        };
+        if had_buffer {
+            self.remove_writer(py)?;
+        }
+        if !was_closing {
+            self.remove_reader(py)?;
+        }
+        self.schedule_connection_lost(py, exc)
+    }
+
+    fn close_impl(&self, py: Python<'_>) -> PyResult<()> {
+        let empty = {
+            let mut st = self.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let empty = st.buffer.is_empty();
+            if empty {
+                st.conn_lost += 1;
+            }
+            empty
+        };
+        self.remove_reader(py)?;
+        if empty {
+            self.remove_writer(py)?;
+            self.schedule_connection_lost(py, py.None())?;
+        }
+        Ok(())
+    }
+
+    /// Call a protocol callback; its failure (other than KeyboardInterrupt/SystemExit) goes to
+    /// the exception handler with `message`, as `_FlowControlMixin` does.
+    fn notify_flow(
+        &self,
+        py: Python<'_>,
+        method: &Bound<'_, pyo3::types::PyString>,
+        message: &str,
+    ) -> PyResult<()> {
+        let Some(protocol) = self.protocol(py) else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.bind(py).call_method0(method) {
+            if is_fatal_to_loop(py, &err) {
+                return Err(err);
+            }
+            let exc = err.into_value(py).into_any();
+            let context = self.exception_context(py, message, exc.bind(py))?;
+            self.event_loop(py)
+                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut st = self.state.borrow_mut(py);
+            if st.buffer.len() <= st.high_water || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+        }
+        self.notify_flow(
+            py,
+            intern!(py, "pause_writing"),
+            "protocol.pause_writing() failed",
+        )
+    }
+
+    fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut st = self.state.borrow_mut(py);
+            if !(st.protocol_paused && st.buffer.len() <= st.low_water) {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+        }
+        self.notify_flow(
+            py,
+            intern!(py, "resume_writing"),
+            "protocol.resume_writing() failed",
+        )
+    }
+
+    /// Count a write to a lost connection; true if the write must be dropped.
+    fn drop_write_if_lost(&self, py: Python<'_>) -> PyResult<bool> {
+        let warn = {
+            let mut st = self.state.borrow_mut(py);
+            if st.conn_lost == 0 {
+                return Ok(false);
+            }
+            let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            st.conn_lost += 1;
+            warn
+        };
+        if warn {
+            support::log_warning(py, "socket.send() raised exception.")?;
+        }
+        Ok(true)
+    }
+
+    fn check_writable(&self, py: Python<'_>, what: &str) -> PyResult<()> {
+        let st = self.state.borrow(py);
+        if st.eof {
+            return Err(PyRuntimeError::new_err(format!(
+                "Cannot call {what}() after write_eof()"
+            )));
+        }
+        if st.empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err(format!(
+                "unable to {what}; sendfile is in progress"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Send `views` now if nothing is queued, buffer what the socket did not take, and install
+    /// the writer if data is left over.
+    fn send_or_buffer(slf: &Bound<'_, Self>, views: &[ByteView]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut sent = 0usize;
+        let needs_writer = {
+            let st = this.state.borrow(py);
+            st.buffer.is_empty() && !st.writer_installed
+        };
+        if needs_writer {
+            let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
+            let total: usize = slices.iter().map(|s| s.len()).sum();
+            match socket_io::send_vectored(this.fd, &slices[..slices.len().min(MAX_IOVECS)]) {
+                Ok(Some(n)) => sent = n,
+                Ok(None) => {}
+                Err(err) => {
+                    return this.fatal_error(
+                        py,
+                        os_error(err),
+                        "Fatal write error on socket transport",
+                    );
+                }
+            }
+            if sent == total {
+                return Ok(());
+            }
+        }
+        {
+            let mut st = this.state.borrow_mut(py);
+            let mut skip = sent;
+            for view in views {
+                let slice = view.as_slice();
+                if skip >= slice.len() {
+                    skip -= slice.len();
+                    continue;
+                }
+                st.buffer.push(&slice[skip..]);
+                skip = 0;
+            }
+        }
+        if needs_writer {
+            Self::add_writer(slf)?;
+        }
+        this.maybe_pause_protocol(py)
+    }
+
+    fn on_eof(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.debug(py) {
+            if let Some(transport) = self.transport(py) {
+                support::log_transport_debug(transport.bind(py), "received EOF")?;
+            }
+        }
+        let keep_open = match protocol.call_method0(intern!(py, "eof_received")) {
+            Ok(v) => v.is_truthy()?,
+            Err(err) => {
+                return self.fatal_error(
+                    py,
+                    err,
+                    "Fatal error: protocol.eof_received() call failed.",
+                );
+            }
+        };
+        if keep_open {
+            self.remove_reader(py)
+        } else {
+            self.close_impl(py)
+        }
+    }
+
+    fn read_into_protocol_buffer(
+        &self,
+        py: Python<'_>,
+        protocol: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let buffer = match protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|buf| {
+                if buf.len()? == 0 {
+                    Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ))
+                } else {
+                    Ok(buf)
+                }
+            }) {
+            Ok(buf) => buf,
+            Err(err) => {
+                return self.fatal_error(
+                    py,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                );
+            }
+        };
+        let received = ByteView::new(&buffer).and_then(|mut view| {
+            let len = view.len();
+            let ptr = view.as_mut_ptr().ok_or_else(|| {
+                PyTypeError::new_err(
+                    "recv_into() argument 'buffer' must be read-write bytes-like object",
+                )
+            })?;
+            // SAFETY: `ptr` addresses the `len` writable bytes of the exporter's buffer, which
+            // `view` keeps alive (and pinned) until it is dropped after the call.
+            unsafe { socket_io::recv_raw(self.fd, ptr, len) }.map_err(os_error)
+        });
+        let nbytes = match received {
+            Ok(None) => return Ok(()),
+            Ok(Some(n)) => n,
+            Err(err) => return self.fatal_error(py, err, "Fatal read error on socket transport"),
+        };
+        if nbytes == 0 {
+            return self.on_eof(py, protocol);
+        }
+        if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,)) {
+            return self.fatal_error(
+                py,
+                err,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            );
+        }
+        Ok(())
+    }
+
+    fn read_into_bytes(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = {
+            let event_loop = self.event_loop(py).get();
+            let mut buf = event_loop.read_buffer(py);
+            match socket_io::recv(self.fd, &mut buf[..]) {
+                Ok(None) => return Ok(()),
+                Ok(Some(n)) => PyBytes::new(py, &buf[..n]),
+                Err(err) => {
+                    drop(buf);
+                    return self.fatal_error(
+                        py,
+                        os_error(err),
+                        "Fatal read error on socket transport",
+                    );
+                }
+            }
+        };
+        if data.as_bytes().is_empty() {
+            return self.on_eof(py, protocol);
+        }
+        if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+            return self.fatal_error(
+                py,
+                err,
+                "Fatal error: protocol.data_received() call failed.",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn bytes_like(data: &Bound<'_, PyAny>) -> PyResult<ByteView> {
+    if !(data.is_instance_of::<PyBytes>()
+        || data.is_instance_of::<PyByteArray>()
+        || data.is_instance_of::<PyMemoryView>())
+    {
+        return Err(PyTypeError::new_err(format!(
+            "data argument must be a bytes-like object, not '{}'",
+            data.get_type().name()?
+        )));
+    }
+    ByteView::new(data)
+}
+
+#[pymethods]
+impl StreamCore {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        event_loop: Bound<'_, LoopCore>,
+        fd: RawFd,
+        transport: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let buffered = is_buffered_protocol(&protocol)?;
+        let _ = py;
+        Ok(StreamCore {
+            event_loop: event_loop.unbind(),
+            fd,
+            state: GilCell::new(StreamState {
+                transport: Some(transport.unbind()),
+                protocol: Some(protocol.unbind()),
+                buffered,
+                protocol_connected: true,
+                buffer: WriteBuffer::new(),
+                conn_lost: 0,
+                closing: false,
+                paused: false,
+                eof: false,
+                writer_installed: false,
+                protocol_paused: false,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                empty_waiter: None,
+            }),
+        })
+    }
+
+    /// Install the reader (scheduled by the transport right after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().is_reading_now(slf.py()) {
+            Self::add_reader(slf)?;
+        }
+        Ok(())
+    }
+
+    fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
+        let (protocol, buffered) = {
+            let st = self.state.borrow(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            match &st.protocol {
+                Some(p) => (p.clone_ref(py), st.buffered),
+                None => return Ok(()),
+            }
+        };
+        let protocol = protocol.bind(py);
+        if buffered {
+            self.read_into_protocol_buffer(py, protocol)
+        } else {
+            self.read_into_bytes(py, protocol)
+        }
+    }
+
+    fn _write_ready(&self, py: Python<'_>) -> PyResult<()> {
+        let outcome = {
+            let st = self.state.borrow(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            socket_io::send_vectored(self.fd, &st.buffer.front_slices(64))
+        };
+        match outcome {
+            Err(err) => {
+                let waiter = {
+                    let mut st = self.state.borrow_mut(py);
+                    st.buffer.clear();
+                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
+                };
+                self.remove_writer(py)?;
+                let err = os_error(err);
+                let exc = err.clone_ref(py).into_value(py);
+                self.fatal_error(py, err, "Fatal write error on socket transport")?;
+                if let Some(waiter) = waiter {
+                    waiter
+                        .bind(py)
+                        .call_method1(intern!(py, "set_exception"), (exc,))?;
+                }
+                return Ok(());
+            }
+            Ok(None) => {}
+            Ok(Some(n)) => self.state.borrow_mut(py).buffer.consume(n),
+        }
+        self.maybe_resume_protocol(py)?; // may write more
+        let (drained, waiter, closing, eof) = {
+            let st = self.state.borrow(py);
+            (
+                st.buffer.is_empty(),
+                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                st.closing,
+                st.eof,
+            )
+        };
+        if !drained {
+            return Ok(());
+        }
+        self.remove_writer(py)?;
+        if let Some(waiter) = waiter {
+            waiter
+                .bind(py)
+                .call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        if closing {
+            if let Some(transport) = self.transport(py) {
+                transport
+                    .bind(py)
+                    .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+            }
+        } else if eof {
+            socket_io::shutdown_write(self.fd).map_err(os_error)?;
+        }
+        Ok(())
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let view = bytes_like(data)?;
+        this.check_writable(py, "write")?;
+        if view.is_empty() || this.drop_write_if_lost(py)? {
+            return Ok(());
+        }
+        Self::send_or_buffer(slf, std::slice::from_ref(&view))
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_writable(py, "writelines")?;
+        let mut views = Vec::new();
+        for (i, item) in list_of_data.try_iter()?.enumerate() {
+            let item = item?;
+            let view = ByteView::new(&item).map_err(|_| {
+                let name = item
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
+                PyTypeError::new_err(format!(
+                    "sequence item {i}: expected a bytes-like object, {name} found"
+                ))
+            })?;
+            if !view.is_empty() {
+                views.push(view);
+            }
+        }
+        if views.is_empty() || this.drop_write_if_lost(py)? {
+            return Ok(());
+        }
+        Self::send_or_buffer(slf, &views)
+    }
+
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        let empty = {
+            let mut st = self.state.borrow_mut(py);
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buffer.is_empty()
+        };
+        if empty {
+            socket_io::shutdown_write(self.fd).map_err(os_error)?;
+        }
+        Ok(())
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.close_impl(py)
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        self.force_close(py, py.None())
+    }
+
+    /// `_force_close(exc)` for the transport's Python side (e.g. SSL and sendfile plumbing).
+    fn _force_close(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
+        self.force_close(py, exc)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        self.is_reading_now(py)
+    }
+
+    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.is_reading_now(py) {
+            return Ok(());
+        }
+        self.state.borrow_mut(py).paused = true;
+        self.remove_reader(py)?;
+        if self.debug(py) {
+            if let Some(transport) = self.transport(py) {
+                support::log_transport_debug(transport.bind(py), "pauses reading")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::add_reader(slf)?;
+        if this.debug(py) {
+            if let Some(transport) = this.transport(py) {
+                support::log_transport_debug(transport.bind(py), "resumes reading")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(&protocol)?;
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.buffered = buffered;
+            st.protocol_connected = true;
+            st.protocol.replace(protocol.unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffer.len()
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow(py);
+        (st.low_water, st.high_water)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let high: Option<i64> = high
+            .filter(|h| !h.is_none())
+            .map(|h| h.extract())
+            .transpose()?;
+        let low: Option<i64> = low
+            .filter(|l| !l.is_none())
+            .map(|l| l.extract())
+            .transpose()?;
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, None) => DEFAULT_HIGH_WATER as i64,
+            (None, Some(l)) => 4 * l,
+        };
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = self.state.borrow_mut(py);
+            st.high_water = high as usize;
+            st.low_water = low as usize;
+        }
+        self.maybe_pause_protocol(py)
+    }
+
+    /// Deliver `connection_lost(exc)` to the protocol (if one is connected) and let go of it
+    /// and of the transport; the Python side then closes the socket.
+    fn _connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let protocol = {
+            let st = self.state.borrow(py);
+            if st.protocol_connected {
+                st.protocol.as_ref().map(|p| p.clone_ref(py))
+            } else {
+                None
+            }
+        };
+        let result = match protocol {
+            Some(p) => p
+                .bind(py)
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            None => Ok(()),
+        };
+        let (released, waiter) = {
+            let mut st = self.state.borrow_mut(py);
+            st.conn_lost = st.conn_lost.max(1);
+            st.closing = true;
+            let released = (st.protocol.take(), st.transport.take());
+            (released, st.empty_waiter.take())
+        };
+        drop(released);
+        if let Some(waiter) = waiter {
+            let err = PyConnectionError::new_err("Connection is closed by peer");
+            waiter
+                .bind(py)
+                .call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
+        }
+        result
+    }
+
+    /// `_make_empty_waiter` / `_reset_empty_waiter` (sendfile): `future` resolves once the
+    /// write buffer is empty; None clears it.
+    fn _set_empty_waiter(&self, py: Python<'_>, future: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let Some(future) = future.filter(|f| !f.is_none()) else {
+            let old = self.state.borrow_mut(py).empty_waiter.take();
+            drop(old);
+            return Ok(());
+        };
+        let empty = {
+            let mut st = self.state.borrow_mut(py);
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+            }
+            st.empty_waiter = Some(future.clone().unbind());
+            st.buffer.is_empty()
+        };
+        if empty {
+            future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn _empty_waiter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .empty_waiter
+            .as_ref()
+            .map(|w| w.clone_ref(py))
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.borrow(py).conn_lost
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).paused
+    }
+
+    #[getter]
+    fn _eof(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).eof
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).protocol_paused
+    }
+
+    #[getter]
+    fn _protocol_connected(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).protocol_connected
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        if let Some(st) = self.state.try_borrow_unchecked() {
+            visit.call(&st.transport)?;
+            visit.call(&st.protocol)?;
+            visit.call(&st.empty_waiter)?;
+        }
+        Ok(())
+    }
+}
