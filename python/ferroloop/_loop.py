@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events, selector_events, unix_events
+from asyncio import base_events, constants, coroutines, events, selector_events, sslproto, unix_events
 from asyncio.log import logger
 from typing import Any, Callable
 
@@ -91,8 +91,7 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_sock_read_done",
         "_sock_write_done",
         "_stop_serving",
-        # TLS and datagram transports (the standard library's, for now) and accepting
-        "_make_ssl_transport",
+        # datagram transports (the standard library's, for now) and accepting
         "_make_datagram_transport",
         "_sendfile_native",
         "_start_serving",
@@ -238,6 +237,35 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
         self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
     ) -> SocketTransport:
         return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: Any,
+        sslcontext: Any,
+        waiter: Any = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: Any = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> Any:
+        # TLS records are the standard library's SSLProtocol (the caller's SSLContext through
+        # MemoryBIO), carried by ferroloop's stream transport.
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     @property
     def _selector(self) -> _SelectorView:
