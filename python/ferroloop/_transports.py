@@ -35,7 +35,10 @@ _DIRECT = (
 )
 
 
-class SocketTransport(transports.Transport):
+class SocketTransport(transports._FlowControlMixin):
+    # _FlowControlMixin, as the standard library's socket transports: loop.sendfile's fallback
+    # (base_events._SendfileFallbackProtocol) accepts only transports of that class. Its state
+    # and methods are the Rust core's here, so its __init__ is skipped (see __init__).
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
@@ -48,7 +51,7 @@ class SocketTransport(transports.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        super().__init__(extra)
+        transports.Transport.__init__(self, extra)  # not _FlowControlMixin's: no state here
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -184,6 +187,7 @@ class SocketTransport(transports.Transport):
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if self._sock is not None:
+        sock = getattr(self, "_sock", None)  # None too if __init__ failed part way
+        if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
+            sock.close()

@@ -329,9 +329,15 @@ impl StreamCore {
             st.buffer.is_empty() && !st.writer_installed
         };
         if needs_writer {
-            let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
-            let total: usize = slices.iter().map(|s| s.len()).sum();
-            match socket_io::send_vectored(this.fd, &slices[..slices.len().min(MAX_IOVECS)]) {
+            let (outcome, total) = if let [view] = views {
+                (socket_io::send(this.fd, view.as_slice()), view.len())
+            } else {
+                let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
+                let total = slices.iter().map(|s| s.len()).sum();
+                let batch = &slices[..slices.len().min(MAX_IOVECS)];
+                (socket_io::send_vectored(this.fd, batch), total)
+            };
+            match outcome {
                 Ok(Some(n)) => sent = n,
                 Ok(None) => {}
                 Err(err) => {
