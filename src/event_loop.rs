@@ -110,6 +110,26 @@ impl LoopCore {
         }
     }
 
+    /// `call_soon` and `call_soon_threadsafe`: check, make the handle, queue it.
+    fn queue_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &str,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Relaxed) {
+            support::debug_checks(slf.as_any(), &callback, method, threadsafe)?;
+        }
+        let handle = this.new_handle(py, callback, args, context)?;
+        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
@@ -559,15 +579,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug.load(Relaxed) {
-            support::debug_checks(slf.as_any(), &callback, "call_soon", false)?;
-        }
-        let handle = this.new_handle(py, callback, args, context)?;
-        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
-        Ok(handle)
+        Self::queue_soon(slf, callback, args, context, "call_soon", false)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -577,15 +589,8 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug.load(Relaxed) {
-            support::debug_checks(slf.as_any(), &callback, "call_soon_threadsafe", true)?;
-        }
-        let handle = this.new_handle(py, callback, args, context)?;
-        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
-        this.wake(py);
+        let handle = Self::queue_soon(slf, callback, args, context, "call_soon_threadsafe", true)?;
+        slf.get().wake(slf.py());
         Ok(handle)
     }
 
