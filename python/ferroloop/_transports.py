@@ -9,6 +9,7 @@ once per connection (extra info, server bookkeeping, closing the socket) is here
 
 from __future__ import annotations
 
+import inspect
 import socket
 import warnings
 from asyncio import base_events, constants, futures, transports, trsock
@@ -71,7 +72,7 @@ class SocketTransport(transports._FlowControlMixin):
         for name in _DIRECT:
             setattr(self, name, getattr(core, name))
         if server is not None:
-            server._attach()
+            _server_call(server, "_attach", self)
         loop._transports[self._sock_fd] = self
         base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
@@ -168,7 +169,7 @@ class SocketTransport(transports._FlowControlMixin):
                 self._sock = None
             server = self._server
             if server is not None:
-                server._detach()
+                _server_call(server, "_detach", self)
                 self._server = None
 
     def __repr__(self) -> str:
