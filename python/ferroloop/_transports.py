@@ -36,6 +36,17 @@ _DIRECT = (
 )
 
 
+# 3.13's Server tracks its transports (for close_clients/abort_clients): _attach(transport).
+_SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).parameters) > 1
+
+
+def _server_call(server: Any, method: str, transport: Any) -> None:
+    if _SERVER_TRACKS_TRANSPORTS:
+        getattr(server, method)(transport)
+    else:
+        getattr(server, method)()
+
+
 class SocketTransport(transports._FlowControlMixin):
     # _FlowControlMixin, as the standard library's socket transports: loop.sendfile's fallback
     # (base_events._SendfileFallbackProtocol) accepts only transports of that class. Its state
