@@ -12,7 +12,8 @@ from typing import Any
 
 import ferroloop
 
-PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
+# Where the imported ferroloop package lives: site-packages, or python/ for the dev build.
+FERROLOOP_HOME = Path(ferroloop.__file__).resolve().parent.parent
 
 
 def on_both_loops(snippet: Callable[[asyncio.AbstractEventLoop], Any]) -> tuple[Any, Any]:
@@ -51,9 +52,10 @@ def run_python(
 
 
 def python_env(**extra: str) -> dict[str, str]:
-    """The environment for a child interpreter: this checkout's ferroloop, debug mode off."""
+    """The environment for a child interpreter: the ferroloop this process imported (installed,
+    or the dev build), debug mode off."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PYTHON_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FERROLOOP_HOME), env.get("PYTHONPATH")]))
     env.pop("PYTHONASYNCIODEBUG", None)
     env.update(extra)
     return env
