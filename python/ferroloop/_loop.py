@@ -21,10 +21,12 @@ import warnings
 import weakref
 from asyncio import base_events, constants, coroutines, events, selector_events, sslproto, unix_events
 from asyncio.log import logger
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVarTuple, Unpack
 
 from . import _core
 from ._transports import SocketTransport
+
+_Ts = TypeVarTuple("_Ts")
 
 _BORROWED: dict[type, tuple[str, ...]] = {
     base_events.BaseEventLoop: (
@@ -91,8 +93,7 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_sock_read_done",
         "_sock_write_done",
         "_stop_serving",
-        # datagram transports (the standard library's, for now) and accepting
-        "_make_datagram_transport",
+        # accepting (datagram transports: `_make_datagram_transport` below)
         "_sendfile_native",
         "_start_serving",
         "_accept_connection",
@@ -147,10 +148,30 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, None)
 
 
-class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
+if TYPE_CHECKING:
+    # What type checkers see: the functions `_borrow` copies in are the standard library
+    # loop's, so its declarations type them. At run time the base is AbstractEventLoop.
+    _StdlibLoopBase = base_events.BaseEventLoop
+else:
+    _StdlibLoopBase = asyncio.AbstractEventLoop
+
+
+# ferroloop's handles are its own Rust types (as uvloop's are its own Cython types), so the
+# handle-returning methods differ from the stdlib's declarations in their return types only.
+class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
     """An asyncio event loop whose core runs in Rust."""
 
     _borrow(locals())
+
+    if TYPE_CHECKING:
+        # Private helpers borrowed above that typeshed does not declare.
+        def _check_running(self) -> None: ...
+        def _set_coroutine_origin_tracking(self, enabled: bool) -> None: ...
+        def _asyncgen_firstiter_hook(self, agen: Any) -> None: ...
+        def _asyncgen_finalizer_hook(self, agen: Any) -> None: ...
+        def _ensure_fd_no_transport(self, fd: Any) -> None: ...
+        def _check_signal(self, sig: int) -> None: ...
+        def _handle_signal(self, sig: int) -> None: ...
 
     # The Rust create_task handles the common case; with a task factory or in debug mode it
     # defers to the standard library's version of this interpreter.
@@ -175,7 +196,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
         self._signal_handlers: dict[int, Any] = {}
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
-        self.set_debug(coroutines._is_debug_mode())
+        self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
     # -- running -----------------------------------------------------------------------
 
@@ -238,6 +259,11 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
     ) -> SocketTransport:
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
+    def _make_datagram_transport(
+        self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
+    ) -> Any:
+        return _DatagramTransport(self, sock, protocol, address, waiter, extra)
+
     def _make_ssl_transport(
         self,
         rawsock: socket.socket,
@@ -254,6 +280,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
     ) -> Any:
         # TLS records are the standard library's SSLProtocol (the caller's SSLContext through
         # MemoryBIO), carried by ferroloop's stream transport.
+        # typeshed says the timeouts are ints; the stdlib takes any number.
         ssl_protocol = sslproto.SSLProtocol(
             self,
             protocol,
@@ -261,7 +288,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
             waiter,
             server_side,
             server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
@@ -273,7 +300,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
 
     # -- file descriptors --------------------------------------------------------------
 
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_reader(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)
 
@@ -281,7 +308,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
         self._ensure_fd_no_transport(fd)
         return self._remove_reader(fd)
 
-    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_writer(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)
 
@@ -295,7 +322,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock (non-blocking)."""
-        base_events._check_ssl_socket(sock)
+        base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         fd = sock.fileno()
@@ -317,14 +344,14 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
     # The standard library's add_signal_handler writes signal numbers to `_csock` through
     # signal.set_wakeup_fd; we read them from `_ssock` and dispatch with `_handle_signal`.
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         # Same checks, in the same order, as the borrowed implementation; the wake-up pipe is
         # opened only once they pass, because that implementation needs it.
         if not (coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback)):
             self._check_signal(sig)
             self._check_closed()
             self._open_signal_pipe()
-        _UNIX_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+        _UNIX_ADD_SIGNAL_HANDLER(self, sig, callback, *args)  # type: ignore[arg-type]
 
     def _open_signal_pipe(self) -> None:
         if self._ssock is not None:
@@ -362,3 +389,14 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
 
 
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
+
+# The standard library's datagram transport, for now; it is an asyncio.DatagramTransport (which
+# libraries check) only from 3.12 on, so on 3.11 a subclass adds the missing base.
+_DatagramTransport: type = selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
+if not issubclass(_DatagramTransport, asyncio.DatagramTransport):
+
+    class _DatagramTransport(  # type: ignore[no-redef]
+        selector_events._SelectorDatagramTransport,  # type: ignore[name-defined]
+        asyncio.DatagramTransport,
+    ):
+        pass

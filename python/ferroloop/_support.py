@@ -17,7 +17,9 @@ _FORMAT_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callba
 
 def format_callback_source(callback: Any, args: tuple[Any, ...], loop: Any) -> str:
     if _FORMAT_TAKES_DEBUG:
-        return format_helpers._format_callback_source(callback, args, debug=loop.get_debug())
+        return format_helpers._format_callback_source(  # type: ignore[call-arg]
+            callback, args, debug=loop.get_debug()
+        )
     return format_helpers._format_callback_source(callback, args)
 
 
@@ -49,7 +51,8 @@ def debug_checks(loop: Any, callback: Any, method: str, threadsafe: bool) -> Non
 
 
 def log_slow_callback(handle: Any, seconds: float) -> None:
-    logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
+    handle_text = base_events._format_handle(handle)  # type: ignore[attr-defined]
+    logger.warning("Executing %s took %.3f seconds", handle_text, seconds)
 
 
 def log_transport_error(transport: Any, message: str, exc: BaseException) -> None:
@@ -64,4 +67,4 @@ def log_warning(message: str) -> None:
     logger.warning(message)
 
 
-fileobj_to_fd = selectors._fileobj_to_fd
+fileobj_to_fd = selectors._fileobj_to_fd  # type: ignore[attr-defined]

@@ -37,7 +37,9 @@ _DIRECT = (
 
 
 # 3.13's Server tracks its transports (for close_clients/abort_clients): _attach(transport).
-_SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).parameters) > 1
+_SERVER_TRACKS_TRANSPORTS = (
+    len(inspect.signature(base_events.Server._attach).parameters) > 1  # type: ignore[attr-defined]
+)
 
 
 def _server_call(server: Any, method: str, transport: Any) -> None:
@@ -53,6 +55,7 @@ class SocketTransport(transports._FlowControlMixin):
     # and methods are the Rust core's here, so its __init__ is skipped (see __init__).
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _extra: dict[str, Any]  # BaseTransport's slot, which typeshed leaves undeclared
 
     def __init__(
         self,
@@ -85,11 +88,11 @@ class SocketTransport(transports._FlowControlMixin):
         if server is not None:
             _server_call(server, "_attach", self)
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
+        base_events._set_nodelay(sock)  # type: ignore[attr-defined]
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(core._start_reading)
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
     # The Rust core's methods replace these on every instance; they are spelled out for
     # readers, type checkers and code that looks methods up on the class.
