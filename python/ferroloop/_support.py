@@ -15,12 +15,16 @@ from typing import Any
 _FORMAT_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
 
 
-def format_callback_source(callback: Any, args: tuple[Any, ...], loop: Any) -> str:
-    if _FORMAT_TAKES_DEBUG:
+def _format_source(callback: Any, args: tuple[Any, ...], debug: bool) -> str:
+    if _FORMAT_TAKES_DEBUG:  # 3.13+: arguments are shown in debug mode only
         return format_helpers._format_callback_source(  # type: ignore[call-arg]
-            callback, args, debug=loop.get_debug()
+            callback, args, debug=debug
         )
     return format_helpers._format_callback_source(callback, args)
+
+
+def format_callback_source(callback: Any, args: tuple[Any, ...], loop: Any) -> str:
+    return _format_source(callback, args, loop.get_debug())
 
 
 def extract_stack() -> Any:
@@ -36,7 +40,9 @@ def handle_repr(handle: Any) -> str:
     if when is not None:
         info.append(f"when={when}")
     if handle._callback is not None:  # released by cancel() outside debug mode, as in asyncio
-        info.append(format_helpers._format_callback_source(handle._callback, handle._args))
+        # A handle has a source traceback exactly when it was made in debug mode.
+        debug = handle._source_traceback is not None
+        info.append(_format_source(handle._callback, handle._args, debug))
     tb = handle._source_traceback
     if tb:
         frame = tb[-1]
