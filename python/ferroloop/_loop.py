@@ -12,6 +12,7 @@ listed below; everything else is ferroloop's.
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 import socket
 import sys
@@ -92,7 +93,6 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_sock_accept",
         "_sock_read_done",
         "_sock_write_done",
-        "_stop_serving",
         # accepting (datagram transports: `_make_datagram_transport` below)
         "_sendfile_native",
         "_start_serving",
@@ -194,6 +194,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         self._old_agen_hooks: Any = None
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._signal_handlers: dict[int, Any] = {}
+        self._unix_server_sockets: dict[socket.socket, int] = {}  # 3.13+: listening sock -> inode
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
@@ -294,6 +295,22 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
+    def _stop_serving(self, sock: socket.socket) -> None:
+        # The standard library's, plus what 3.13's Unix loop adds: unlink the socket file that
+        # create_unix_server bound, unless it was replaced (its version calls super(), so it
+        # cannot be borrowed). Before 3.13 nothing fills `_unix_server_sockets`.
+        path = sock.getsockname() if sock in self._unix_server_sockets else None
+        _SELECTOR_STOP_SERVING(self, sock)
+        if path is not None:
+            prev_ino = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == prev_ino:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
     @property
     def _selector(self) -> _SelectorView:
         return _SelectorView(self)
@@ -389,6 +406,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 
 
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
+_SELECTOR_STOP_SERVING = vars(selector_events.BaseSelectorEventLoop)["_stop_serving"]
 
 # The standard library's datagram transport, for now; it is an asyncio.DatagramTransport (which
 # libraries check) only from 3.12 on, so on 3.11 a subclass adds the missing base.

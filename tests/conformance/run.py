@@ -38,6 +38,13 @@ in the standard-loop run the same hooks return asyncio's own default loop
 3. `Suite.loop_hooks`: suites that build a mocked `asyncio.BaseEventLoop()` only because they
    need *a* loop (test_runners' `BaseTest.new_loop`, test_pep492's `BaseTest.setUp`); the worker
    hands them a real loop under test instead (see `worker.LOOP_HOOKS`).
+4. `Suite.selector_loop_sites`: methods of a suite's concrete classes that build the loop with
+   `asyncio.SelectorEventLoop()` themselves — the `new_loop()` of `FunctionalTestCaseMixin`
+   suites (test_server, test_buffered_proto), the `setUp` of test_unix_events' signal and
+   Unix socket classes.
+   While such a method runs, the name `asyncio.SelectorEventLoop` is the loop factory under test
+   (in the standard-loop run it stays asyncio's class). The class keeps its own tests, such as
+   test_server's Unix test that only `SelectorStartServerTests` has.
 
 A test that drives the stdlib loop's private machinery through a loop it was handed
 (`Suite.internals`, each with its reason) is deselected from both runs. Everything else runs
@@ -53,7 +60,7 @@ Scope
 `DEFERRED_FEATURES` names, by a pattern on `Class.test_method`, the tests of features that later
 issues bring in; a suite lists the ones it still defers in `Suite.deferred`. To widen the
 selection when a feature lands, remove it from the suites' `deferred` tuples (and add modules
-such as test_streams or test_subprocess to SUITES).
+such as test_ssl or test_subprocess to SUITES).
 """
 
 from __future__ import annotations
@@ -80,12 +87,8 @@ DEFERRED_FEATURES: dict[str, str] = {
     # feature: regular expression searched in "Class.test_method". A test is deselected while
     # any feature it matches is deferred; it is counted under the first one, in this order.
     "tls": r"ssl",
-    "pipes": r"pipe|pty",
+    "pipes": r"pipe|(?<![a-z])pty",  # not the "pty" of "empty"
     "subprocesses": r"subprocess",
-    "transports": (
-        r"create_connection|create_server|create_unix_|datagram"
-        r"|connect_accepted_socket|server_close|^TestServer\."
-    ),
 }
 
 
@@ -98,6 +101,9 @@ class Suite:
     superseded: tuple[str, ...] = ()
     # "Class.method" where the suite builds a stdlib loop object as "a loop" (worker.LOOP_HOOKS)
     loop_hooks: tuple[str, ...] = ()
+    # "Class.method" that calls asyncio.SelectorEventLoop() to build the loop a test runs on;
+    # during the call that name is the loop under test (worker.patch_selector_loop_site)
+    selector_loop_sites: tuple[str, ...] = ()
     # features (keys of DEFERRED_FEATURES) whose tests are not selected yet
     deferred: tuple[str, ...] = ()
     # "Class.test_method" -> why: tests that drive the stdlib loop's own private machinery,
@@ -121,11 +127,15 @@ SUITES: tuple[Suite, ...] = (
         # superseded classes, next to a child watcher from UnixEventLoopTestsMixin).
         mixins={"EventLoopTests": "EventLoopTestsMixin"},
         superseded=_STDLIB_LOOP_CLASSES,
-        deferred=("tls", "pipes", "subprocesses", "transports"),
+        deferred=("tls", "pipes", "subprocesses"),
         internals={
             "EventLoopTests.test_timeout_rounding": (
                 "counts iterations by replacing loop._run_once, which only the stdlib's "
                 "run_forever calls through the instance, and reads loop._selector"
+            ),
+            "EventLoopTests.test_internal_fds": (
+                "counts the selector loop's self-pipe (_internal_fds, _ssock, _csock); the test "
+                "itself skips on any loop that is not a BaseSelectorEventLoop"
             ),
         },
     ),
@@ -133,7 +143,34 @@ SUITES: tuple[Suite, ...] = (
         "test_sock_lowlevel",
         mixins={"SockTests": "BaseSockTestsMixin"},
         superseded=_STDLIB_LOOP_CLASSES,
-        deferred=("transports",),
+    ),
+    Suite("test_server", selector_loop_sites=("SelectorStartServerTests.new_loop",)),
+    Suite("test_streams", deferred=("tls", "pipes")),
+    Suite(
+        "test_sendfile",
+        mixins={"SendfileTests": "SendfileTestsBase"},
+        superseded=_STDLIB_LOOP_CLASSES,
+        deferred=("tls",),
+    ),
+    Suite("test_buffered_proto", selector_loop_sites=("BufferedProtocolSelectorTests.new_loop",)),
+    Suite("test_protocols"),
+    Suite(
+        "test_unix_events",
+        # The sock_sendfile class and TestFunctional get their loop from the policy. The pipe
+        # transport and child watcher classes test the standard library's own classes on a
+        # TestLoop or mocks: they stay in, off the loop under test, like most of test_tasks.
+        selector_loop_sites=(
+            "SelectorEventLoopSignalTests.setUp",
+            "SelectorEventLoopUnixSocketTests.setUp",
+        ),
+        deferred=("tls", "subprocesses"),  # 3.12+: TestFork.test_fork_asyncio_subprocess
+        internals={
+            "SelectorEventLoopSignalTests.test_close_on_finalizing": (
+                "fakes interpreter shutdown by patching asyncio.unix_events.sys, the module "
+                "global the stdlib's close() reads; ferroloop's Loop.close() has the same "
+                "branch (warns, clears the handlers) but reads its own module's sys"
+            ),
+        },
     ),
     Suite("test_tasks"),
     Suite("test_futures"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import functools
 import importlib
 import json
 import re
@@ -107,6 +108,23 @@ LOOP_HOOKS: dict[str, Callable[[ModuleType, LoopFactory], None]] = {
     "test_runners.BaseTest.new_loop": _runners_new_loop,
     "test_pep492.BaseTest.setUp": _pep492_setup,
 }
+
+
+def patch_selector_loop_site(cls: type, method_name: str, new_loop: LoopFactory) -> None:
+    """Make `asyncio.SelectorEventLoop` name `new_loop` while `cls.method_name` runs, so the
+    loop that method builds with `asyncio.SelectorEventLoop()` is the loop under test."""
+    original: Callable[..., Any] = vars(cls)[method_name]  # KeyError: the suite changed
+
+    @functools.wraps(original)
+    def with_loop_under_test(self: Any, *args: Any, **kwargs: Any) -> Any:
+        saved = asyncio.SelectorEventLoop
+        asyncio.SelectorEventLoop = new_loop  # type: ignore[assignment]
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            asyncio.SelectorEventLoop = saved
+
+    setattr(cls, method_name, with_loop_under_test)
 
 
 # -- selecting tests ------------------------------------------------------------------------
@@ -261,6 +279,9 @@ def main(argv: list[str]) -> int:
             return 0
         for hook in suite.loop_hooks:
             LOOP_HOOKS[f"{suite.module}.{hook}"](module, new_loop)
+        for site in suite.selector_loop_sites:
+            class_name, method_name = site.split(".")
+            patch_selector_loop_site(getattr(module, class_name), method_name, new_loop)
         tests, deselected = select_tests(suite, module, new_loop, exclude, match)
         result.emit({"plan": [short_id(t.id()) for t in tests], "deselected": deselected,
                      "module_skipped": None})
