@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 
 from .loops import BASELINES, SUBJECT
@@ -45,6 +46,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def machine() -> str:
+    return f"{cpu_model()} ({os.cpu_count()} logical CPUs), Linux {platform.release()}"
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def rate(value: float | None) -> str:
     if value is None:
         return "—"
@@ -72,6 +81,21 @@ def table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
     return "\n".join(lines)
 
 
+def megabytes_table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
+    """Payload throughput of the workloads that move data: requests/s x message bytes, one
+    way (the echo moves as much back again)."""
+    lines = ["| workload | " + " | ".join(loops) + " |", "|" + "---|" * (len(loops) + 1)]
+    for w in workloads:
+        if not w.bytes_per_op:
+            continue
+        cells = []
+        for loop in loops:
+            median = samples.median(w.name, loop)
+            cells.append("—" if median is None else f"{median * w.bytes_per_op / 1e6:,.0f}")
+        lines.append(f"| {w.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def spread_table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
     lines = ["| workload | " + " | ".join(loops) + " |", "|" + "---|" * (len(loops) + 1)]
     for w in workloads:
@@ -92,15 +116,15 @@ def render(
     rounds: int,
     gc_state: str,
     notes: list[str],
+    date: str,
 ) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     loop_list = ", ".join(f"{loop} {versions[loop]}" for loop in loops)
-    size_list = ", ".join(f"{w.name} {sizes[w.name]:,}" for w in workloads)
+    size_list = ", ".join(f"{w.name} {w.describe_size(sizes[w.name])}" for w in workloads)
     parts = [
         "# ferroloop benchmarks",
         "",
-        f"- Date: {now}",
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)",
+        f"- Date: {date}",
+        f"- Machine: {machine()}",
         f"- Python: {platform.python_implementation()} {platform.python_version()}",
         f"- Loops: {loop_list}",
         f"- Rounds: {rounds} (candidates alternate within each round; medians shown)",
@@ -112,6 +136,16 @@ def render(
         "",
         table(samples, workloads, loops),
         "",
+    ]
+    if any(w.bytes_per_op for w in workloads):
+        parts += [
+            "Echo payload throughput, MB/s (requests/s × message size; as much again flows "
+            "back):",
+            "",
+            megabytes_table(samples, workloads, loops),
+            "",
+        ]
+    parts += [
         "Spread between rounds, (max − min) / median:",
         "",
         spread_table(samples, workloads, loops),
@@ -120,3 +154,50 @@ def render(
         parts += ["", "Notes:", ""]
         parts += [f"- {note}" for note in notes + samples.failures]
     return "\n".join(parts) + "\n"
+
+
+README_HEADING = "## Benchmarks"
+
+
+def readme_section(
+    samples: Samples,
+    workloads: list[Workload],
+    loops: list[str],
+    versions: dict[str, str],
+    rounds: int,
+    date: str,
+    chart: str | None,
+    report: str,
+) -> str:
+    """The README's benchmark section: the chart and the throughput tables, dated, with the
+    machine; the full report (spreads, notes) is linked. Paths are relative to the repo."""
+    loop_list = ", ".join(f"{loop} {versions[loop]}" for loop in loops)
+    intro = (
+        f"Measured {date} on {machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}; "
+        f"{loop_list}. Median of {rounds} rounds of `python -m bench` "
+        "(what each workload does: [bench/README.md](bench/README.md); spreads and notes: "
+        f"[{report}]({report})). A ratio above 1.00 means {SUBJECT} is faster."
+    )
+    wrapped = textwrap.fill(intro, width=95, break_long_words=False, break_on_hyphens=False)
+    parts = [README_HEADING, "", wrapped, ""]
+    if chart is not None:
+        parts += [f"![{SUBJECT} throughput ratios]({chart})", ""]
+    parts += [table(samples, workloads, loops), ""]
+    if any(w.bytes_per_op for w in workloads):
+        parts += ["Echo payload, MB/s each way:", "", megabytes_table(samples, workloads, loops), ""]
+    return "\n".join(parts)
+
+
+def replace_readme_section(readme: str, section: str) -> str:
+    """`readme` with its benchmark section (from the heading to the next `## ` heading or the
+    end) replaced by `section`, or with `section` appended when it has none."""
+    lines = readme.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == README_HEADING), None)
+    if start is None:
+        return readme.rstrip("\n") + "\n\n" + section
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+    )
+    following = "".join(lines[end:])
+    return "".join(lines[:start]) + section + ("\n" + following if following else "")

@@ -1,6 +1,6 @@
 """One measurement in a fresh process: `python -m bench.worker WORKLOAD LOOP --size N --cpu C`.
 
-Prints one JSON line: {"workload", "loop", "operations", "seconds", "ops_per_sec"}.
+Prints one JSON line: {"workload", "loop", "operations", "seconds", "ops_per_sec", "notes"}.
 
 The cyclic garbage collector is off while a workload runs unless `--gc` is given: with 10^5
 to 10^6 handles or tasks alive at once, CPython's generational collections otherwise take most
@@ -34,7 +34,7 @@ def main() -> None:
     if workload.warm_up:
         workload.measure(args.loop, max(1, args.size // 10))
     gc.collect()
-    operations, seconds = workload.measure(args.loop, args.size)
+    operations, seconds, notes = workload.measure(args.loop, args.size)
     print(
         json.dumps(
             {
@@ -43,6 +43,7 @@ def main() -> None:
                 "operations": operations,
                 "seconds": seconds,
                 "ops_per_sec": operations / seconds,
+                "notes": list(notes),
             }
         )
     )

@@ -11,6 +11,9 @@ from typing import Callable, NamedTuple
 class Timing(NamedTuple):
     operations: int
     seconds: float
+    #: Things the report should mention that do not invalidate the number (a peer loop's
+    #: quirk worked around, say).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,20 @@ class Workload:
     #: Whether the workload pins its own processes (the echo puts server and client on
     #: different cores); otherwise the worker pins itself to the CPU it is given.
     pins_own_cpus: bool = False
+    #: Payload bytes one operation moves each way (echo message size), so the report can
+    #: give MB/s; 0 for workloads that move no data.
+    bytes_per_op: int = 0
+    #: How the report describes a size, when it is not a count of operations.
+    describe_size: Callable[[int], str] = "{:,}".format
+    #: None when the workload can run here; otherwise why not (a missing tool or module).
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 def all_workloads() -> dict[str, Workload]:
-    from . import call_soon, gather, sleep_pingpong, sock_echo, threadsafe, timers
+    from . import call_soon, echo, gather, http_keepalive, sleep_pingpong, threadsafe, timers
 
-    ordered = (call_soon, timers, gather, sleep_pingpong, threadsafe, sock_echo)
-    return {module.WORKLOAD.name: module.WORKLOAD for module in ordered}
+    single_process = (call_soon, timers, gather, sleep_pingpong, threadsafe)
+    ordered = [module.WORKLOAD for module in single_process]
+    ordered += echo.WORKLOADS
+    ordered.append(http_keepalive.WORKLOAD)
+    return {workload.name: workload for workload in ordered}
