@@ -130,11 +130,15 @@ def select_workloads(only: str | None, notes: list[str]) -> list[Workload]:
     return chosen
 
 
+class Unsupported(Exception):
+    """The loop raised NotImplementedError for something the workload needs."""
+
+
 def measure_once(
     workload: Workload, loop: str, size: int, args: argparse.Namespace, env: dict[str, str]
 ) -> tuple[float, list[str]]:
     """Run one worker; returns operations per second and the worker's notes, or raises
-    RuntimeError.
+    RuntimeError, or Unsupported.
 
     The worker gets a process group of its own, so a timeout (or ^C) also ends the servers
     and load generators it started, not just the worker."""
@@ -163,6 +167,8 @@ def measure_once(
         last = (stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"exit status {worker.returncode}: {last}")
     result = json.loads(stdout.strip().splitlines()[-1])
+    if "unsupported" in result:
+        raise Unsupported(result["unsupported"])
     return float(result["ops_per_sec"]), list(result.get("notes", []))
 
 
@@ -188,16 +194,25 @@ def main() -> None:
     }
     samples = Samples()
     worker_notes: dict[str, int] = {}  # note -> rounds it came up in
+    unsupported: set[tuple[str, str]] = set()  # (workload, loop) not measured after round 1
 
     started = time.monotonic()
     for round_index in range(rounds):
         for workload in workloads:
             shift = round_index % len(loops)
             for loop in loops[shift:] + loops[:shift]:
+                if (workload.name, loop) in unsupported:
+                    continue
                 try:
                     ops_per_sec, found = measure_once(
                         workload, loop, sizes[workload.name], args, env
                     )
+                except Unsupported as exc:
+                    note = f"{workload.name} on {loop}: not measured, unsupported: {exc}"
+                    print(note, file=sys.stderr)
+                    notes.append(note)
+                    unsupported.add((workload.name, loop))
+                    continue
                 except RuntimeError as exc:
                     failure = f"round {round_index + 1}, {workload.name} on {loop}: {exc}"
                     print(failure, file=sys.stderr)

@@ -11,6 +11,8 @@ import asyncio
 import importlib
 import importlib.metadata
 import platform
+import traceback
+from pathlib import Path
 from typing import Callable, Coroutine, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +42,22 @@ def loop_version(name: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         module = importlib.import_module(name)
         return str(getattr(module, "__version__", "source checkout"))
+
+
+def unsupported_reason(error: NotImplementedError) -> str:
+    """What a loop does not support, from the NotImplementedError it raised: the error's
+    message, or else the function that raised it and where."""
+    if str(error):
+        return str(error)
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "NotImplementedError"
+    where = frames[-1]
+    source = Path(where.filename)
+    return (
+        f"{where.name}() raised NotImplementedError "
+        f"({source.parent.name}/{source.name}:{where.lineno})"
+    )
 
 
 def run_on(name: str, main: Callable[[], Coroutine[object, object, T]]) -> T:

@@ -1,6 +1,9 @@
 """One measurement in a fresh process: `python -m bench.worker WORKLOAD LOOP --size N --cpu C`.
 
-Prints one JSON line: {"workload", "loop", "operations", "seconds", "ops_per_sec", "notes"}.
+Prints one JSON line: {"workload", "loop", "operations", "seconds", "ops_per_sec", "notes"},
+or {"workload", "loop", "unsupported"} when the loop raised NotImplementedError for something
+the workload needs (rloop 0.5 and TLS, say): the harness notes that and stops measuring the
+pair, rather than counting it as a failure every round.
 
 The cyclic garbage collector is off while a workload runs unless `--gc` is given: with 10^5
 to 10^6 handles or tasks alive at once, CPython's generational collections otherwise take most
@@ -13,6 +16,7 @@ import argparse
 import gc
 import json
 
+from .loops import unsupported_reason
 from .pinning import pin_to
 from .workloads import all_workloads
 
@@ -31,10 +35,15 @@ def main() -> None:
         pin_to(args.cpu)
     if not args.gc:
         gc.disable()
-    if workload.warm_up:
-        workload.measure(args.loop, max(1, args.size // 10))
-    gc.collect()
-    operations, seconds, notes = workload.measure(args.loop, args.size)
+    try:
+        if workload.warm_up:
+            workload.measure(args.loop, max(1, args.size // 10))
+        gc.collect()
+        operations, seconds, notes = workload.measure(args.loop, args.size)
+    except NotImplementedError as error:
+        unsupported = {"unsupported": unsupported_reason(error)}
+        print(json.dumps({"workload": workload.name, "loop": args.loop, **unsupported}))
+        return
     print(
         json.dumps(
             {

@@ -43,10 +43,22 @@ class Workload:
 
 
 def all_workloads() -> dict[str, Workload]:
-    from . import call_soon, echo, gather, http_keepalive, sleep_pingpong, threadsafe, timers
+    from . import (
+        call_soon,
+        echo,
+        gather,
+        http_keepalive,
+        sleep_pingpong,
+        subprocesses,
+        threadsafe,
+        timers,
+        tls_echo,
+    )
 
     single_process = (call_soon, timers, gather, sleep_pingpong, threadsafe)
     ordered = [module.WORKLOAD for module in single_process]
     ordered += echo.WORKLOADS
+    ordered += tls_echo.WORKLOADS
     ordered.append(http_keepalive.WORKLOAD)
+    ordered += subprocesses.WORKLOADS
     return {workload.name: workload for workload in ordered}

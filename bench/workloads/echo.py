@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from typing import Awaitable, Callable, Coroutine, cast
 
-from ..loops import run_on
+from ..loops import run_on, unsupported_reason
 from ..pinning import pin_to
 from . import Timing, Workload
 
@@ -37,6 +38,9 @@ WARM_UP_ROUND_TRIPS = 100
 RECV_SIZE = 256 * 1024
 #: A server left behind by a client that died exits on its own after this long.
 SERVER_DEADLINE_SECONDS = 300.0
+#: What a server prints instead of its port when its loop raised NotImplementedError while
+#: setting up (rloop 0.5's create_server with ssl=): the client raises it again.
+UNSUPPORTED_PREFIX = "unsupported: "
 #: How long closing the connections may take once the timed part is done. A loop that does
 #: not close them (rloop 0.5's transports send no FIN on close()) costs this and a note, not
 #: the measurement: the round trips were all complete by then.
@@ -49,6 +53,8 @@ QUICK_DIVISOR = 10
 
 #: (port, message, round trips per connection, notes) -> seconds the timed round trips took.
 Client = Callable[[int, bytes, int, list[str]], Coroutine[object, object, float]]
+#: (port, notes) -> seconds the timed round trips took: a client with its message bound.
+BoundClient = Callable[[int, list[str]], Coroutine[object, object, float]]
 
 
 def _nonblocking_nodelay(sock: socket.socket) -> socket.socket:
@@ -57,7 +63,7 @@ def _nonblocking_nodelay(sock: socket.socket) -> socket.socket:
     return sock
 
 
-def _size_label(message_size: int) -> str:
+def size_label(message_size: int) -> str:
     return f"{message_size // 1024}k"
 
 
@@ -132,7 +138,9 @@ class EchoServerProtocol(asyncio.Protocol):
         self.on_lost()
 
 
-async def serve_protocol(connections: int, message_size: int) -> None:
+async def serve_protocol(
+    connections: int, message_size: int, ssl_context: ssl.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     all_closed = loop.create_future()
     closed = 0
@@ -144,7 +152,7 @@ async def serve_protocol(connections: int, message_size: int) -> None:
             all_closed.set_result(None)
 
     server = await loop.create_server(
-        lambda: EchoServerProtocol(on_lost), "127.0.0.1", 0, backlog=connections
+        lambda: EchoServerProtocol(on_lost), "127.0.0.1", 0, backlog=connections, ssl=ssl_context
     )
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
@@ -159,13 +167,22 @@ SERVERS: dict[str, Callable[[int, int], Coroutine[object, object, None]]] = {
 
 
 def run_server(style: str, loop_name: str, connections: int, message_size: int) -> None:
+    run_pinned_server(loop_name, lambda: SERVERS[style](connections, message_size))
+
+
+def run_pinned_server(loop_name: str, serve: Callable[[], Awaitable[None]]) -> None:
+    """Run `serve()` on the named loop, pinned to SERVER_CPU, for SERVER_DEADLINE_SECONDS
+    at most."""
     pin_to(SERVER_CPU)
 
     async def bounded() -> None:
         async with asyncio.timeout(SERVER_DEADLINE_SECONDS):
-            await SERVERS[style](connections, message_size)
+            await serve()
 
-    run_on(loop_name, bounded)
+    try:
+        run_on(loop_name, bounded)
+    except NotImplementedError as error:
+        print(UNSUPPORTED_PREFIX + unsupported_reason(error), flush=True)
 
 
 # -- clients: each connects, warms up, and returns the seconds the timed round trips took -----
@@ -276,14 +293,23 @@ class EchoClientProtocol(asyncio.Protocol):
 
 
 async def drive_protocol(
-    port: int, message: bytes, per_connection: int, notes: list[str]
+    port: int,
+    message: bytes,
+    per_connection: int,
+    notes: list[str],
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> float:
     loop = asyncio.get_running_loop()
     clients: list[EchoClientProtocol] = []
     try:
         for _ in range(CONNECTIONS):
             _, client = await loop.create_connection(
-                lambda: EchoClientProtocol(message), "127.0.0.1", port
+                lambda: EchoClientProtocol(message),
+                "127.0.0.1",
+                port,
+                ssl=ssl_context,
+                server_hostname=server_hostname,
             )
             clients.append(client)
         await asyncio.gather(*(c.round_trips(WARM_UP_ROUND_TRIPS) for c in clients))
@@ -308,9 +334,32 @@ CLIENTS: dict[str, Client] = {
 def measure(style: str, message_size: int, loop_name: str, size: int) -> Timing:
     per_connection = max(1, size // CONNECTIONS)
     message = b"x" * message_size
+    server_arguments = [style, loop_name, str(CONNECTIONS), str(message_size)]
+    client = CLIENTS[style]
+    return measure_against_server(
+        __name__,
+        server_arguments,
+        f"{style} echo server on {loop_name}",
+        loop_name,
+        lambda port, notes: client(port, message, per_connection, notes),
+        per_connection * CONNECTIONS,
+    )
+
+
+def measure_against_server(
+    server_module: str,
+    server_arguments: list[str],
+    server_description: str,
+    loop_name: str,
+    drive: BoundClient,
+    round_trips: int,
+) -> Timing:
+    """Start `python -m server_module *server_arguments` (which pins itself to SERVER_CPU and
+    prints its port), pin this process to CLIENT_CPU, run `drive(port, notes)` on the named
+    loop, then reap the server. Returns `round_trips` over the seconds `drive` measured."""
     # Start the server before pinning: it inherits this process's affinity and pins itself.
     server = subprocess.Popen(
-        [sys.executable, "-m", __name__, style, loop_name, str(CONNECTIONS), str(message_size)],
+        [sys.executable, "-m", server_module, *server_arguments],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -318,18 +367,16 @@ def measure(style: str, message_size: int, loop_name: str, size: int) -> Timing:
     try:
         assert server.stdout is not None
         port_line = server.stdout.readline()
+        if port_line.startswith(UNSUPPORTED_PREFIX):
+            reason = port_line.removeprefix(UNSUPPORTED_PREFIX).strip()
+            raise NotImplementedError(f"server: {reason}")
         if not port_line.strip():
-            raise RuntimeError(f"{style} echo server on {loop_name} did not start")
-        client = CLIENTS[style]
+            raise RuntimeError(f"{server_description} did not start")
         notes: list[str] = []
-        seconds = run_on(
-            loop_name, lambda: client(int(port_line), message, per_connection, notes)
-        )
+        seconds = run_on(loop_name, lambda: drive(int(port_line), notes))
         try:
             if server.wait(timeout=CLOSE_GRACE_SECONDS) != 0:
-                raise RuntimeError(
-                    f"{style} echo server on {loop_name} exited with {server.returncode}"
-                )
+                raise RuntimeError(f"{server_description} exited with {server.returncode}")
         except subprocess.TimeoutExpired:
             notes.append(
                 f"server still running {CLOSE_GRACE_SECONDS:.0f} s after the client closed "
@@ -339,17 +386,29 @@ def measure(style: str, message_size: int, loop_name: str, size: int) -> Timing:
         if server.poll() is None:
             server.kill()
             server.wait()
-    return Timing(per_connection * CONNECTIONS, seconds, tuple(notes))
+    return Timing(round_trips, seconds, tuple(notes))
 
 
 def make_workload(style: str, message_size: int) -> Workload:
-    round_trips = ROUND_TRIPS[message_size]
+    return echo_workload(
+        f"{style}_echo_{size_label(message_size)}",
+        message_size,
+        ROUND_TRIPS[message_size],
+        lambda loop_name, size: measure(style, message_size, loop_name, size),
+    )
+
+
+def echo_workload(
+    name: str, message_size: int, round_trips: int, measure: Callable[[str, int], Timing]
+) -> Workload:
+    """An echo at `message_size` timing `round_trips` round trips in a full run; the client
+    warms its own connections and pins its own processes."""
     return Workload(
-        name=f"{style}_echo_{_size_label(message_size)}",
+        name=name,
         unit="requests",
         size=round_trips,
         quick_size=round_trips // QUICK_DIVISOR,
-        measure=lambda loop_name, size: measure(style, message_size, loop_name, size),
+        measure=measure,
         warm_up=False,
         pins_own_cpus=True,
         bytes_per_op=message_size,
