@@ -2,4 +2,5 @@
 //! by a thin Python `asyncio.Transport` subclass (`python/ferroloop/_transports.py`), so that
 //! `isinstance(transport, asyncio.Transport)` holds as libraries expect.
 
+pub mod common;
 pub mod stream;

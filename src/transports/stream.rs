@@ -11,15 +11,12 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{
-    PyConnectionError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError,
-    PyValueError,
-};
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 use pyo3::PyTraverseError;
 
 use crate::buffers::ByteView;
@@ -31,11 +28,12 @@ use crate::socket_io::{self, MAX_IOVECS};
 use crate::support;
 use crate::write_buffer::WriteBuffer;
 
+use super::common::{
+    self, is_fatal_to_loop, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
+
 /// recv size for `data_received`, as the standard library's `max_size`.
 pub const MAX_READ: usize = 256 * 1024;
-/// After this many writes to a lost connection, each further one logs a warning.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
 struct StreamState {
     /// The Python transport object handed to the protocol; dropped once the connection is lost.
@@ -60,10 +58,6 @@ pub struct StreamCore {
     event_loop: Py<LoopCore>,
     fd: RawFd,
     state: GilCell<StreamState>,
-}
-
-fn is_fatal_to_loop(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
 fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -103,70 +97,52 @@ impl StreamCore {
     }
 
     fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
-        let callback = slf.getattr(intern!(py, "_read_ready"))?;
-        let fd = this.fd.into_pyobject(py)?;
-        LoopCore::add_watch(
+        let py = slf.py();
+        common::watch(
             this.event_loop(py),
-            fd.as_any(),
+            this.fd,
             Direction::Read,
-            callback,
-            PyTuple::empty(py),
-        )?;
-        Ok(())
+            slf.as_any(),
+            intern!(py, "_read_ready"),
+        )
     }
 
     fn add_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
-        let callback = slf.getattr(intern!(py, "_write_ready"))?;
-        let fd = this.fd.into_pyobject(py)?;
-        LoopCore::add_watch(
+        let py = slf.py();
+        common::watch(
             this.event_loop(py),
-            fd.as_any(),
+            this.fd,
             Direction::Write,
-            callback,
-            PyTuple::empty(py),
+            slf.as_any(),
+            intern!(py, "_write_ready"),
         )?;
         this.state.borrow_mut(py).writer_installed = true;
         Ok(())
     }
 
     fn remove_reader(&self, py: Python<'_>) -> PyResult<()> {
-        LoopCore::remove_watch_fd(self.event_loop(py), self.fd, Direction::Read).map(drop)
+        common::unwatch(self.event_loop(py), self.fd, Direction::Read)
     }
 
     fn remove_writer(&self, py: Python<'_>) -> PyResult<()> {
         self.state.borrow_mut(py).writer_installed = false;
-        LoopCore::remove_watch_fd(self.event_loop(py), self.fd, Direction::Write).map(drop)
+        common::unwatch(self.event_loop(py), self.fd, Direction::Write)
     }
 
-    /// `loop.call_soon(transport._call_connection_lost, exc)`.
     fn schedule_connection_lost(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
-        let Some(transport) = self.transport(py) else {
-            return Ok(());
-        };
-        let callback = transport
-            .bind(py)
-            .getattr(intern!(py, "_call_connection_lost"))?;
-        let args = PyTuple::new(py, [exc])?;
-        LoopCore::call_soon(self.event_loop(py), callback, args, None)?;
-        Ok(())
+        common::schedule_connection_lost(self.event_loop(py), self.transport(py), exc)
     }
 
-    fn exception_context<'py>(
-        &self,
-        py: Python<'py>,
-        message: &str,
-        exc: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        let context = PyDict::new(py);
-        context.set_item("message", message)?;
-        context.set_item("exception", exc)?;
-        context.set_item("transport", self.transport(py))?;
-        context.set_item("protocol", self.protocol(py))?;
-        Ok(context)
+    fn report(&self, py: Python<'_>, message: &str, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        common::report(
+            self.event_loop(py),
+            message,
+            exc,
+            self.transport(py),
+            self.protocol(py),
+        )
     }
 
     /// `_fatal_error`: report (OS errors only in debug mode, as the stdlib) and force-close.
@@ -183,9 +159,7 @@ impl StreamCore {
                 }
             }
         } else {
-            let context = self.exception_context(py, message, exc)?;
-            self.event_loop(py)
-                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+            self.report(py, message, exc)?;
         }
         self.force_close(py, exc.clone().unbind())
     }
@@ -233,27 +207,19 @@ impl StreamCore {
         Ok(())
     }
 
-    /// Call a protocol callback; its failure (other than KeyboardInterrupt/SystemExit) goes to
-    /// the exception handler with `message`, as `_FlowControlMixin` does.
     fn notify_flow(
         &self,
         py: Python<'_>,
-        method: &Bound<'_, pyo3::types::PyString>,
+        method: &Bound<'_, PyString>,
         message: &str,
     ) -> PyResult<()> {
-        let Some(protocol) = self.protocol(py) else {
-            return Ok(());
-        };
-        if let Err(err) = protocol.bind(py).call_method0(method) {
-            if is_fatal_to_loop(py, &err) {
-                return Err(err);
-            }
-            let exc = err.into_value(py).into_any();
-            let context = self.exception_context(py, message, exc.bind(py))?;
-            self.event_loop(py)
-                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
-        }
-        Ok(())
+        common::notify_flow(
+            self.event_loop(py),
+            method,
+            message,
+            self.transport(py),
+            self.protocol(py),
+        )
     }
 
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
@@ -752,29 +718,11 @@ impl StreamCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let high: Option<i64> = high
-            .filter(|h| !h.is_none())
-            .map(|h| h.extract())
-            .transpose()?;
-        let low: Option<i64> = low
-            .filter(|l| !l.is_none())
-            .map(|l| l.extract())
-            .transpose()?;
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, None) => DEFAULT_HIGH_WATER as i64,
-            (None, Some(l)) => 4 * l,
-        };
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = common::write_buffer_limits(high, low)?;
         {
             let mut st = self.state.borrow_mut(py);
-            st.high_water = high as usize;
-            st.low_water = low as usize;
+            st.high_water = high;
+            st.low_water = low;
         }
         self.maybe_pause_protocol(py)
     }
