@@ -29,5 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock_ops::RecvWaiter>()?;
     m.add_class::<transports::stream::StreamCore>()?;
+    m.add_class::<transports::pipe::ReadPipeCore>()?;
+    m.add_class::<transports::pipe::WritePipeCore>()?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Non-blocking socket syscalls for the transports: recv, send, vectored send, shutdown.
+//! Non-blocking syscalls for the transports: recv, send, vectored send and shutdown for
+//! sockets; read and vectored write for pipes and character devices.
 //!
 //! EINTR is retried; "would block" (EAGAIN) comes back as `Ok(None)` rather than an error, so
 //! the common "nothing to read yet" case costs no exception. Sends use `MSG_NOSIGNAL`: a peer
@@ -72,6 +73,41 @@ pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
     )
 }
 
+/// `read(2)`, for pipes (recv only works on sockets).
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is a valid, writable slice for the duration of the call.
+    retry(
+        || unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) },
+        |n| n,
+    )
+}
+
+/// One `writev(2)` of up to `MAX_IOVECS` slices, for pipes.
+pub fn write_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .take(MAX_IOVECS)
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into a slice borrowed for this call and writev only reads
+    // through them; `iov` outlives the call.
+    retry(
+        || unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) },
+        |n| n,
+    )
+}
+
+/// Ask for a bigger pipe buffer (`F_SETPIPE_SZ`); best effort — a non-pipe, the per-user
+/// pipe-buffer budget or `pipe-max-size` may refuse, and then the pipe just keeps its size.
+pub fn grow_pipe(fd: RawFd, size: usize) {
+    // SAFETY: fcntl with an integer argument; failure is reported through the return value,
+    // which is deliberately ignored.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int) };
+}
+
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: shutdown takes no pointers; an invalid fd is reported as an error.
     if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
@@ -106,6 +142,26 @@ mod tests {
         drop(b);
         let err = send(a.as_raw_fd(), b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn pipe_read_and_vectored_write() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
+            0
+        );
+        let mut buf = [0u8; 16];
+        assert_eq!(read(fds[0], &mut buf).unwrap(), None);
+        assert_eq!(write_vectored(fds[1], &[b"ab", b"cd"]).unwrap(), Some(4));
+        assert_eq!(read(fds[0], &mut buf).unwrap(), Some(4));
+        assert_eq!(&buf[..4], b"abcd");
+        // SAFETY: closing the two descriptors created above, once each.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, TypeVarTuple, Unpack
 
 from . import _core
+from ._subprocess import ChildReaper, make_subprocess_transport
+from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transports import SocketTransport
 
 _Ts = TypeVarTuple("_Ts")
@@ -73,6 +75,10 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "connect_accepted_socket",
         "connect_read_pipe",
         "connect_write_pipe",
+        # subprocesses: the argument checks; the transport is `_make_subprocess_transport`
+        "subprocess_exec",
+        "subprocess_shell",
+        "_log_subprocess",
     ),
     selector_events.BaseSelectorEventLoop: (
         "_ensure_fd_no_transport",
@@ -109,8 +115,7 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_sock_add_cancellation_callback",
         "create_unix_connection",
         "create_unix_server",
-        "_make_read_pipe_transport",
-        "_make_write_pipe_transport",
+        "_child_watcher_callback",
     ),
 }
 
@@ -172,6 +177,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         def _ensure_fd_no_transport(self, fd: Any) -> None: ...
         def _check_signal(self, sig: int) -> None: ...
         def _handle_signal(self, sig: int) -> None: ...
+        def _child_watcher_callback(self, pid: int, returncode: int, transp: Any) -> None: ...
 
     # The Rust create_task handles the common case; with a task factory or in debug mode it
     # defers to the standard library's version of this interpreter.
@@ -197,6 +203,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         self._unix_server_sockets: dict[socket.socket, int] = {}  # 3.13+: listening sock -> inode
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
+        self._child_reaper = ChildReaper(self)
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
     # -- running -----------------------------------------------------------------------
@@ -241,6 +248,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
                 source=self,
             )
             self._signal_handlers.clear()
+        self._child_reaper.close()
         self._close_core()
         self._close_signal_pipe()
         self._executor_shutdown_called = True
@@ -264,6 +272,16 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
     ) -> Any:
         return _DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    def _make_read_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
+    ) -> ReadPipeTransport:
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
+    ) -> WritePipeTransport:
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_ssl_transport(
         self,
@@ -295,6 +313,23 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
+    async def _make_subprocess_transport(
+        self,
+        protocol: Any,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        # Children are reaped by the loop itself (pidfd), not by the policy's child watcher.
+        return await make_subprocess_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
+        )
+
     def _stop_serving(self, sock: socket.socket) -> None:
         # The standard library's, plus what 3.13's Unix loop adds: unlink the socket file that
         # create_unix_server bound, unless it was replaced (its version calls super(), so it
@@ -312,8 +347,9 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
                 logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     @property
-    def _selector(self) -> _SelectorView:
-        return _SelectorView(self)
+    def _selector(self) -> _SelectorView | None:
+        # None once closed, as the selector loop's: transports' reprs then say "open".
+        return None if self.is_closed() else _SelectorView(self)
 
     # -- file descriptors --------------------------------------------------------------
 

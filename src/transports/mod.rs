@@ -3,4 +3,5 @@
 //! `isinstance(transport, asyncio.Transport)` holds as libraries expect.
 
 pub mod common;
+pub mod pipe;
 pub mod stream;

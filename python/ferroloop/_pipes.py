@@ -1,0 +1,213 @@
+"""Pipe transports: what `connect_read_pipe`, `connect_write_pipe` and subprocesses' stdio use.
+
+`ReadPipeTransport` and `WritePipeTransport` are `asyncio.ReadTransport` /
+`asyncio.WriteTransport` subclasses whose per-event work is Rust (`_core.ReadPipeCore`,
+`_core.WritePipeCore`), bound straight onto each instance as `SocketTransport` does. Their
+construction checks and callbacks follow the standard library's `_UnixReadPipeTransport` and
+`_UnixWritePipeTransport`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from asyncio import futures, transports
+from typing import Any, Callable
+
+from . import _core
+
+
+def _check_fd(pipe: Any, message: str, allow_char: bool = True) -> tuple[int, int]:
+    fileno = pipe.fileno()
+    mode = os.fstat(fileno).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (allow_char and stat.S_ISCHR(mode))):
+        raise ValueError(message)
+    os.set_blocking(fileno, False)
+    return fileno, mode
+
+
+class _PipeTransportBase:
+    """Once-per-pipe parts shared by both directions: the pipe object, repr, closing it."""
+
+    _core: Any
+    _pipe: Any
+    _fileno: int | None
+    _loop: Any
+    _extra: dict[str, Any]
+
+    def _bind_core(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            setattr(self, name, getattr(self._core, name))
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return bool(self._core._closing)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on pipe transport") -> None:
+        self._core._close(exc)
+
+    def _close(self, exc: BaseException | None = None) -> None:
+        self._core._close(exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._core._connection_lost(exc)
+        finally:
+            if self._pipe is not None:
+                self._pipe.close()
+                self._pipe = None
+            self._loop = None
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        loop = self._loop
+        if self._pipe is not None and loop is not None and not loop.is_closed():
+            write = isinstance(self, WritePipeTransport)
+            info.append("polling" if loop._has_watcher(self._fileno, write) else "idle")
+            if write:
+                info.append(f"bufsize={self._core.get_write_buffer_size()}")
+        elif self._pipe is not None:
+            info.append("open")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        pipe = getattr(self, "_pipe", None)
+        if pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            pipe.close()
+
+
+class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
+    def __init__(self, loop: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> None:
+        transports.ReadTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        self._pipe = None
+        self._fileno = None
+        fileno, _ = _check_fd(pipe, "Pipe transport is for pipes/sockets only.")
+        self._pipe = pipe
+        self._fileno = fileno
+        self._core = _core.ReadPipeCore(loop, fileno, self, protocol)
+        self._bind_core(
+            ("is_reading", "pause_reading", "resume_reading", "is_closing", "close", "set_protocol", "get_protocol")
+        )
+        loop.call_soon(protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def is_reading(self) -> bool:
+        return bool(self._core.is_reading())
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def is_closing(self) -> bool:
+        return bool(self._core.is_closing())
+
+    def close(self) -> None:
+        self._core.close()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _paused(self) -> bool:
+        return bool(self._core._paused)
+
+
+class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, transports.WriteTransport):
+    def __init__(self, loop: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> None:
+        transports.WriteTransport.__init__(self, extra)  # the flow-control state is the core's
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        self._pipe = None
+        self._fileno = None
+        fileno, mode = _check_fd(pipe, "Pipe transport is only for pipes, sockets and character devices")
+        self._pipe = pipe
+        self._fileno = fileno
+        # The closing of the read end shows as readability of pipes and sockets.
+        watches_peer = stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)
+        self._core = _core.WritePipeCore(loop, fileno, self, protocol, watches_peer)
+        self._bind_core(
+            (
+                "write",
+                "writelines",
+                "write_eof",
+                "close",
+                "abort",
+                "is_closing",
+                "set_protocol",
+                "get_protocol",
+                "get_write_buffer_size",
+                "get_write_buffer_limits",
+                "set_write_buffer_limits",
+            )
+        )
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._core._start)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def write(self, data: Any) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self._core.is_closing())
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._core.get_write_buffer_size())
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    @property
+    def _conn_lost(self) -> int:
+        return int(self._core._conn_lost)
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return bool(self._core._protocol_paused)
