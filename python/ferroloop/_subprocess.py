@@ -1,0 +1,143 @@
+"""Subprocesses: the loop starts children with the standard library's subprocess transport and
+reaps them itself.
+
+asyncio's own loops ask the policy for a child watcher before 3.14 (and that watcher is bound to
+the main thread before 3.12, deprecated from 3.12 on, gone in 3.14). ferroloop's loop needs no
+policy: each child it starts is watched through a pidfd registered with the loop, so the loop
+learns of the exit from the same poll that carries its other events, on whichever thread runs
+it. Where the kernel has no pidfd (Linux before 5.3), a thread per child blocks in waitpid() and
+hands the status back with call_soon_threadsafe, as the standard library's ThreadedChildWatcher
+does.
+
+Either way the exit status goes to the loop's `_child_watcher_callback` (the standard
+library's, borrowed), which schedules the transport's `_process_exited`: the callbacks then run
+in the standard library's order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from asyncio import unix_events
+from asyncio.log import logger
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+ExitCallback = Callable[..., object]  # (pid, returncode, *args)
+
+# Reported when the exit status is gone: someone else reaped the child (the standard library's
+# watchers report the same number).
+_UNKNOWN_RETURNCODE = 255
+
+_thread_counter = itertools.count(1)
+
+# os.waitstatus_to_exitcode, or the raw status should the kernel report one it cannot decode.
+_exitcode: Callable[[int], int] = unix_events.waitstatus_to_exitcode  # type: ignore[attr-defined]
+
+
+class ChildReaper:
+    """Reaps one loop's children: a pidfd per child, or a waiter thread where pidfds fail."""
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+        self._pidfds: dict[int, int] = {}  # pid -> pidfd registered with the loop
+
+    def watch(self, pid: int, callback: ExitCallback, *args: Any) -> None:
+        """Call `callback(pid, returncode, *args)` on the loop once the child has exited and
+        been reaped."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            # No pidfd on this kernel (or the child is already reaped by someone else, which
+            # the waiter thread reports the same way the standard library does).
+            self._watch_with_thread(pid, callback, args)
+            return
+        self._pidfds[pid] = pidfd
+        self._loop._add_reader(pidfd, self._pidfd_ready, pid, pidfd, callback, args)
+
+    def close(self) -> None:
+        """Forget the children still running (the loop is closing): release their pidfds."""
+        for pidfd in self._pidfds.values():
+            self._loop._remove_reader(pidfd)
+            os.close(pidfd)
+        self._pidfds.clear()
+
+    def _pidfd_ready(self, pid: int, pidfd: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            # waitpid() was called elsewhere (a test, or a program calling Popen.wait()).
+            returncode = _UNKNOWN_RETURNCODE
+            logger.warning("child process pid %d exit status already read:  will report returncode 255", pid)
+        else:
+            if reaped == 0:
+                return  # readable, yet not waitable: not over yet, keep watching
+            returncode = _exitcode(status)
+            if self._loop.get_debug():
+                logger.debug("process %s exited with returncode %s", pid, returncode)
+        del self._pidfds[pid]
+        self._loop._remove_reader(pidfd)
+        os.close(pidfd)
+        callback(pid, returncode, *args)
+
+    def _watch_with_thread(self, pid: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
+        thread = threading.Thread(
+            target=_wait_in_thread,
+            name=f"ferroloop-waitpid-{next(_thread_counter)}",
+            args=(self._loop, pid, callback, args),
+            daemon=True,
+        )
+        thread.start()
+
+
+def _wait_in_thread(loop: Loop, pid: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
+    """The body of a waiter thread: the standard library's ThreadedChildWatcher._do_waitpid."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        returncode = _UNKNOWN_RETURNCODE
+        logger.warning("Unknown child process pid %d, will report returncode 255", pid)
+    else:
+        returncode = _exitcode(status)
+        if loop.get_debug():
+            logger.debug("process %s exited with returncode %s", pid, returncode)
+    if not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(callback, pid, returncode, *args)
+            return
+        except RuntimeError:  # closed between the check and the call
+            pass
+    logger.warning("Loop %r that handles pid %r is closed", loop, pid)
+
+
+async def make_subprocess_transport(
+    loop: Loop,
+    protocol: Any,
+    args: Any,
+    shell: bool,
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+    bufsize: int,
+    extra: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """The standard library's `_make_subprocess_transport`, with the loop's own reaper in place
+    of the policy's child watcher. The transport's Popen gives the child real pipes."""
+    waiter = loop.create_future()
+    transport = unix_events._UnixSubprocessTransport(  # type: ignore[attr-defined]
+        loop, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
+    )
+    loop._child_reaper.watch(transport.get_pid(), loop._child_watcher_callback, transport)
+    try:
+        await waiter
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException:
+        transport.close()
+        await transport._wait()
+        raise
+    return transport
