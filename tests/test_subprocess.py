@@ -634,7 +634,8 @@ def test_a_child_reaped_elsewhere_reports_255(loop: ferroloop.Loop, caplog: pyte
     # Someone else (here: Popen.wait) collected the exit status first; as the standard
     # library's watchers do, the loop reports 255 and logs a warning.
     async def scenario() -> int:
-        transport, proto = await loop.subprocess_exec(Recorder, "true")
+        # The child outlives the setup, so the loop cannot have reaped it first.
+        transport, proto = await loop.subprocess_exec(Recorder, "sleep", "0.3")
         transport.get_extra_info("subprocess").wait()
         await proto.done
         transport.close()

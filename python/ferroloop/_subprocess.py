@@ -34,8 +34,14 @@ _UNKNOWN_RETURNCODE = 255
 
 _thread_counter = itertools.count(1)
 
-# os.waitstatus_to_exitcode, or the raw status should the kernel report one it cannot decode.
-_exitcode: Callable[[int], int] = unix_events.waitstatus_to_exitcode  # type: ignore[attr-defined]
+
+def _exitcode(status: int) -> int:
+    """The standard library's unix_events.waitstatus_to_exitcode: -signal for a child a
+    signal killed, and the raw status should the kernel report one Python cannot decode."""
+    try:
+        return os.waitstatus_to_exitcode(status)
+    except ValueError:
+        return status
 
 
 class ChildReaper:

@@ -29,19 +29,27 @@ in the standard-loop run the same hooks return asyncio's own default loop
    class per mixin whose `create_event_loop` returns the loop under test, and drops the suite's
    own concrete classes for the stdlib's loops and selectors (`Suite.superseded`), which the
    generated classes replace. The generated classes use `test_utils.TestCase` as their base and
-   not the suites' `UnixEventLoopTestsMixin`, whose only addition is a child watcher for the
-   subprocess tests (subprocesses are deferred, below).
+   not the suites' `UnixEventLoopTestsMixin` or `SubprocessWatcherMixin`, whose only addition
+   is a stdlib child watcher, which each loop's default replaces (ferroloop reaps its own
+   children). A mixin without a `setUp` of its own (`SubprocessTestsMixin`, `SubprocessMixin`)
+   gets `self.loop` built the way `EventLoopTestsMixin` builds it.
 2. The event loop policy, which `asyncio.new_event_loop()`, `asyncio.run()`, `asyncio.Runner()`
    and `IsolatedAsyncioTestCase` ask for a loop. In the ferroloop run, ferroloop's policy is both
    the current policy and the interpreter's default policy class (`asyncio.DefaultEventLoopPolicy`),
    so a test that resets the policy, or builds a "default" one, still gets ferroloop loops.
+   All of test_ssl (`TestSSL.setUp` and `new_loop` call `asyncio.new_event_loop()`) runs on the
+   loop under test this way, and so does test_sslproto's `SslProtoHandshakeTests`: those drive
+   the standard library's `sslproto.SSLProtocol` class itself through a mock transport and a mock
+   SSL object, and need from the loop only its futures and call_soon/call_later. ferroloop runs
+   that same class for TLS (`Loop._make_ssl_transport`), so they run unchanged, on the loop under
+   test.
 3. `Suite.loop_hooks`: suites that build a mocked `asyncio.BaseEventLoop()` only because they
    need *a* loop (test_runners' `BaseTest.new_loop`, test_pep492's `BaseTest.setUp`); the worker
    hands them a real loop under test instead (see `worker.LOOP_HOOKS`).
 4. `Suite.selector_loop_sites`: methods of a suite's concrete classes that build the loop with
    `asyncio.SelectorEventLoop()` themselves — the `new_loop()` of `FunctionalTestCaseMixin`
-   suites (test_server, test_buffered_proto), the `setUp` of test_unix_events' signal and
-   Unix socket classes.
+   suites (test_server, test_buffered_proto, and test_sslproto's functional start_tls tests in
+   `SelectorStartTLSTests`), the `setUp` of test_unix_events' signal and Unix socket classes.
    While such a method runs, the name `asyncio.SelectorEventLoop` is the loop factory under test
    (in the standard-loop run it stays asyncio's class). The class keeps its own tests, such as
    test_server's Unix test that only `SelectorStartServerTests` has.
@@ -60,7 +68,10 @@ Scope
 `DEFERRED_FEATURES` names, by a pattern on `Class.test_method`, the tests of features that later
 issues bring in; a suite lists the ones it still defers in `Suite.deferred`. To widen the
 selection when a feature lands, remove it from the suites' `deferred` tuples (and add modules
-such as test_ssl or test_subprocess to SUITES).
+to SUITES). TLS is in: test_ssl, test_sslproto, and the TLS tests of
+test_events, test_streams, test_sendfile and test_unix_events run. Pipes and subprocesses are in:
+test_subprocess, and the pipe, pty and subprocess tests of test_events, test_streams and
+test_unix_events run.
 """
 
 from __future__ import annotations
@@ -86,9 +97,7 @@ from pathlib import Path
 DEFERRED_FEATURES: dict[str, str] = {
     # feature: regular expression searched in "Class.test_method". A test is deselected while
     # any feature it matches is deferred; it is counted under the first one, in this order.
-    "tls": r"ssl",
-    "pipes": r"pipe|(?<![a-z])pty",  # not the "pty" of "empty"
-    "subprocesses": r"subprocess",
+    # (none deferred now: TLS, pipes and subprocesses have landed)
 }
 
 
@@ -123,11 +132,12 @@ _STDLIB_LOOP_CLASSES = (
 SUITES: tuple[Suite, ...] = (
     Suite(
         "test_events",
-        # The subprocess issue adds SubprocessTestsMixin here (its tests live only in the
-        # superseded classes, next to a child watcher from UnixEventLoopTestsMixin).
-        mixins={"EventLoopTests": "EventLoopTestsMixin"},
+        # SubprocessTestsMixin's tests live only in the superseded classes, next to a child
+        # watcher from UnixEventLoopTestsMixin; its generated class builds the loop as
+        # EventLoopTestsMixin does, and each loop reaps children its own way (asyncio's
+        # through the policy's default watcher).
+        mixins={"EventLoopTests": "EventLoopTestsMixin", "SubprocessTests": "SubprocessTestsMixin"},
         superseded=_STDLIB_LOOP_CLASSES,
-        deferred=("tls", "pipes", "subprocesses"),
         internals={
             "EventLoopTests.test_timeout_rounding": (
                 "counts iterations by replacing loop._run_once, which only the stdlib's "
@@ -145,12 +155,11 @@ SUITES: tuple[Suite, ...] = (
         superseded=_STDLIB_LOOP_CLASSES,
     ),
     Suite("test_server", selector_loop_sites=("SelectorStartServerTests.new_loop",)),
-    Suite("test_streams", deferred=("tls", "pipes")),
+    Suite("test_streams"),
     Suite(
         "test_sendfile",
         mixins={"SendfileTests": "SendfileTestsBase"},
         superseded=_STDLIB_LOOP_CLASSES,
-        deferred=("tls",),
     ),
     Suite("test_buffered_proto", selector_loop_sites=("BufferedProtocolSelectorTests.new_loop",)),
     Suite("test_protocols"),
@@ -163,7 +172,6 @@ SUITES: tuple[Suite, ...] = (
             "SelectorEventLoopSignalTests.setUp",
             "SelectorEventLoopUnixSocketTests.setUp",
         ),
-        deferred=("tls", "subprocesses"),  # 3.12+: TestFork.test_fork_asyncio_subprocess
         internals={
             "SelectorEventLoopSignalTests.test_close_on_finalizing": (
                 "fakes interpreter shutdown by patching asyncio.unix_events.sys, the module "
@@ -183,6 +191,28 @@ SUITES: tuple[Suite, ...] = (
     Suite("test_context"),
     Suite("test_threads"),
     Suite("test_pep492", loop_hooks=("BaseTest.setUp",)),
+    Suite(
+        "test_subprocess",
+        # SubprocessMixin runs on the loop under test; the suite's own classes pair it with
+        # each of the stdlib's child watchers (policy.set_child_watcher) on a policy loop.
+        mixins={"SubprocessTests": "SubprocessMixin"},
+        superseded=(
+            "SubprocessThreadedWatcherTests",
+            "SubprocessMultiLoopWatcherTests",
+            "SubprocessSafeWatcherTests",
+            "SubprocessFastWatcherTests",
+            "SubprocessPidfdWatcherTests",
+        ),
+        internals={
+            "GenericWatcherTests.test_create_subprocess_fails_with_inactive_watcher": (
+                "asserts that the loop asks the policy's child watcher (is_active) before "
+                "spawning; ferroloop reaps its own children with a pidfd and never asks the "
+                "policy, as asyncio's own loop no longer does from 3.14"
+            ),
+        },
+    ),
+    Suite("test_ssl"),
+    Suite("test_sslproto", selector_loop_sites=("SelectorStartTLSTests.new_loop",)),
 )
 
 LOOPS = ("ferroloop", "stdlib")

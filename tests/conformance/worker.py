@@ -136,9 +136,33 @@ def _generated_class(module: ModuleType, name: str, mixin: str, new_loop: LoopFa
     def create_event_loop(self: unittest.TestCase) -> asyncio.AbstractEventLoop:
         return new_loop()
 
-    namespace = {"create_event_loop": create_event_loop, "__module__": module.__name__,
-                 "__qualname__": name}
-    return type(name, (getattr(module, mixin), test_utils.TestCase), namespace)
+    namespace: dict[str, Any] = {"create_event_loop": create_event_loop,
+                                 "__module__": module.__name__, "__qualname__": name}
+    mixin_class = getattr(module, mixin)
+    if not hasattr(mixin_class, "setUp"):
+        # A mixin written to sit next to the one that builds `self.loop` (test_events'
+        # SubprocessTestsMixin next to EventLoopTestsMixin, test_subprocess's SubprocessMixin
+        # next to SubprocessWatcherMixin): build it the way EventLoopTestsMixin does.
+        namespace["setUp"] = _set_up_loop
+        namespace["tearDown"] = _tear_down_loop
+    return type(name, (mixin_class, test_utils.TestCase), namespace)
+
+
+def _set_up_loop(self: Any) -> None:
+    super(type(self), self).setUp()
+    self.loop = self.create_event_loop()
+    self.set_event_loop(self.loop)
+
+
+def _tear_down_loop(self: Any) -> None:
+    from test import support  # type: ignore[import-not-found]
+    from test.test_asyncio import utils as test_utils
+
+    if not self.loop.is_closed():  # run the callbacks that closing transports scheduled
+        test_utils.run_briefly(self.loop)
+    self.doCleanups()
+    support.gc_collect()
+    super(type(self), self).tearDown()
 
 
 def _flatten(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
