@@ -407,6 +407,17 @@ impl LoopCore {
 }
 
 impl LoopCore {
+    /// `loop.call_soon(callback, *args, context=context)`; exposed to Python by
+    /// `fastcall::install`.
+    pub fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        Self::queue_soon(slf, callback, args, context, "call_soon", false)
+    }
+
     pub fn debug_enabled(&self) -> bool {
         self.debug.load(Relaxed)
     }
@@ -570,16 +581,6 @@ impl LoopCore {
 
     fn time(&self) -> f64 {
         monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    pub(crate) fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        Self::queue_soon(slf, callback, args, context, "call_soon", false)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]

@@ -7,6 +7,7 @@ pub mod buffers;
 pub mod clock;
 pub mod errors;
 pub mod event_loop;
+pub mod fastcall;
 pub mod fd_watchers;
 pub mod gil_cell;
 pub mod handles;
@@ -25,6 +26,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock_ops::RecvWaiter>()?;

@@ -1,0 +1,129 @@
+//! `LoopCore.call_soon` as a hand-written `METH_FASTCALL | METH_KEYWORDS` method.
+//!
+//! `call_soon(callback, *args, context=None)` is the loop's hottest entry point: every Task
+//! step and every future callback arrives through it, always with `context=` given by keyword.
+//! PyO3's generic argument parsing turns each keyword name into a `&str` and compares bytes;
+//! here the name is first compared by identity with the interned `"context"` (what CPython's
+//! Task and Future pass), then by value. Everything after parsing is `LoopCore::call_soon`.
+//!
+//! Loop thread (or any thread, for the error paths), called by CPython with the GIL held.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::event_loop::LoopCore;
+
+/// The arguments as CPython's vectorcall convention hands them over.
+struct FastArgs {
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+}
+
+unsafe extern "C" fn call_soon(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls METH_FASTCALL methods with the GIL held by this thread.
+    let py = unsafe { Python::assume_attached() };
+    let fast = FastArgs {
+        args,
+        nargsf,
+        kwnames,
+    };
+    // SAFETY: `slf` and the vectorcall arguments are valid for the duration of this call.
+    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe {
+        call_soon_impl(py, slf, &fast)
+    }));
+    let result = outcome.unwrap_or_else(|_| {
+        Err(PyRuntimeError::new_err(
+            "internal error in ferroloop's call_soon (a Rust panic); please report it",
+        ))
+    });
+    match result {
+        Ok(handle) => handle,
+        Err(err) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// `slf` must be a live object and `fast` must describe a valid vectorcall argument array,
+/// as CPython guarantees for a method call.
+unsafe fn call_soon_impl(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    fast: &FastArgs,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY (whole function): CPython passes `nargs` positional arguments followed by one
+    // value per keyword name, all borrowed for the call.
+    let nargs = unsafe { ffi::PyVectorcall_NARGS(fast.nargsf as usize) } as usize;
+    let kwnames = if fast.kwnames.is_null() {
+        None
+    } else {
+        Some(unsafe { Bound::from_borrowed_ptr(py, fast.kwnames) }.cast_into::<PyTuple>()?)
+    };
+    let nkw = kwnames.as_ref().map_or(0, |k| k.len());
+    let values = if nargs + nkw == 0 {
+        &[][..]
+    } else {
+        unsafe { std::slice::from_raw_parts(fast.args, nargs + nkw) }
+    };
+    let arg = |p: &*mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, *p) };
+    if nargs == 0 {
+        return Err(PyTypeError::new_err(
+            "call_soon() missing 1 required positional argument: 'callback'",
+        ));
+    }
+    let mut context = None;
+    if let Some(names) = &kwnames {
+        let expected = intern!(py, "context");
+        for (name, value) in names.iter().zip(&values[nargs..]) {
+            if name.is(expected) || name.eq(expected)? {
+                context = Some(arg(value));
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "call_soon() got an unexpected keyword argument '{name}'"
+                )));
+            }
+        }
+    }
+    let callback = arg(&values[0]);
+    let extra = if nargs == 1 {
+        PyTuple::empty(py)
+    } else {
+        PyTuple::new(py, values[1..nargs].iter().map(arg))?
+    };
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) }.cast_into::<LoopCore>()?;
+    let handle = LoopCore::call_soon(&slf, callback, extra, context)?;
+    Ok(handle.into_ptr())
+}
+
+/// Install the fast `call_soon` on the `LoopCore` type, replacing nothing else.
+pub fn install(loop_core: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+    let py = loop_core.py();
+    let def = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"call_soon".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: call_soon,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in `context` (a copy of the current context by default). Returns a Handle."
+            .as_ptr(),
+    }));
+    // SAFETY: `def` is leaked, so it outlives the descriptor; the type pointer is a live type
+    // object. PyDescr_NewMethod returns a new reference or NULL with an exception set.
+    let descr = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(loop_core.as_type_ptr(), def))?
+    };
+    loop_core.setattr("call_soon", descr)
+}
