@@ -32,6 +32,7 @@ from . import Timing, Workload
 SPAWN_CONCURRENCY = 50
 LOOP_CPU = 0
 CAT_CPU = 1
+_CPUS_AT_START = frozenset(os.sched_getaffinity(0))
 WRITE_CHUNK = 64 * 1024
 READ_SIZE = 256 * 1024
 MEGABYTE = 1_000_000
@@ -111,8 +112,9 @@ async def pipe_through_cat(cat: str, cat_cpu: int | None, total_bytes: int) -> f
 
 def measure_pipe(loop_name: str, size: int) -> Timing:
     cat = executable("cat")
-    # Read before pinning: afterwards this process may only use LOOP_CPU.
-    cat_cpu = CAT_CPU if CAT_CPU in os.sched_getaffinity(0) else None
+    # From the affinity at import: after the warm-up run this process may only use LOOP_CPU,
+    # and reading it now would leave cat on the loop's core for the measured run.
+    cat_cpu = CAT_CPU if CAT_CPU in _CPUS_AT_START else None
     pin_to(LOOP_CPU)
     seconds = run_on(loop_name, lambda: pipe_through_cat(cat, cat_cpu, size * MEGABYTE))
     return Timing(size, seconds)
