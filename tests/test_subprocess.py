@@ -1,7 +1,7 @@
 """Subprocesses: subprocess_exec / subprocess_shell, the subprocess transport and protocol, and
 asyncio.create_subprocess_* on top, as the standard library defines them; and how ferroloop
-reaps its children (a pidfd per child, waiter threads where the kernel has no pidfd, from any
-thread, without the policy's child watcher).
+reaps its children (a pidfd per child; where the kernel has no pidfd, SIGCHLD on the main
+thread and waiter threads elsewhere; from any thread, without the policy's child watcher).
 
 Most tests run on the standard loop and on ferroloop (fixture `any_loop`) with the same
 assertions; those about ferroloop's own reaping run on ferroloop only."""
@@ -575,8 +575,10 @@ async def _subprocesses_async() -> list[tuple[bytes, int | None]]:
     return list(await asyncio.gather(*(one(i) for i in range(20))))
 
 
-def test_without_pidfds_waiter_threads_reap_the_children(monkeypatch: pytest.MonkeyPatch) -> None:
-    # An old kernel: pidfd_open fails with ENOSYS.
+def test_without_pidfds_sigchld_or_waiter_threads_reap_the_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An old kernel: pidfd_open fails with ENOSYS. A loop on the main thread then reaps on
+    # SIGCHLD (and removes its handler when no child is left); a loop on another thread, which
+    # cannot handle signals, uses a waiter thread per child.
     def no_pidfd(pid: int, flags: int = 0) -> int:
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
@@ -589,16 +591,21 @@ def test_without_pidfds_waiter_threads_reap_the_children(monkeypatch: pytest.Mon
         wait_in_thread(*args)
 
     monkeypatch.setattr(_subprocess, "_wait_in_thread", counted_wait)
+    sigchld_before = signal.getsignal(signal.SIGCHLD)
     event_loop = ferroloop.new_event_loop()
     try:
         assert _subprocesses_in(event_loop) == EXPECTED_20
 
-        async def killed() -> int:
+        async def killed() -> tuple[int, int]:
             proc = await asyncio.create_subprocess_exec("sleep", "30")
             proc.kill()
-            return await proc.wait()
+            return proc.pid, await proc.wait()
 
-        assert run(event_loop, killed()) == -signal.SIGKILL
+        killed_pid, returncode = run(event_loop, killed())
+        assert returncode == -signal.SIGKILL
+        assert_reaped(killed_pid)
+        assert waits == []  # the main thread's loop used SIGCHLD, not threads
+        assert signal.getsignal(signal.SIGCHLD) == sigchld_before  # handler removed again
     finally:
         event_loop.close()
     outcome: list[Any] = []
@@ -606,7 +613,7 @@ def test_without_pidfds_waiter_threads_reap_the_children(monkeypatch: pytest.Mon
     thread.start()
     thread.join(30)
     assert outcome == [EXPECTED_20]
-    assert len(waits) == 20 + 1 + 20
+    assert len(waits) == 20
     for pid in waits:
         assert_reaped(pid)
     for waiter in [t for t in threading.enumerate() if t.name.startswith("ferroloop-waitpid-")]:

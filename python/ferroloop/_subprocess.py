@@ -5,9 +5,11 @@ asyncio's own loops ask the policy for a child watcher before 3.14 (and that wat
 the main thread before 3.12, deprecated from 3.12 on, gone in 3.14). ferroloop's loop needs no
 policy: each child it starts is watched through a pidfd registered with the loop, so the loop
 learns of the exit from the same poll that carries its other events, on whichever thread runs
-it. Where the kernel has no pidfd (Linux before 5.3), a thread per child blocks in waitpid() and
-hands the status back with call_soon_threadsafe, as the standard library's ThreadedChildWatcher
-does.
+it. Where the kernel has no pidfd (Linux before 5.3), a loop on the main thread reaps on
+SIGCHLD (a handler installed with its own add_signal_handler, checking only its own children
+with waitpid(WNOHANG)); a loop on another thread, which cannot install signal handlers, uses a
+thread per child that blocks in waitpid() and hands the status back with call_soon_threadsafe,
+as the standard library's ThreadedChildWatcher does.
 
 Either way the exit status goes to the loop's `_child_watcher_callback` (the standard
 library's, borrowed), which schedules the transport's `_process_exited`: the callbacks then run
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import threading
 from asyncio import unix_events
 from asyncio.log import logger
@@ -50,6 +53,8 @@ class ChildReaper:
     def __init__(self, loop: Loop) -> None:
         self._loop = loop
         self._pidfds: dict[int, int] = {}  # pid -> pidfd registered with the loop
+        # pid -> (callback, args): children reaped on SIGCHLD (no pidfd, main thread)
+        self._on_sigchld: dict[int, tuple[ExitCallback, tuple[Any, ...]]] = {}
 
     def watch(self, pid: int, callback: ExitCallback, *args: Any) -> None:
         """Call `callback(pid, returncode, *args)` on the loop once the child has exited and
@@ -58,18 +63,52 @@ class ChildReaper:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             # No pidfd on this kernel (or the child is already reaped by someone else, which
-            # the waiter thread reports the same way the standard library does).
-            self._watch_with_thread(pid, callback, args)
+            # both fallbacks report the same way the standard library does).
+            if threading.current_thread() is threading.main_thread():
+                self._watch_with_sigchld(pid, callback, args)
+            else:
+                self._watch_with_thread(pid, callback, args)
             return
         self._pidfds[pid] = pidfd
         self._loop._add_reader(pidfd, self._pidfd_ready, pid, pidfd, callback, args)
 
     def close(self) -> None:
-        """Forget the children still running (the loop is closing): release their pidfds."""
+        """Forget the children still running (the loop is closing): release their pidfds and
+        the SIGCHLD handler."""
         for pidfd in self._pidfds.values():
             self._loop._remove_reader(pidfd)
             os.close(pidfd)
         self._pidfds.clear()
+        if self._on_sigchld:
+            self._on_sigchld.clear()
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+
+    def _watch_with_sigchld(self, pid: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
+        if not self._on_sigchld:
+            self._loop.add_signal_handler(signal.SIGCHLD, self._reap_signalled)
+        self._on_sigchld[pid] = (callback, args)
+        # The child may have exited before the handler existed: look once now.
+        self._loop.call_soon(self._reap_signalled)
+
+    def _reap_signalled(self) -> None:
+        """On SIGCHLD: collect whichever of this loop's children have exited (signals merge,
+        so one SIGCHLD may stand for several)."""
+        for pid in list(self._on_sigchld):
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                returncode = _UNKNOWN_RETURNCODE
+                logger.warning("Unknown child process pid %d, will report returncode 255", pid)
+            else:
+                if reaped == 0:
+                    continue
+                returncode = _exitcode(status)
+                if self._loop.get_debug():
+                    logger.debug("process %s exited with returncode %s", pid, returncode)
+            callback, args = self._on_sigchld.pop(pid)
+            callback(pid, returncode, *args)
+        if not self._on_sigchld:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
 
     def _pidfd_ready(self, pid: int, pidfd: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
         try:
