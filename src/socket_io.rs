@@ -73,6 +73,14 @@ pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
     )
 }
 
+/// Bytes queued for reading on `fd` (`FIONREAD`); None if the kernel won't say.
+pub fn bytes_available(fd: RawFd) -> Option<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points to a live c_int.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut count) };
+    (rc == 0 && count >= 0).then_some(count as usize)
+}
+
 /// `read(2)`, for pipes (recv only works on sockets).
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is a valid, writable slice for the duration of the call.

@@ -10,6 +10,7 @@
 //! from connection_lost, ...).
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
@@ -24,6 +25,7 @@ use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
+use crate::sock_ops;
 use crate::socket_io::{self, MAX_IOVECS};
 use crate::support;
 use crate::write_buffer::WriteBuffer;
@@ -34,6 +36,11 @@ use super::common::{
 
 /// recv size for `data_received`, as the standard library's `max_size`.
 pub const MAX_READ: usize = 256 * 1024;
+/// A read at least this large makes the next one go straight into a right-sized `bytes`.
+const LARGE_READ: usize = 32 * 1024;
+/// ... of at most this size: larger allocations come from mmap on glibc, and their page faults
+/// cost more than the copy they save.
+const MAX_DIRECT_READ: usize = 128 * 1024;
 
 struct StreamState {
     /// The Python transport object handed to the protocol; dropped once the connection is lost.
@@ -57,6 +64,8 @@ struct StreamState {
 pub struct StreamCore {
     event_loop: Py<LoopCore>,
     fd: RawFd,
+    /// The last read was large (see `read_into_bytes`).
+    large_reads: AtomicBool,
     state: GilCell<StreamState>,
 }
 
@@ -415,22 +424,34 @@ impl StreamCore {
     }
 
     fn read_into_bytes(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let data = {
-            let event_loop = self.event_loop(py).get();
-            let mut buf = event_loop.read_buffer(py);
-            match socket_io::recv(self.fd, &mut buf[..]) {
-                Ok(None) => return Ok(()),
-                Ok(Some(n)) => PyBytes::new(py, &buf[..n]),
-                Err(err) => {
-                    drop(buf);
-                    return self.fatal_error(
-                        py,
-                        os_error(err),
-                        "Fatal read error on socket transport",
-                    );
+        // After a large read, receive straight into a bytes sized to what is queued: for big
+        // messages that saves copying them out of the scratch buffer, for an ioctl.
+        let queued = if self.large_reads.load(Relaxed) {
+            socket_io::bytes_available(self.fd).filter(|&n| n >= LARGE_READ)
+        } else {
+            None
+        };
+        let received = match queued {
+            Some(n) => sock_ops::recv_bytes(py, self.fd, n.min(MAX_DIRECT_READ) as isize),
+            None => {
+                let event_loop = self.event_loop(py).get();
+                let mut buf = event_loop.read_buffer(py);
+                match socket_io::recv(self.fd, &mut buf[..]) {
+                    Ok(None) => Ok(None),
+                    Ok(Some(n)) => Ok(Some(PyBytes::new(py, &buf[..n]))),
+                    Err(err) => Err(os_error(err)),
                 }
             }
         };
+        let data = match received {
+            Ok(None) => return Ok(()),
+            Ok(Some(data)) => data,
+            Err(err) => {
+                return self.fatal_error(py, err, "Fatal read error on socket transport");
+            }
+        };
+        self.large_reads
+            .store(data.as_bytes().len() >= LARGE_READ, Relaxed);
         if data.as_bytes().is_empty() {
             return self.on_eof(py, protocol);
         }
@@ -473,6 +494,7 @@ impl StreamCore {
         Ok(StreamCore {
             event_loop: event_loop.unbind(),
             fd,
+            large_reads: AtomicBool::new(false),
             state: GilCell::new(StreamState {
                 transport: Some(transport.unbind()),
                 protocol: Some(protocol.unbind()),
