@@ -99,29 +99,98 @@ pub fn notify_flow(
     Ok(())
 }
 
-/// `_FlowControlMixin._set_write_buffer_limits`: defaults and checks; returns (high, low).
-pub fn write_buffer_limits(
-    high: Option<Bound<'_, PyAny>>,
-    low: Option<Bound<'_, PyAny>>,
-) -> PyResult<(usize, usize)> {
-    let high: Option<i64> = high
-        .filter(|h| !h.is_none())
-        .map(|h| h.extract())
-        .transpose()?;
-    let low: Option<i64> = low
-        .filter(|l| !l.is_none())
-        .map(|l| l.extract())
-        .transpose()?;
-    let high = match (high, low) {
-        (Some(h), _) => h,
-        (None, None) => DEFAULT_HIGH_WATER as i64,
-        (None, Some(l)) => 4 * l,
-    };
-    let low = low.unwrap_or(high.div_euclid(4));
-    if !(high >= low && low >= 0) {
-        return Err(PyValueError::new_err(format!(
-            "high ({high}) must be >= low ({low}) must be >= 0"
-        )));
+/// A write side's flow control (`_FlowControlMixin`): the water marks and whether the protocol
+/// has been told to pause. The transports own the buffer; this decides when to tell the
+/// protocol, so both transports make that decision the same way.
+pub struct FlowControl {
+    high_water: usize,
+    low_water: usize,
+    paused: bool,
+}
+
+impl Default for FlowControl {
+    fn default() -> Self {
+        FlowControl {
+            high_water: DEFAULT_HIGH_WATER,
+            low_water: DEFAULT_HIGH_WATER / 4,
+            paused: false,
+        }
     }
-    Ok((high as usize, low as usize))
+}
+
+impl FlowControl {
+    /// True when a buffer of `size` bytes must pause the protocol now (it was not paused).
+    pub fn should_pause(&mut self, size: usize) -> bool {
+        if size <= self.high_water || self.paused {
+            return false;
+        }
+        self.paused = true;
+        true
+    }
+
+    /// True when a buffer of `size` bytes must resume the paused protocol now.
+    pub fn should_resume(&mut self, size: usize) -> bool {
+        if !(self.paused && size <= self.low_water) {
+            return false;
+        }
+        self.paused = false;
+        true
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// `get_write_buffer_limits()`: (low, high).
+    pub fn limits(&self) -> (usize, usize) {
+        (self.low_water, self.high_water)
+    }
+
+    /// `_set_write_buffer_limits`: the stdlib's defaults and checks.
+    pub fn set_limits(
+        &mut self,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let high: Option<i64> = high
+            .filter(|h| !h.is_none())
+            .map(|h| h.extract())
+            .transpose()?;
+        let low: Option<i64> = low
+            .filter(|l| !l.is_none())
+            .map(|l| l.extract())
+            .transpose()?;
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, None) => DEFAULT_HIGH_WATER as i64,
+            (None, Some(l)) => 4 * l,
+        };
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        self.high_water = high as usize;
+        self.low_water = low as usize;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_above_high_resumes_at_low_once_each() {
+        let mut flow = FlowControl::default();
+        assert!(!flow.should_pause(DEFAULT_HIGH_WATER)); // at the mark: not above it
+        assert!(flow.should_pause(DEFAULT_HIGH_WATER + 1));
+        assert!(!flow.should_pause(10 * DEFAULT_HIGH_WATER)); // already paused
+        assert!(flow.paused());
+        assert!(!flow.should_resume(DEFAULT_HIGH_WATER / 4 + 1));
+        assert!(flow.should_resume(DEFAULT_HIGH_WATER / 4));
+        assert!(!flow.should_resume(0)); // already resumed
+        assert_eq!(flow.limits(), (DEFAULT_HIGH_WATER / 4, DEFAULT_HIGH_WATER));
+    }
 }

@@ -23,9 +23,7 @@ use crate::socket_io;
 use crate::support;
 use crate::write_buffer::WriteBuffer;
 
-use super::common::{
-    self, is_fatal_to_loop, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
-};
+use super::common::{self, is_fatal_to_loop, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 /// A pipe that has carried this much gets a bigger kernel buffer ...
 const GROW_AFTER_BYTES: u64 = 4 << 20;
@@ -339,9 +337,7 @@ struct WriteState {
     conn_lost: u32,
     buffer: WriteBuffer,
     writer_installed: bool,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    flow: FlowControl,
 }
 
 #[pyclass(module = "ferroloop._core", frozen)]
@@ -427,10 +423,10 @@ impl WritePipeCore {
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
         {
             let mut st = self.state.borrow_mut(py);
-            if st.buffer.len() <= st.high_water || st.protocol_paused {
+            let size = st.buffer.len();
+            if !st.flow.should_pause(size) {
                 return Ok(());
             }
-            st.protocol_paused = true;
         }
         self.notify_flow(py, true)
     }
@@ -438,10 +434,10 @@ impl WritePipeCore {
     fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
         {
             let mut st = self.state.borrow_mut(py);
-            if !(st.protocol_paused && st.buffer.len() <= st.low_water) {
+            let size = st.buffer.len();
+            if !st.flow.should_resume(size) {
                 return Ok(());
             }
-            st.protocol_paused = false;
         }
         self.notify_flow(py, false)
     }
@@ -467,9 +463,7 @@ impl WritePipeCore {
                 conn_lost: 0,
                 buffer: WriteBuffer::new(),
                 writer_installed: false,
-                protocol_paused: false,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                flow: FlowControl::default(),
             }),
         }
     }
@@ -675,8 +669,7 @@ impl WritePipeCore {
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        (st.low_water, st.high_water)
+        self.state.borrow(py).flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -686,12 +679,7 @@ impl WritePipeCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let (high, low) = common::write_buffer_limits(high, low)?;
-        {
-            let mut st = self.state.borrow_mut(py);
-            st.high_water = high;
-            st.low_water = low;
-        }
+        self.state.borrow_mut(py).flow.set_limits(high, low)?;
         self.maybe_pause_protocol(py)
     }
 
@@ -726,7 +714,7 @@ impl WritePipeCore {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).protocol_paused
+        self.state.borrow(py).flow.paused()
     }
 
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {

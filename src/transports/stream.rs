@@ -30,9 +30,7 @@ use crate::socket_io::{self, MAX_IOVECS};
 use crate::support;
 use crate::write_buffer::WriteBuffer;
 
-use super::common::{
-    self, is_fatal_to_loop, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
-};
+use super::common::{self, is_fatal_to_loop, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 /// recv size for `data_received`, as the standard library's `max_size`.
 pub const MAX_READ: usize = 256 * 1024;
@@ -54,9 +52,7 @@ struct StreamState {
     paused: bool,
     eof: bool,
     writer_installed: bool,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    flow: FlowControl,
     empty_waiter: Option<Py<PyAny>>,
 }
 
@@ -234,10 +230,10 @@ impl StreamCore {
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
         {
             let mut st = self.state.borrow_mut(py);
-            if st.buffer.len() <= st.high_water || st.protocol_paused {
+            let size = st.buffer.len();
+            if !st.flow.should_pause(size) {
                 return Ok(());
             }
-            st.protocol_paused = true;
         }
         self.notify_flow(
             py,
@@ -249,10 +245,10 @@ impl StreamCore {
     fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
         {
             let mut st = self.state.borrow_mut(py);
-            if !(st.protocol_paused && st.buffer.len() <= st.low_water) {
+            let size = st.buffer.len();
+            if !st.flow.should_resume(size) {
                 return Ok(());
             }
-            st.protocol_paused = false;
         }
         self.notify_flow(
             py,
@@ -506,9 +502,7 @@ impl StreamCore {
                 paused: false,
                 eof: false,
                 writer_installed: false,
-                protocol_paused: false,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                flow: FlowControl::default(),
                 empty_waiter: None,
             }),
         })
@@ -729,8 +723,7 @@ impl StreamCore {
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        (st.low_water, st.high_water)
+        self.state.borrow(py).flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -740,12 +733,7 @@ impl StreamCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let (high, low) = common::write_buffer_limits(high, low)?;
-        {
-            let mut st = self.state.borrow_mut(py);
-            st.high_water = high;
-            st.low_water = low;
-        }
+        self.state.borrow_mut(py).flow.set_limits(high, low)?;
         self.maybe_pause_protocol(py)
     }
 
@@ -837,7 +825,7 @@ impl StreamCore {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).protocol_paused
+        self.state.borrow(py).flow.paused()
     }
 
     #[getter]
