@@ -16,6 +16,7 @@ from asyncio import futures, transports
 from typing import Any, Callable
 
 from . import _core
+from ._core_backed import CoreBacked, ReadSide, WriteSide, bind_core
 
 
 def _check_fd(pipe: Any, message: str, allow_char: bool = True) -> tuple[int, int]:
@@ -27,7 +28,7 @@ def _check_fd(pipe: Any, message: str, allow_char: bool = True) -> tuple[int, in
     return fileno, mode
 
 
-class _PipeTransportBase:
+class _PipeTransportBase(CoreBacked):
     """Once-per-pipe parts shared by both directions: the pipe object, repr, closing it."""
 
     _core: Any
@@ -35,18 +36,6 @@ class _PipeTransportBase:
     _fileno: int | None
     _loop: Any
     _extra: dict[str, Any]
-
-    def _bind_core(self, names: tuple[str, ...]) -> None:
-        for name in names:
-            setattr(self, name, getattr(self._core, name))
-
-    @property
-    def _protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self) -> bool:
-        return bool(self._core._closing)
 
     def _fatal_error(self, exc: BaseException, message: str = "Fatal error on pipe transport") -> None:
         self._core._close(exc)
@@ -89,7 +78,7 @@ class _PipeTransportBase:
             pipe.close()
 
 
-class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
+class ReadPipeTransport(_PipeTransportBase, ReadSide, transports.ReadTransport):
     def __init__(self, loop: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> None:
         transports.ReadTransport.__init__(self, extra)
         self._extra["pipe"] = pipe
@@ -100,42 +89,19 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
         self._pipe = pipe
         self._fileno = fileno
         self._core = _core.ReadPipeCore(loop, fileno, self, protocol)
-        self._bind_core(
-            ("is_reading", "pause_reading", "resume_reading", "is_closing", "close", "set_protocol", "get_protocol")
-        )
+        bind_core(self, ReadSide.BOUND)
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(self._core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
-    def is_reading(self) -> bool:
-        return bool(self._core.is_reading())
-
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
-
-    def is_closing(self) -> bool:
-        return bool(self._core.is_closing())
-
-    def close(self) -> None:
-        self._core.close()
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self) -> Any:
-        return self._core.get_protocol()
-
     @property
     def _paused(self) -> bool:
         return bool(self._core._paused)
 
 
-class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(_PipeTransportBase, WriteSide, transports._FlowControlMixin, transports.WriteTransport):
     def __init__(self, loop: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> None:
         transports.WriteTransport.__init__(self, extra)  # the flow-control state is the core's
         self._extra["pipe"] = pipe
@@ -148,66 +114,8 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
         # The closing of the read end shows as readability of pipes and sockets.
         watches_peer = stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)
         self._core = _core.WritePipeCore(loop, fileno, self, protocol, watches_peer)
-        self._bind_core(
-            (
-                "write",
-                "writelines",
-                "write_eof",
-                "close",
-                "abort",
-                "is_closing",
-                "set_protocol",
-                "get_protocol",
-                "get_write_buffer_size",
-                "get_write_buffer_limits",
-                "set_write_buffer_limits",
-            )
-        )
+        bind_core(self, WriteSide.BOUND)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._core._start)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
-
-    def write(self, data: Any) -> None:
-        self._core.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._core.close()
-
-    def abort(self) -> None:
-        self._core.abort()
-
-    def is_closing(self) -> bool:
-        return bool(self._core.is_closing())
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    def get_write_buffer_size(self) -> int:
-        return int(self._core.get_write_buffer_size())
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core.set_write_buffer_limits(high, low)
-
-    @property
-    def _conn_lost(self) -> int:
-        return int(self._core._conn_lost)
-
-    @property
-    def _protocol_paused(self) -> bool:
-        return bool(self._core._protocol_paused)

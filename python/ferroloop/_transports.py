@@ -16,25 +16,7 @@ from asyncio import base_events, constants, futures, transports, trsock
 from typing import Any, Callable
 
 from . import _core
-
-# Methods served by the Rust core directly (bound per instance, see __init__).
-_DIRECT = (
-    "write",
-    "writelines",
-    "write_eof",
-    "close",
-    "abort",
-    "is_closing",
-    "is_reading",
-    "pause_reading",
-    "resume_reading",
-    "set_protocol",
-    "get_protocol",
-    "get_write_buffer_size",
-    "get_write_buffer_limits",
-    "set_write_buffer_limits",
-)
-
+from ._core_backed import ReadSide, WriteSide, bind_core
 
 # 3.13's Server tracks its transports (for close_clients/abort_clients): _attach(transport).
 _SERVER_TRACKS_TRANSPORTS = (
@@ -49,7 +31,10 @@ def _server_call(server: Any, method: str, transport: Any) -> None:
         getattr(server, method)()
 
 
-class SocketTransport(transports._FlowControlMixin):
+_BOUND = tuple(dict.fromkeys(ReadSide.BOUND + WriteSide.BOUND))
+
+
+class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
     # _FlowControlMixin, as the standard library's socket transports: loop.sendfile's fallback
     # (base_events._SendfileFallbackProtocol) accepts only transports of that class. Its state
     # and methods are the Rust core's here, so its __init__ is skipped (see __init__).
@@ -83,8 +68,7 @@ class SocketTransport(transports._FlowControlMixin):
         self._server = server
         core = _core.StreamCore(loop, self._sock_fd, self, protocol)
         self._core = core
-        for name in _DIRECT:
-            setattr(self, name, getattr(core, name))
+        bind_core(self, _BOUND)
         if server is not None:
             _server_call(server, "_attach", self)
         loop._transports[self._sock_fd] = self
@@ -93,71 +77,6 @@ class SocketTransport(transports._FlowControlMixin):
         loop.call_soon(core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
-
-    # The Rust core's methods replace these on every instance; they are spelled out for
-    # readers, type checkers and code that looks methods up on the class.
-    def write(self, data: Any) -> None:
-        self._core.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._core.close()
-
-    def abort(self) -> None:
-        self._core.abort()
-
-    def is_closing(self) -> bool:
-        return bool(self._core.is_closing())
-
-    def is_reading(self) -> bool:
-        return bool(self._core.is_reading())
-
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    def get_write_buffer_size(self) -> int:
-        return int(self._core.get_write_buffer_size())
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core.set_write_buffer_limits(high, low)
-
-    # -- state the standard library's helpers read (sendfile, start_tls, repr) ------------
-
-    @property
-    def _protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self) -> bool:
-        return bool(self._core._closing)
-
-    @property
-    def _conn_lost(self) -> int:
-        return int(self._core._conn_lost)
-
-    @property
-    def _protocol_paused(self) -> bool:
-        return bool(self._core._protocol_paused)
 
     @property
     def _empty_waiter(self) -> Any:
