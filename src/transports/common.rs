@@ -58,6 +58,20 @@ pub fn schedule_connection_lost(
     Ok(())
 }
 
+/// `protocol.connection_lost(exc)` if there is a protocol (the transports' final callback).
+pub fn deliver_connection_lost(
+    protocol: Option<Py<PyAny>>,
+    exc: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    match protocol {
+        Some(p) => p
+            .bind(exc.py())
+            .call_method1(intern!(exc.py(), "connection_lost"), (exc,))
+            .map(drop),
+        None => Ok(()),
+    }
+}
+
 /// `loop.call_exception_handler({'message', 'exception', 'transport', 'protocol'})`.
 pub fn report(
     event_loop: &Bound<'_, LoopCore>,

@@ -292,13 +292,7 @@ impl ReadPipeCore {
     /// Deliver `connection_lost(exc)` and let go of the protocol and the transport.
     fn _connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
         let protocol = clone_opt(py, &self.state.borrow(py).protocol);
-        let result = match protocol {
-            Some(p) => p
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            None => Ok(()),
-        };
+        let result = common::deliver_connection_lost(protocol, &exc);
         let released = {
             let mut st = self.state.borrow_mut(py);
             st.closing = true;
@@ -685,13 +679,7 @@ impl WritePipeCore {
 
     fn _connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
         let protocol = clone_opt(py, &self.state.borrow(py).protocol);
-        let result = match protocol {
-            Some(p) => p
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            None => Ok(()),
-        };
+        let result = common::deliver_connection_lost(protocol, &exc);
         let released = {
             let mut st = self.state.borrow_mut(py);
             st.closing = true;

@@ -748,13 +748,7 @@ impl StreamCore {
                 None
             }
         };
-        let result = match protocol {
-            Some(p) => p
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            None => Ok(()),
-        };
+        let result = common::deliver_connection_lost(protocol, &exc);
         let (released, waiter) = {
             let mut st = self.state.borrow_mut(py);
             st.conn_lost = st.conn_lost.max(1);
