@@ -18,6 +18,7 @@ pub mod socket_io;
 pub mod support;
 pub mod task_factory;
 pub mod timers;
+pub mod tls_records;
 pub mod transports;
 pub mod write_buffer;
 
@@ -33,5 +34,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::stream::StreamCore>()?;
     m.add_class::<transports::pipe::ReadPipeCore>()?;
     m.add_class::<transports::pipe::WritePipeCore>()?;
+    m.add_class::<tls_records::TlsRecords>()?;
     Ok(())
 }

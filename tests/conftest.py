@@ -79,3 +79,12 @@ def _collect_garbage_between_tests() -> Iterator[None]:
     # Loops and sockets a test drops must not warn during a later, unrelated test.
     yield
     gc.collect()
+
+
+@pytest.fixture(scope="module")
+def pki() -> object:
+    """A certificate authority and certificates for the TLS tests (`tls_helpers.Pki`)."""
+    pytest.importorskip("trustme", reason="trustme (test extra) makes the certificates")
+    from tls_helpers import make_pki
+
+    return make_pki()

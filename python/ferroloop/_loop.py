@@ -20,13 +20,14 @@ import threading
 import time
 import warnings
 import weakref
-from asyncio import base_events, constants, coroutines, events, selector_events, sslproto, unix_events
+from asyncio import base_events, constants, coroutines, events, selector_events, unix_events
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, TypeVarTuple, Unpack
 
 from . import _core
 from ._subprocess import ChildReaper, make_subprocess_transport
 from ._pipes import ReadPipeTransport, WritePipeTransport
+from ._tls import TlsProtocol, start_tls as _start_tls
 from ._transports import SocketTransport
 
 _Ts = TypeVarTuple("_Ts")
@@ -68,7 +69,6 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_create_connection_transport",
         "sendfile",
         "_sendfile_fallback",
-        "start_tls",
         "create_datagram_endpoint",
         "_create_server_getaddrinfo",
         "create_server",
@@ -167,6 +167,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
     """An asyncio event loop whose core runs in Rust."""
 
     _borrow(locals())
+    # The standard library's start_tls, building ferroloop's TlsProtocol.
+    start_tls = _start_tls  # type: ignore[assignment]
 
     if TYPE_CHECKING:
         # Private helpers borrowed above that typeshed does not declare.
@@ -297,10 +299,10 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> Any:
-        # TLS records are the standard library's SSLProtocol (the caller's SSLContext through
-        # MemoryBIO), carried by ferroloop's stream transport.
+        # The standard library's SSLProtocol state machine (the caller's SSLContext through
+        # MemoryBIO) with ferroloop's record plumbing, carried by ferroloop's stream transport.
         # typeshed says the timeouts are ints; the stdlib takes any number.
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = TlsProtocol(
             self,
             protocol,
             sslcontext,
