@@ -1,5 +1,6 @@
-"""TLS on every connection kind: the caller's `ssl.SSLContext` (the standard library's
-SSLProtocol over `MemoryBIO`) carried by the loop's stream transport.
+"""TLS on every connection kind: the caller's `ssl.SSLContext` over `MemoryBIO` (ferroloop's
+TlsProtocol: the standard library's SSLProtocol state machine, record plumbing in Rust) carried
+by the loop's stream transport.
 
 A certificate authority and certificates are generated per module (trustme). Tests that pin
 down behaviour run on the standard loop and on ferroloop (fixture `any_loop`) with the same
