@@ -451,9 +451,30 @@ fn process_outgoing(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<()> {
     control_app_writing(protocol, lib)
 }
 
-/// Whether a paused side must resume or a running one pause, by the standard library's rule.
-fn flow_change_due(size: usize, high: usize, low: usize, paused: bool) -> bool {
-    (size >= high && !paused) || (size <= low && paused)
+/// The attribute names `SSLProtocol` gives one direction's pause flag and water marks.
+struct FlowMarks<'py> {
+    paused: &'py Bound<'py, PyString>,
+    low: &'py Bound<'py, PyString>,
+    high: &'py Bound<'py, PyString>,
+}
+
+/// Calls the standard library's flow-control `method` (which pauses or resumes, reporting
+/// errors its way) only when `size` crosses a water mark in the direction it would act on.
+fn control_flow(
+    protocol: &Bound<'_, PyAny>,
+    size: usize,
+    marks: FlowMarks<'_>,
+    method: &Py<PyAny>,
+) -> PyResult<()> {
+    let due = if protocol.getattr(marks.paused)?.is_truthy()? {
+        size <= attr_usize(protocol, marks.low)?
+    } else {
+        size >= attr_usize(protocol, marks.high)?
+    };
+    if due {
+        method.bind(protocol.py()).call1((protocol,))?;
+    }
+    Ok(())
 }
 
 fn control_app_writing(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<()> {
@@ -461,36 +482,22 @@ fn control_app_writing(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<()
     let outgoing = protocol.getattr(intern!(py, "_outgoing"))?;
     let size = attr_usize(&outgoing, intern!(py, "pending"))?
         + attr_usize(protocol, intern!(py, "_write_buffer_size"))?;
-    let due = flow_change_due(
-        size,
-        attr_usize(protocol, intern!(py, "_outgoing_high_water"))?,
-        attr_usize(protocol, intern!(py, "_outgoing_low_water"))?,
-        protocol
-            .getattr(intern!(py, "_app_writing_paused"))?
-            .is_truthy()?,
-    );
-    if due {
-        lib.control_app_writing.bind(py).call1((protocol,))?;
-    }
-    Ok(())
+    let marks = FlowMarks {
+        paused: intern!(py, "_app_writing_paused"),
+        low: intern!(py, "_outgoing_low_water"),
+        high: intern!(py, "_outgoing_high_water"),
+    };
+    control_flow(protocol, size, marks, &lib.control_app_writing)
 }
 
 fn control_ssl_reading(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<()> {
     let py = protocol.py();
-    let size = attr_usize(
-        &protocol.getattr(intern!(py, "_incoming"))?,
-        intern!(py, "pending"),
-    )?;
-    let due = flow_change_due(
-        size,
-        attr_usize(protocol, intern!(py, "_incoming_high_water"))?,
-        attr_usize(protocol, intern!(py, "_incoming_low_water"))?,
-        protocol
-            .getattr(intern!(py, "_ssl_reading_paused"))?
-            .is_truthy()?,
-    );
-    if due {
-        lib.control_ssl_reading.bind(py).call1((protocol,))?;
-    }
-    Ok(())
+    let incoming = protocol.getattr(intern!(py, "_incoming"))?;
+    let size = attr_usize(&incoming, intern!(py, "pending"))?;
+    let marks = FlowMarks {
+        paused: intern!(py, "_ssl_reading_paused"),
+        low: intern!(py, "_incoming_low_water"),
+        high: intern!(py, "_incoming_high_water"),
+    };
+    control_flow(protocol, size, marks, &lib.control_ssl_reading)
 }
