@@ -218,15 +218,24 @@ asyncio.run(main())
 }
 
 
-@pytest.mark.parametrize("program", sorted(CTRL_C_PROGRAMS))
-def test_ctrl_c_raises_keyboard_interrupt_promptly(program: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C_PROGRAMS[program]],
+def start_interactive(source: str) -> subprocess.Popen[str]:
+    """A Python program started as from a terminal: SIGINT at its default disposition, so the
+    interpreter installs its KeyboardInterrupt handler even when this test runs as a background
+    job (where the shell starts everything with SIGINT ignored, and the child would inherit
+    that)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", source],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=python_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+@pytest.mark.parametrize("program", sorted(CTRL_C_PROGRAMS))
+def test_ctrl_c_raises_keyboard_interrupt_promptly(program: str) -> None:
+    proc = start_interactive(CTRL_C_PROGRAMS[program])
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
@@ -249,8 +258,7 @@ def test_ctrl_c_exit_status_matches_asyncio() -> None:
     program = CTRL_C_PROGRAMS["ferroloop.run"]
     returncodes = []
     for source in (program.replace("ferroloop.run(main())", "asyncio.run(main())"), program):
-        proc = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=python_env())
+        proc = start_interactive(source)
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
@@ -275,8 +283,7 @@ async def main():
     print(await asyncio.wait_for(got, 10), flush=True)
 ferroloop.run(main())
 """
-    proc = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=python_env())
+    proc = start_interactive(source)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
