@@ -34,6 +34,16 @@ class Samples:
             return None
         return (max(found) - min(found)) / statistics.median(found)
 
+    def wins(self, workload: str, loop: str, baseline: str) -> tuple[int, int] | None:
+        """Rounds in which `loop` beat `baseline`, and rounds compared: each round measures
+        every loop once, so the i-th samples ran side by side on the same machine state."""
+        ours = self.values.get((workload, loop))
+        theirs = self.values.get((workload, baseline))
+        if not ours or not theirs:
+            return None
+        pairs = list(zip(ours, theirs))
+        return sum(a > b for a, b in pairs), len(pairs)
+
 
 def cpu_model() -> str:
     try:
@@ -107,6 +117,19 @@ def spread_table(samples: Samples, workloads: list[Workload], loops: list[str]) 
     return "\n".join(lines)
 
 
+def wins_table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
+    baselines = [b for b in BASELINES if b in loops and SUBJECT in loops]
+    header = ["workload", *(f"{SUBJECT} faster than {b}" for b in baselines)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for w in workloads:
+        cells = []
+        for baseline in baselines:
+            won = samples.wins(w.name, SUBJECT, baseline)
+            cells.append("—" if won is None else f"{won[0]} of {won[1]}")
+        lines.append(f"| {w.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(
     samples: Samples,
     workloads: list[Workload],
@@ -150,6 +173,14 @@ def render(
         "",
         spread_table(samples, workloads, loops),
     ]
+    if rounds > 1 and SUBJECT in loops and any(b in loops for b in BASELINES):
+        parts += [
+            "",
+            f"Rounds in which {SUBJECT} was faster (the loops alternate within a round, so "
+            "each round compares them under the same machine load):",
+            "",
+            wins_table(samples, workloads, loops),
+        ]
     if notes or samples.failures:
         parts += ["", "Notes:", ""]
         parts += [f"- {note}" for note in notes + samples.failures]
