@@ -9,6 +9,7 @@
 //! Loop thread (or any thread, for the error paths), called by CPython with the GIL held.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
@@ -86,9 +87,8 @@ unsafe fn call_soon_impl(
     }
     let mut context = None;
     if let Some(names) = &kwnames {
-        let expected = intern!(py, "context");
         for (name, value) in names.iter().zip(&values[nargs..]) {
-            if name.is(expected) || name.eq(expected)? {
+            if is_context_keyword(&name)? {
                 context = Some(arg(value));
             } else {
                 return Err(PyTypeError::new_err(format!(
@@ -103,9 +103,36 @@ unsafe fn call_soon_impl(
     } else {
         PyTuple::new(py, values[1..nargs].iter().map(arg))?
     };
-    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) }.cast_into::<LoopCore>()?;
+    // SAFETY: the method descriptor was made for the LoopCore type, and CPython checks that
+    // `self` is an instance of it before calling.
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>() };
     let handle = LoopCore::call_soon(&slf, callback, extra, context)?;
     Ok(handle.into_ptr())
+}
+
+/// The last `"context"` keyword name that was equal to, but not the same object as, the
+/// interned one: CPython 3.11's C Task passes a string of its own, the same object every time.
+/// Holds a strong reference, never released.
+static CONTEXT_NAME_SEEN: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+fn is_context_keyword(name: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let expected = intern!(name.py(), "context");
+    if name.is(expected) || name.as_ptr() == CONTEXT_NAME_SEEN.load(Relaxed) {
+        return Ok(true);
+    }
+    if !name.eq(expected)? {
+        return Ok(false);
+    }
+    let kept = name.clone().into_ptr();
+    if CONTEXT_NAME_SEEN
+        .compare_exchange(std::ptr::null_mut(), kept, Relaxed, Relaxed)
+        .is_err()
+    {
+        // Another equal name is already remembered; keep that one.
+        // SAFETY: `kept` is the strong reference `into_ptr` produced just above, released once.
+        drop(unsafe { Bound::from_owned_ptr(name.py(), kept) });
+    }
+    Ok(true)
 }
 
 /// Install the fast `call_soon` on the `LoopCore` type, replacing nothing else.

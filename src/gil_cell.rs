@@ -37,6 +37,12 @@ impl<T> GilCell<T> {
         self.0.borrow_mut()
     }
 
+    /// Exclusive access through `&mut self`: no other borrow can exist.
+    #[inline]
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut()
+    }
+
     /// Borrow without proving attachment; for the GC's traverse, which runs attached but gets
     /// no token. Fails instead of panicking when a borrow is already active.
     #[inline]

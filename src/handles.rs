@@ -8,6 +8,7 @@
 //! callback and arguments (outside debug mode), as `asyncio.Handle.cancel` does, so cancelled
 //! handles a program keeps do not keep what they reference alive.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -48,7 +49,8 @@ impl Call {
 pub struct Handle {
     /// `None` once `cancel()` released it.
     call: GilCell<Option<Call>>,
-    context: Py<PyAny>,
+    /// Released in `Drop`, through the attached interpreter.
+    context: ManuallyDrop<Py<PyAny>>,
     cancelled: AtomicBool,
     pub(crate) timer: Option<TimerState>,
     source_traceback: Option<Py<PyAny>>,
@@ -78,7 +80,7 @@ impl Handle {
                 callback: callback.unbind(),
                 args: args.unbind(),
             })),
-            context,
+            context: ManuallyDrop::new(context),
             cancelled: AtomicBool::new(false),
             timer,
             source_traceback,
@@ -117,6 +119,15 @@ impl Handle {
         self.call.borrow(py).as_ref().map(|c| c.clone_ref(py))
     }
 
+    /// The callback and its arguments as `Bound` references (released without the
+    /// thread-local check a `Py` drop makes), `None` once released.
+    fn bound_call<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        self.call
+            .borrow(py)
+            .as_ref()
+            .map(|c| (c.callback.bind(py).clone(), c.args.bind(py).clone()))
+    }
+
     /// The callback, or Python's `None` once a cancel released it.
     pub fn callback<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
         match self.call.borrow(py).as_ref() {
@@ -131,7 +142,7 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let Some(call) = this.call(py) else {
+        let Some((callback, args)) = this.bound_call(py) else {
             return Ok(()); // cancelled and released: nothing to run
         };
         let ctx = this.context.as_ptr();
@@ -142,12 +153,10 @@ impl Handle {
         let result = if !entered {
             Err(PyErr::fetch(py))
         } else {
-            let callback = call.callback.bind(py);
-            let args = call.args.bind(py);
             let r = if args.is_empty() {
                 callback.call0()
             } else {
-                callback.call1(args)
+                callback.call1(&args)
             };
             // SAFETY: balances the successful PyContext_Enter above on the same thread.
             if unsafe { ffi::PyContext_Exit(ctx) } != 0 {
@@ -159,8 +168,26 @@ impl Handle {
         };
         match result {
             Ok(_) => Ok(()),
-            Err(err) => report_callback_error(slf.as_any(), event_loop, err, this, &call),
+            Err(err) => {
+                report_callback_error(slf.as_any(), event_loop, err, this, &callback, &args)
+            }
         }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: a Handle is dropped either by its Python object's deallocation or by Rust
+        // code that created it during a call from Python; both run attached to the
+        // interpreter. Releasing through `Bound` decrefs directly, where a `Py` drop first
+        // asks a thread-local whether the thread is attached.
+        let py = unsafe { Python::assume_attached() };
+        if let Some(call) = self.call.get_mut().take() {
+            drop(call.callback.into_bound(py));
+            drop(call.args.into_bound(py));
+        }
+        // SAFETY: `context` is taken exactly once, here, and never used afterwards.
+        drop(unsafe { ManuallyDrop::take(&mut self.context) }.into_bound(py));
     }
 }
 
@@ -169,18 +196,14 @@ fn report_callback_error(
     event_loop: &Bound<'_, PyAny>,
     err: PyErr,
     this: &Handle,
-    call: &Call,
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
     let py = handle.py();
     if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
         return Err(err);
     }
-    let source = support::format_callback_source(
-        py,
-        call.callback.bind(py),
-        call.args.bind(py),
-        event_loop,
-    )?;
+    let source = support::format_callback_source(py, callback, args, event_loop)?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {source}"))?;
     context.set_item("exception", err.into_value(py))?;
@@ -255,7 +278,7 @@ impl Handle {
                 visit.call(&call.args)?;
             }
         }
-        visit.call(&self.context)?;
+        visit.call(&*self.context)?;
         if let Some(tb) = &self.source_traceback {
             visit.call(tb)?;
         }
