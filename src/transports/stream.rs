@@ -523,15 +523,15 @@ impl StreamCore {
                 return Ok(());
             }
             match &st.protocol {
-                Some(p) => (p.clone_ref(py), st.buffered),
+                // Bound, not Py: released without a thread-local check, once per read.
+                Some(p) => (p.bind(py).clone(), st.buffered),
                 None => return Ok(()),
             }
         };
-        let protocol = protocol.bind(py);
         if buffered {
-            self.read_into_protocol_buffer(py, protocol)
+            self.read_into_protocol_buffer(py, &protocol)
         } else {
-            self.read_into_bytes(py, protocol)
+            self.read_into_bytes(py, &protocol)
         }
     }
 
