@@ -19,12 +19,13 @@
 //! Python methods and these see one connection. Any state other than `WRAPPED` (and the
 //! buffered-protocol read) goes to the standard library's own method. When the `SSLObject` is
 //! exactly `ssl.SSLObject`, its C object is called directly, skipping the Python wrapper
-//! method; a subclass set as `SSLContext.sslobject_class` is called through its own methods.
+//! method; a subclass set as `SSLContext.sslobject_class` is written through its own `write`
+//! and read by the standard library's own `_do_read__copied`, exactly as asyncio calls it.
 //!
 //! Loop thread, GIL held. `SSLObject.read`/`write` release the GIL around OpenSSL; nothing
 //! here holds Rust state across them.
 
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -45,6 +46,7 @@ struct Stdlib {
     write_appdata: Py<PyAny>,
     control_app_writing: Py<PyAny>,
     control_ssl_reading: Py<PyAny>,
+    read_copied: Py<PyAny>,
 }
 
 fn stdlib(py: Python<'_>) -> PyResult<&Stdlib> {
@@ -63,11 +65,13 @@ fn stdlib(py: Python<'_>) -> PyResult<&Stdlib> {
             write_appdata: method("_write_appdata")?,
             control_app_writing: method("_control_app_writing")?,
             control_ssl_reading: method("_control_ssl_reading")?,
+            read_copied: method("_do_read__copied")?,
         })
     })
 }
 
-/// The object to call `read`/`write` on: the `_ssl` C object behind a plain `ssl.SSLObject`.
+/// The object to call `write` on: the `_ssl` C object behind a plain `ssl.SSLObject`, or the
+/// caller's custom `sslobject_class` instance.
 fn ssl_engine<'py>(protocol: &Bound<'py, PyAny>, lib: &Stdlib) -> PyResult<Bound<'py, PyAny>> {
     let py = protocol.py();
     let sslobj = protocol.getattr(intern!(py, "_sslobj"))?;
@@ -151,6 +155,12 @@ fn decrypt_available<'py>(
             Ok(0) => {
                 closed = true;
                 break;
+            }
+            Ok(count) if !(0..=room).contains(&count) => {
+                // The C object never says this; still, never let a count steer the writer.
+                return discard(PyValueError::new_err(format!(
+                    "SSLObject.read() returned {count} for a {room}-byte buffer"
+                )));
             }
             Ok(count) => {
                 filled += count;
@@ -302,7 +312,13 @@ fn read_wrapped(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<()> {
 /// peer's close_notify if it came.
 fn read_copied(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<()> {
     let py = protocol.py();
-    let engine = ssl_engine(protocol, lib)?;
+    let sslobj = protocol.getattr(intern!(py, "_sslobj"))?;
+    if !sslobj.get_type().is(lib.ssl_object_type.bind(py)) {
+        // A custom sslobject_class is read exactly as the standard library reads it.
+        lib.read_copied.bind(py).call1((protocol,))?;
+        return Ok(());
+    }
+    let engine = sslobj.getattr(intern!(py, "_sslobj"))?;
     let incoming = protocol.getattr(intern!(py, "_incoming"))?;
     let (plaintext, closed) = decrypt_available(&engine, &incoming, lib)?;
     if let Some(plaintext) = plaintext {
@@ -413,11 +429,11 @@ fn encrypt_backlog(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<()> {
         let data = backlog.get_item(0)?;
         match encrypt_chunk(&engine, &data, lib) {
             Ok(Written::All) => {
-                size -= data.len()?;
+                size = size.saturating_sub(data.len()?);
                 backlog.call_method0(intern!(py, "popleft"))?;
             }
             Ok(Written::Part(taken)) => {
-                size -= taken;
+                size = size.saturating_sub(taken);
                 backlog.set_item(0, unwritten(&data, taken)?)?;
             }
             Ok(Written::Again) => break,
