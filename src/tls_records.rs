@@ -82,6 +82,14 @@ fn ssl_engine<'py>(protocol: &Bound<'py, PyAny>, lib: &Stdlib) -> PyResult<Bound
     }
 }
 
+/// Whether the connection is in `SSLProtocolState.WRAPPED`, the state this data path serves.
+fn is_wrapped(protocol: &Bound<'_, PyAny>, lib: &Stdlib) -> PyResult<bool> {
+    let py = protocol.py();
+    Ok(protocol
+        .getattr(intern!(py, "_state"))?
+        .is(lib.wrapped.bind(py)))
+}
+
 fn attr_usize(obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> PyResult<usize> {
     obj.getattr(name)?.extract()
 }
@@ -213,10 +221,7 @@ impl TlsRecords {
         let py = slf.py();
         let lib = stdlib(py)?;
         let protocol = slf.as_any();
-        if !protocol
-            .getattr(intern!(py, "_state"))?
-            .is(lib.wrapped.bind(py))
-        {
+        if !is_wrapped(protocol, lib)? {
             lib.buffer_updated.bind(py).call1((protocol, nbytes))?;
             return Ok(());
         }
@@ -248,10 +253,7 @@ impl TlsRecords {
         let py = slf.py();
         let lib = stdlib(py)?;
         let protocol = slf.as_any();
-        if !protocol
-            .getattr(intern!(py, "_state"))?
-            .is(lib.wrapped.bind(py))
-        {
+        if !is_wrapped(protocol, lib)? {
             // Closed or closing (a warning past a threshold), or handshaking (queue only).
             lib.write_appdata.bind(py).call1((protocol, list_of_data))?;
             return Ok(());
