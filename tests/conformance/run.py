@@ -307,11 +307,19 @@ def run_module(suite: Suite, loop: str, match: str | None, test_timeout: float) 
     return run
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_worker(cmd: list[str], cwd: Path, log: Path, budget: float) -> int | None:
     """Run a worker; its output goes to `log`. Returns its exit code, None if it ran out of time."""
     with open(log, "wb") as log_file:
+        # SIGINT at its default in the worker, as from a terminal: the suites' Ctrl-C tests
+        # need the interpreter's KeyboardInterrupt handler, which Python does not install
+        # when it starts with SIGINT ignored (as a shell starts background jobs).
         proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_default_sigint)
         try:
             return proc.wait(timeout=max(budget, 1.0))
         except subprocess.TimeoutExpired:
