@@ -311,3 +311,46 @@ def test_write_after_close_is_dropped_quietly(any_loop: asyncio.AbstractEventLoo
         assert errors == []
 
     run(any_loop, scenario())
+
+
+class ReplyThenClose(Recorder):
+    """Answers the first data with a reply, then closes (or aborts) inside data_received."""
+
+    abort = False
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        assert self.transport is not None
+        self.transport.write(b"reply:" + data)
+        if self.abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+class ReplyThenAbort(ReplyThenClose):
+    abort = True
+
+
+@pytest.mark.parametrize("server_protocol", [ReplyThenClose, ReplyThenAbort])
+def test_closing_inside_data_received(any_loop: asyncio.AbstractEventLoop, pki: Pki,
+                                      server_protocol: type[ReplyThenClose]) -> None:
+    """The read path goes on after data_received returns (pending writes, flow control):
+    closing or aborting from inside it must end the connection the standard library's way."""
+
+    async def scenario() -> tuple[bytes, str, list[str]]:
+        errors = record_errors(any_loop)
+        server, transport, client, receiver = await tls_pair(
+            any_loop, pki, server_protocol=server_protocol)
+        async with server:
+            transport.write(b"ping")
+            lost = await client.lost
+            await receiver.lost
+            return bytes(client.data), type(lost).__name__, [e["message"] for e in errors]
+
+    received, lost, errors = run(any_loop, scenario())
+    assert errors == []
+    if server_protocol.abort:
+        assert received in (b"", b"reply:ping")  # abort drops what is unsent
+    else:
+        assert (received, lost) == (b"reply:ping", "NoneType")
