@@ -175,8 +175,12 @@ fn decrypt_available<'py>(
                 // A short read ended a record. OpenSSL reads the BIO one record at a time (no
                 // read-ahead: Python's ssl never turns it on), so with the BIO empty the next
                 // read could only raise SSLWantReadError; skip that exception.
-                if count < room && attr_usize(incoming, intern!(py, "pending"))? == 0 {
-                    break;
+                if count < room {
+                    match attr_usize(incoming, intern!(py, "pending")) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(err) => return discard(err),
+                    }
                 }
             }
             Err(err) if err.matches(py, lib.again_errors.bind(py))? => break,

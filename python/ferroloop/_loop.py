@@ -315,22 +315,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
-    async def _make_subprocess_transport(
-        self,
-        protocol: Any,
-        args: Any,
-        shell: bool,
-        stdin: Any,
-        stdout: Any,
-        stderr: Any,
-        bufsize: int,
-        extra: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        # Children are reaped by the loop itself (pidfd), not by the policy's child watcher.
-        return await make_subprocess_transport(
-            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
-        )
+    # Children are reaped by the loop itself (pidfd), not by the policy's child watcher.
+    _make_subprocess_transport = make_subprocess_transport
 
     def _stop_serving(self, sock: socket.socket) -> None:
         # The standard library's, plus what 3.13's Unix loop adds: unlink the socket file that
