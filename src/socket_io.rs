@@ -48,19 +48,23 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
     )
 }
 
-/// One `sendmsg` of up to `MAX_IOVECS` slices; returns how many bytes the kernel took.
-pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
-    if bufs.len() == 1 {
-        return send(fd, bufs[0]);
-    }
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
+/// The first `MAX_IOVECS` slices as iovecs, which borrow them: use them while `bufs` lives.
+fn iovecs(bufs: &[&[u8]]) -> Vec<libc::iovec> {
+    bufs.iter()
         .take(MAX_IOVECS)
         .map(|b| libc::iovec {
             iov_base: b.as_ptr() as *mut libc::c_void,
             iov_len: b.len(),
         })
-        .collect();
+        .collect()
+}
+
+/// One `sendmsg` of up to `MAX_IOVECS` slices; returns how many bytes the kernel took.
+pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
+    if bufs.len() == 1 {
+        return send(fd, bufs[0]);
+    }
+    let iov = iovecs(bufs);
     // SAFETY: msghdr is plain data; zeroed is a valid "no name, no control data" header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
@@ -92,14 +96,7 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
 
 /// One `writev(2)` of up to `MAX_IOVECS` slices, for pipes.
 pub fn write_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .take(MAX_IOVECS)
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
+    let iov = iovecs(bufs);
     // SAFETY: every iovec points into a slice borrowed for this call and writev only reads
     // through them; `iov` outlives the call.
     retry(
