@@ -47,6 +47,28 @@ def _exitcode(status: int) -> int:
         return status
 
 
+#: The standard library's warnings when a child's exit status is gone (255 is reported).
+_UNKNOWN_CHILD = "Unknown child process pid %d, will report returncode 255"
+_STATUS_ALREADY_READ = "child process pid %d exit status already read:  will report returncode 255"
+
+
+def _wait_for_exit(loop: Loop, pid: int, flags: int, status_gone: str) -> int | None:
+    """`waitpid(pid, flags)` as the standard library's child watchers do it: the exit code
+    (logged in debug mode), 255 with the `status_gone` warning if the status was already
+    collected, None if the child has not exited yet (`WNOHANG`)."""
+    try:
+        reaped, status = os.waitpid(pid, flags)
+    except ChildProcessError:
+        logger.warning(status_gone, pid)
+        return _UNKNOWN_RETURNCODE
+    if reaped == 0:
+        return None
+    returncode = _exitcode(status)
+    if loop.get_debug():
+        logger.debug("process %s exited with returncode %s", pid, returncode)
+    return returncode
+
+
 class ChildReaper:
     """Reaps one loop's children: a pidfd per child, or a waiter thread where pidfds fail."""
 
@@ -94,35 +116,19 @@ class ChildReaper:
         """On SIGCHLD: collect whichever of this loop's children have exited (signals merge,
         so one SIGCHLD may stand for several)."""
         for pid in list(self._on_sigchld):
-            try:
-                reaped, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                returncode = _UNKNOWN_RETURNCODE
-                logger.warning("Unknown child process pid %d, will report returncode 255", pid)
-            else:
-                if reaped == 0:
-                    continue
-                returncode = _exitcode(status)
-                if self._loop.get_debug():
-                    logger.debug("process %s exited with returncode %s", pid, returncode)
+            returncode = _wait_for_exit(self._loop, pid, os.WNOHANG, _UNKNOWN_CHILD)
+            if returncode is None:
+                continue
             callback, args = self._on_sigchld.pop(pid)
             callback(pid, returncode, *args)
         if not self._on_sigchld:
             self._loop.remove_signal_handler(signal.SIGCHLD)
 
     def _pidfd_ready(self, pid: int, pidfd: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
-        try:
-            reaped, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            # waitpid() was called elsewhere (a test, or a program calling Popen.wait()).
-            returncode = _UNKNOWN_RETURNCODE
-            logger.warning("child process pid %d exit status already read:  will report returncode 255", pid)
-        else:
-            if reaped == 0:
-                return  # readable, yet not waitable: not over yet, keep watching
-            returncode = _exitcode(status)
-            if self._loop.get_debug():
-                logger.debug("process %s exited with returncode %s", pid, returncode)
+        # ChildProcessError: waitpid() was called elsewhere (a test, or Popen.wait()).
+        returncode = _wait_for_exit(self._loop, pid, os.WNOHANG, _STATUS_ALREADY_READ)
+        if returncode is None:
+            return  # readable, yet not waitable: not over yet, keep watching
         del self._pidfds[pid]
         self._loop._remove_reader(pidfd)
         os.close(pidfd)
@@ -140,15 +146,8 @@ class ChildReaper:
 
 def _wait_in_thread(loop: Loop, pid: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
     """The body of a waiter thread: the standard library's ThreadedChildWatcher._do_waitpid."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        returncode = _UNKNOWN_RETURNCODE
-        logger.warning("Unknown child process pid %d, will report returncode 255", pid)
-    else:
-        returncode = _exitcode(status)
-        if loop.get_debug():
-            logger.debug("process %s exited with returncode %s", pid, returncode)
+    returncode = _wait_for_exit(loop, pid, 0, _UNKNOWN_CHILD)
+    assert returncode is not None  # a blocking waitpid returns once the child has exited
     if not loop.is_closed():
         try:
             loop.call_soon_threadsafe(callback, pid, returncode, *args)
