@@ -333,13 +333,14 @@ impl LoopCore {
         dir: Direction,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
         let fd = resolve_fd(fileobj)?;
         let io = this.io(py)?;
-        let handle = this.new_handle(py, callback, args, None)?;
+        let handle = this.new_handle(py, callback, args, context)?;
         let (replaced, old_fileobj) = this
             .fds
             .borrow_mut(py)
@@ -745,6 +746,7 @@ impl LoopCore {
             Direction::Read,
             waiter.into_any(),
             PyTuple::empty(py),
+            None,
         )
     }
 
@@ -757,24 +759,30 @@ impl LoopCore {
         self.ready.borrow(py).len()
     }
 
-    #[pyo3(signature = (fd, callback, *args))]
+    /// `context` (3.15's transports pass theirs) is where the callback runs; by default a copy
+    /// of the current context, as the standard loop's.
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_watch(slf, &fd, Direction::Read, callback, args)
+        Self::add_watch(slf, &fd, Direction::Read, callback, args, context)
     }
 
-    #[pyo3(signature = (fd, callback, *args))]
+    /// `context` (3.15's transports pass theirs) is where the callback runs; by default a copy
+    /// of the current context, as the standard loop's.
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_watch(slf, &fd, Direction::Write, callback, args)
+        Self::add_watch(slf, &fd, Direction::Write, callback, args, context)
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {

@@ -65,7 +65,9 @@ class RecvWaiter:
 class StreamCore:
     """The per-event half of a stream transport (`SocketTransport` wraps it)."""
 
-    def __new__(cls, event_loop: LoopCore, fd: int, transport: object, protocol: object) -> Self: ...
+    def __new__(
+        cls, event_loop: LoopCore, fd: int, transport: object, protocol: object, context: Context | None = None
+    ) -> Self: ...
     def _start_reading(self) -> None: ...
     def _read_ready(self) -> None: ...
     def _write_ready(self) -> None: ...
@@ -257,10 +259,18 @@ class LoopCore:
 
     # -- file-descriptor watchers (the public add_reader & co. live in ferroloop.Loop) ----
     def _add_reader(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+        self,
+        fd: FileDescriptorLike,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
+        context: Context | None = None,
     ) -> Handle: ...
     def _add_writer(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+        self,
+        fd: FileDescriptorLike,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
+        context: Context | None = None,
     ) -> Handle: ...
     def _remove_reader(self, fd: FileDescriptorLike) -> bool: ...
     def _remove_writer(self, fd: FileDescriptorLike) -> bool: ...

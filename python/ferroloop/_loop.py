@@ -265,10 +265,19 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
             if not self.is_running():
                 self.close()
 
+    # `context` (3.15+): the contextvars.Context all of the connection's protocol callbacks
+    # run in; None, as before 3.15, runs each in a copy of the context it was scheduled from.
     def _make_socket_transport(
-        self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        *,
+        extra: Any = None,
+        server: Any = None,
+        context: Any = None,
     ) -> SocketTransport:
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        return SocketTransport(self, sock, protocol, waiter, extra, server, context)
 
     def _make_datagram_transport(
         self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
@@ -298,6 +307,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         server: Any = None,
         ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+        context: Any = None,
     ) -> Any:
         # The standard library's SSLProtocol state machine (the caller's SSLContext through
         # MemoryBIO) with ferroloop's record plumbing, carried by ferroloop's stream transport.
@@ -312,7 +322,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
             ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
-        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
 
     # Children are reaped by the loop itself (pidfd), not by the policy's child watcher.

@@ -50,6 +50,7 @@ class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
         waiter: Any = None,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        context: Any = None,
     ) -> None:
         transports.Transport.__init__(self, extra)  # not _FlowControlMixin's: no state here
         self._extra["socket"] = trsock.TransportSocket(sock)
@@ -66,17 +67,18 @@ class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
         self._sock: socket.socket | None = sock
         self._sock_fd = sock.fileno()
         self._server = server
-        core = _core.StreamCore(loop, self._sock_fd, self, protocol)
+        # 3.15+: every protocol callback of this connection runs in `context`.
+        core = _core.StreamCore(loop, self._sock_fd, self, protocol, context)
         self._core = core
         bind_core(self, _BOUND)
         if server is not None:
             _server_call(server, "_attach", self)
         loop._transports[self._sock_fd] = self
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core._start_reading)
+        loop.call_soon(protocol.connection_made, self, context=context)
+        loop.call_soon(core._start_reading, context=context)
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=context)  # type: ignore[attr-defined]
 
     @property
     def _empty_waiter(self) -> Any:

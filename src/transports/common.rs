@@ -22,18 +22,28 @@ pub fn is_fatal_to_loop(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
-/// Make `core.<method>()` the `dir` watcher of `fd`.
+/// Make `core.<method>()` the `dir` watcher of `fd`, run in `context` (the transport's, on
+/// 3.15+; `None`: a copy of the current one).
 pub fn watch(
     event_loop: &Bound<'_, LoopCore>,
     fd: RawFd,
     dir: Direction,
     core: &Bound<'_, PyAny>,
     method: &Bound<'_, PyString>,
+    context: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
     let py = core.py();
     let callback = core.getattr(method)?;
     let fd = fd.into_pyobject(py)?;
-    LoopCore::add_watch(event_loop, fd.as_any(), dir, callback, PyTuple::empty(py))?;
+    let context = context.map(|c| c.bind(py).clone());
+    LoopCore::add_watch(
+        event_loop,
+        fd.as_any(),
+        dir,
+        callback,
+        PyTuple::empty(py),
+        context,
+    )?;
     Ok(())
 }
 
@@ -41,11 +51,13 @@ pub fn unwatch(event_loop: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction) -> P
     LoopCore::remove_watch_fd(event_loop, fd, dir).map(drop)
 }
 
-/// `loop.call_soon(transport._call_connection_lost, exc)`; nothing once the transport is gone.
+/// `loop.call_soon(transport._call_connection_lost, exc, context=context)`; nothing once the
+/// transport is gone.
 pub fn schedule_connection_lost(
     event_loop: &Bound<'_, LoopCore>,
     transport: Option<Py<PyAny>>,
     exc: Py<PyAny>,
+    context: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
     let Some(transport) = transport else {
         return Ok(());
@@ -54,7 +66,8 @@ pub fn schedule_connection_lost(
     let callback = transport
         .bind(py)
         .getattr(intern!(py, "_call_connection_lost"))?;
-    LoopCore::call_soon(event_loop, callback, PyTuple::new(py, [exc])?, None)?;
+    let context = context.map(|c| c.bind(py).clone());
+    LoopCore::call_soon(event_loop, callback, PyTuple::new(py, [exc])?, context)?;
     Ok(())
 }
 

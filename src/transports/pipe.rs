@@ -128,6 +128,7 @@ impl ReadPipeCore {
             Direction::Read,
             slf.as_any(),
             intern!(py, "_read_ready"),
+            None,
         )
     }
 
@@ -143,7 +144,7 @@ impl ReadPipeCore {
             clone_opt(py, &st.transport)
         };
         self.remove_reader(py)?;
-        common::schedule_connection_lost(self.ends.event_loop(py), transport, exc)
+        common::schedule_connection_lost(self.ends.event_loop(py), transport, exc, None)
     }
 
     fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
@@ -172,7 +173,7 @@ impl ReadPipeCore {
             let eof_received = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
             LoopCore::call_soon(event_loop, eof_received, PyTuple::empty(py), None)?;
         }
-        common::schedule_connection_lost(event_loop, transport, py.None())
+        common::schedule_connection_lost(event_loop, transport, py.None(), None)
     }
 }
 
@@ -365,6 +366,7 @@ impl WritePipeCore {
             Direction::Write,
             slf.as_any(),
             intern!(py, "_write_ready"),
+            None,
         )?;
         this.state.borrow_mut(py).writer_installed = true;
         Ok(())
@@ -383,7 +385,7 @@ impl WritePipeCore {
             self.unwatch(py, Direction::Write)?;
         }
         self.unwatch(py, Direction::Read)?;
-        common::schedule_connection_lost(self.ends.event_loop(py), transport, exc)
+        common::schedule_connection_lost(self.ends.event_loop(py), transport, exc, None)
     }
 
     fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
@@ -473,6 +475,7 @@ impl WritePipeCore {
                 Direction::Read,
                 slf.as_any(),
                 intern!(py, "_read_ready"),
+                None,
             )?;
         }
         Ok(())
@@ -624,7 +627,7 @@ impl WritePipeCore {
         };
         if empty {
             self.unwatch(py, Direction::Read)?;
-            common::schedule_connection_lost(self.ends.event_loop(py), transport, py.None())?;
+            common::schedule_connection_lost(self.ends.event_loop(py), transport, py.None(), None)?;
         }
         Ok(())
     }

@@ -60,6 +60,9 @@ struct StreamState {
 pub struct StreamCore {
     event_loop: Py<LoopCore>,
     fd: RawFd,
+    /// The `contextvars.Context` every protocol callback runs in (3.15's `context=`; one per
+    /// connection), or `None`: a copy of the context current where each is scheduled.
+    context: Option<Py<PyAny>>,
     /// The last read was large (see `read_into_bytes`).
     large_reads: AtomicBool,
     state: GilCell<StreamState>,
@@ -110,6 +113,7 @@ impl StreamCore {
             Direction::Read,
             slf.as_any(),
             intern!(py, "_read_ready"),
+            this.context.as_ref(),
         )
     }
 
@@ -122,6 +126,7 @@ impl StreamCore {
             Direction::Write,
             slf.as_any(),
             intern!(py, "_write_ready"),
+            this.context.as_ref(),
         )?;
         this.state.borrow_mut(py).writer_installed = true;
         Ok(())
@@ -137,7 +142,12 @@ impl StreamCore {
     }
 
     fn schedule_connection_lost(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
-        common::schedule_connection_lost(self.event_loop(py), self.transport(py), exc)
+        common::schedule_connection_lost(
+            self.event_loop(py),
+            self.transport(py),
+            exc,
+            self.context.as_ref(),
+        )
     }
 
     fn report(&self, py: Python<'_>, message: &str, exc: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -478,18 +488,21 @@ fn bytes_like(data: &Bound<'_, PyAny>) -> PyResult<ByteView> {
 #[pymethods]
 impl StreamCore {
     #[new]
+    #[pyo3(signature = (event_loop, fd, transport, protocol, context=None))]
     fn new(
         py: Python<'_>,
         event_loop: Bound<'_, LoopCore>,
         fd: RawFd,
         transport: Bound<'_, PyAny>,
         protocol: Bound<'_, PyAny>,
+        context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let buffered = is_buffered_protocol(&protocol)?;
         let _ = py;
         Ok(StreamCore {
             event_loop: event_loop.unbind(),
             fd,
+            context: context.filter(|c| !c.is_none()).map(Bound::unbind),
             large_reads: AtomicBool::new(false),
             state: GilCell::new(StreamState {
                 transport: Some(transport.unbind()),
@@ -829,6 +842,7 @@ impl StreamCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
+        visit.call(&self.context)?;
         if let Some(st) = self.state.try_borrow_unchecked() {
             visit.call(&st.transport)?;
             visit.call(&st.protocol)?;
