@@ -29,6 +29,7 @@ use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
 use crate::support;
 use crate::task_factory;
+use crate::threadsafe_handle::ThreadSafeHandle;
 use crate::timers::TimerHeap;
 
 /// Below this many scheduled timers the heap is never compacted (stdlib: 100).
@@ -125,7 +126,14 @@ impl LoopCore {
         if this.debug.load(Relaxed) {
             support::debug_checks(slf.as_any(), &callback, method, threadsafe)?;
         }
-        let handle = this.new_handle(py, callback, args, context)?;
+        let handle = if threadsafe {
+            let debug = this.debug.load(Relaxed);
+            let base = Handle::new(py, callback, args, context, None, debug)?.with_run_lock();
+            let init = PyClassInitializer::from(base).add_subclass(ThreadSafeHandle);
+            Bound::new(py, init)?.into_super().unbind()
+        } else {
+            this.new_handle(py, callback, args, context)?
+        };
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         Ok(handle)
     }

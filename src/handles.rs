@@ -22,6 +22,7 @@ use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
 use crate::support;
+use crate::threadsafe_handle::RunLock;
 
 /// What a scheduled `TimerHandle` shares with its loop: whether it is still in the heap, and
 /// the loop's count of cancelled entries in the heap (which drives compaction).
@@ -54,6 +55,8 @@ pub struct Handle {
     cancelled: AtomicBool,
     pub(crate) timer: Option<TimerState>,
     source_traceback: Option<Py<PyAny>>,
+    /// `call_soon_threadsafe`'s handles only (see `threadsafe_handle.rs`).
+    run_lock: Option<Box<RunLock>>,
 }
 
 impl Handle {
@@ -84,7 +87,21 @@ impl Handle {
             cancelled: AtomicBool::new(false),
             timer,
             source_traceback,
+            run_lock: None,
         })
+    }
+
+    /// This handle, made safe to cancel from another thread while its callback runs.
+    pub fn with_run_lock(mut self) -> Handle {
+        self.run_lock = Some(Box::default());
+        self
+    }
+
+    /// Another thread waits here while the callback runs (thread-safe handles only).
+    fn wait_until_idle(&self, py: Python<'_>) {
+        if let Some(lock) = &self.run_lock {
+            lock.wait_until_idle(py);
+        }
     }
 
     pub fn cancel_handle(&self) {
@@ -145,6 +162,9 @@ impl Handle {
         let Some((callback, args)) = this.bound_call(py) else {
             return Ok(()); // cancelled and released: nothing to run
         };
+        if let Some(lock) = &this.run_lock {
+            lock.begin();
+        }
         let ctx = this.context.as_ptr();
         // SAFETY: `ctx` is a live object owned by this handle for the whole call; a non-Context
         // object or an already-entered context makes PyContext_Enter fail with an exception set,
@@ -166,6 +186,9 @@ impl Handle {
                 r
             }
         };
+        if let Some(lock) = &this.run_lock {
+            lock.end();
+        }
         match result {
             Ok(_) => Ok(()),
             Err(err) => {
@@ -224,10 +247,12 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 #[pymethods]
 impl Handle {
     fn cancel(&self, py: Python<'_>) {
+        self.wait_until_idle(py);
         self.cancel_and_release(py);
     }
 
-    fn cancelled(&self) -> bool {
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        self.wait_until_idle(py);
         self.is_cancelled()
     }
 

@@ -17,6 +17,7 @@ pub mod sock_ops;
 pub mod socket_io;
 pub mod support;
 pub mod task_factory;
+pub mod threadsafe_handle;
 pub mod timers;
 pub mod tls_records;
 pub mod transports;
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<threadsafe_handle::ThreadSafeHandle>()?;
     m.add_class::<sock_ops::RecvWaiter>()?;
     m.add_class::<transports::stream::StreamCore>()?;
     m.add_class::<transports::pipe::ReadPipeCore>()?;

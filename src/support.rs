@@ -78,3 +78,12 @@ pub fn log_warning(py: Python<'_>, message: &str) -> PyResult<()> {
     helper!(py, "log_warning")?.call1((message,))?;
     Ok(())
 }
+
+/// The `TypeError` the interpreter's own socket transport raises for `write(data)` of a
+/// non-bytes `data` (its wording changed between CPython releases).
+pub fn write_type_error(data: &Bound<'_, PyAny>) -> PyErr {
+    match helper!(data.py(), "write_type_error").and_then(|f| f.call1((data,))) {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(err) => err,
+    }
+}

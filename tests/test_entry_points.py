@@ -4,10 +4,11 @@ asyncio.run(loop_factory=...), `python -m ferroloop script.py`, type stubs."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import textwrap
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,14 @@ def test_each_new_event_loop_is_a_new_loop() -> None:
 
 
 def test_public_names_are_exported() -> None:
-    for name in ("Loop", "new_event_loop", "EventLoopPolicy", "install", "run"):
+    for name in ("Loop", "new_event_loop", "install", "run", "Handle", "TimerHandle", "ThreadSafeHandle"):
         assert name in ferroloop.__all__
         assert hasattr(ferroloop, name)
+    # Like asyncio.DefaultEventLoopPolicy: still there, but out of `import *` once deprecated.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert hasattr(ferroloop, "EventLoopPolicy")
+    assert ("EventLoopPolicy" in ferroloop.__all__) == (sys.version_info < (3, 14))
 
 
 # -- ferroloop.run ----------------------------------------------------------------------------
@@ -88,7 +94,11 @@ def test_run_debug_argument_sets_debug_mode(debug: bool) -> None:
 
 
 def test_run_refuses_a_non_coroutine_like_asyncio_run() -> None:
-    with pytest.raises(ValueError, match="a coroutine was expected"):
+    # asyncio.run's own refusal is the oracle: ValueError before 3.14, TypeError (it takes any
+    # awaitable) from 3.14 on.
+    with pytest.raises(Exception) as expected:
+        asyncio.run(1)  # type: ignore[arg-type]
+    with pytest.raises(expected.type, match=re.escape(str(expected.value))):
         ferroloop.run(1)  # type: ignore[arg-type]
 
 
@@ -173,8 +183,36 @@ def restore_policy() -> Iterator[None]:
             asyncio.set_event_loop_policy(saved)
 
 
+def _warns_deprecated(action: Callable[[], object]) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        action()
+    return [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+
+
+def test_the_policy_api_warns_where_asyncios_does(restore_policy: None) -> None:
+    # asyncio's policy functions are deprecated from 3.14 on; ferroloop's follow the running
+    # interpreter's asyncio, not a version number.
+    asyncio_deprecates = bool(_warns_deprecated(lambda: asyncio.set_event_loop_policy(None)))
+    assert asyncio_deprecates == (sys.version_info >= (3, 14))
+    install_warnings = _warns_deprecated(ferroloop.install)
+    policy_warnings = _warns_deprecated(lambda: ferroloop.EventLoopPolicy)
+    if asyncio_deprecates:
+        assert len(install_warnings) == 1 and "'ferroloop.install' is deprecated" in install_warnings[0]
+        assert "ferroloop.run(main())" in install_warnings[0]  # says what to use instead
+        assert len(policy_warnings) == 1
+        assert "'ferroloop.EventLoopPolicy' is deprecated" in policy_warnings[0]
+    else:
+        assert install_warnings == [] and policy_warnings == []
+    # The policy-free ways never warn.
+    assert _warns_deprecated(lambda: ferroloop.run(running_loop_type())) == []
+    assert _warns_deprecated(ferroloop.new_event_loop().close) == []
+
+
 def test_event_loop_policy_makes_ferroloop_loops(restore_policy: None) -> None:
-    policy = ferroloop.EventLoopPolicy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.14+
+        policy = ferroloop.EventLoopPolicy()
     assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
     event_loop = policy.new_event_loop()
     try:
@@ -187,9 +225,9 @@ def test_event_loop_policy_makes_ferroloop_loops(restore_policy: None) -> None:
 
 
 def test_install_makes_asyncio_hand_out_ferroloop_loops(restore_policy: None) -> None:
-    ferroloop.install()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.14+
+        ferroloop.install()
         assert isinstance(asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy)
     event_loop = asyncio.new_event_loop()
     try:

@@ -175,3 +175,74 @@ def test_call_soon_threadsafe_while_the_loop_runs_callbacks(loop: ferroloop.Loop
     loop.call_later(5, loop.stop)
     loop.run_forever()
     assert received == list(range(count))
+
+
+def _cancel_from_another_thread_while_running(event_loop: asyncio.AbstractEventLoop,
+                                              check: str) -> list[str]:
+    """Another thread cancels (or asks `cancelled()` of) a call_soon_threadsafe handle while
+    its callback runs; returns the order in which things happened."""
+    order: list[str] = []
+    started = threading.Event()
+
+    def callback() -> None:
+        started.set()
+        time.sleep(0.3)  # releases the GIL: the other thread runs meanwhile
+        order.append("callback finished")
+
+    def other_thread() -> None:
+        handle = event_loop.call_soon_threadsafe(callback)
+        started.wait(5)
+        result = getattr(handle, check)()
+        order.append(f"{check}() returned {result}")
+        event_loop.call_soon_threadsafe(event_loop.stop)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    event_loop.run_forever()
+    thread.join()
+    return order
+
+
+@pytest.mark.parametrize("check", ["cancel", "cancelled"])
+def test_a_threadsafe_handle_waits_for_its_running_callback_before_cancelling(
+        check: str, loop: ferroloop.Loop, stdlib_loop: asyncio.AbstractEventLoop) -> None:
+    order = _cancel_from_another_thread_while_running(loop, check)
+    assert order == ["callback finished", f"{check}() returned {None if check == 'cancel' else False}"]
+    if hasattr(asyncio.events, "_ThreadSafeHandle"):  # 3.14+: the standard loop does the same
+        assert _cancel_from_another_thread_while_running(stdlib_loop, check) == order
+
+
+def test_a_threadsafe_handle_cancelled_from_its_own_callback_does_not_wait(loop: ferroloop.Loop) -> None:
+    handles: list[Any] = []
+    seen: list[bool] = []
+
+    def callback() -> None:
+        handles[0].cancel()
+        seen.append(handles[0].cancelled())
+        loop.stop()
+
+    handles.append(loop.call_soon_threadsafe(callback))
+    loop.run_forever()
+    assert seen == [True]
+
+
+def test_a_threadsafe_handle_cancelled_before_it_runs_never_runs(loop: ferroloop.Loop) -> None:
+    ran: list[str] = []
+    handle = loop.call_soon_threadsafe(ran.append, "ran")
+    threading.Thread(target=handle.cancel).start()
+    time.sleep(0.05)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == [] and handle.cancelled()
+
+
+def test_a_threadsafe_handle_is_the_interpreters_threadsafe_handle_type(
+        stdlib_loop: asyncio.AbstractEventLoop, loop: ferroloop.Loop) -> None:
+    handle = loop.call_soon_threadsafe(print)
+    assert isinstance(handle, ferroloop.ThreadSafeHandle)
+    assert isinstance(handle, ferroloop.Handle)
+    stdlib_type = getattr(asyncio.events, "_ThreadSafeHandle", None)  # 3.14+
+    if stdlib_type is not None:
+        assert type(stdlib_loop.call_soon_threadsafe(print)) is stdlib_type
+        assert isinstance(handle, stdlib_type)
+    assert not isinstance(loop.call_soon(print), ferroloop.ThreadSafeHandle)

@@ -2,21 +2,26 @@
 
     import ferroloop
     ferroloop.run(main())                       # like asyncio.run, on ferroloop
+    asyncio.run(main(), loop_factory=ferroloop.new_event_loop)  # 3.12+
     asyncio.Runner(loop_factory=ferroloop.new_event_loop)
-    ferroloop.install()                         # make asyncio's policy hand out ferroloop loops
+    ferroloop.install()                         # asyncio's policy hands out ferroloop loops
+                                                # (deprecated on 3.14+, as policies are)
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import warnings
 from asyncio import events, unix_events
-from typing import Any, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 
-from ._core import Handle, TimerHandle
+from ._core import Handle, ThreadSafeHandle, TimerHandle
 from ._loop import Loop
 
-__all__ = ["Loop", "Handle", "TimerHandle", "new_event_loop", "EventLoopPolicy", "install", "run"]
+__all__ = ["Loop", "Handle", "TimerHandle", "ThreadSafeHandle", "new_event_loop", "install", "run"]
+if sys.version_info < (3, 14):  # deprecated from 3.14 on, as asyncio's policies
+    __all__ += ["EventLoopPolicy"]
 __version__ = "0.1.0"
 
 _T = TypeVar("_T")
@@ -38,6 +43,23 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
+# CPython 3.14 deprecated event loop policies (removal planned for 3.16): there, ferroloop's
+# policy API warns as asyncio's does, and the policy-free ways (`run`, `asyncio.run(...,
+# loop_factory=new_event_loop)`, `asyncio.Runner`) are the ones to use.
+_POLICIES_DEPRECATED = sys.version_info >= (3, 14)
+
+
+def _warn_policy_deprecated(name: str) -> None:
+    if _POLICIES_DEPRECATED:
+        warnings.warn(
+            f"{name!r} is deprecated and slated for removal in Python 3.16 (asyncio's event "
+            "loop policies are); use ferroloop.run(main()), asyncio.run(main(), "
+            "loop_factory=ferroloop.new_event_loop) or asyncio.Runner(loop_factory=...)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+
+
 class EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
     """An asyncio event loop policy whose loops are ferroloop loops."""
 
@@ -45,13 +67,33 @@ class EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
         return new_event_loop()
 
 
-def install() -> None:
-    """Make asyncio's global policy hand out ferroloop loops (`asyncio.new_event_loop()`,
-    `asyncio.run()`, `asyncio.get_event_loop()` in the main thread)."""
+# The public name is looked up through __getattr__ (below) so that, on 3.14+, using it warns
+# as `asyncio.DefaultEventLoopPolicy` does; ferroloop itself uses the private one.
+_EventLoopPolicy = EventLoopPolicy
+if not TYPE_CHECKING:
+    del EventLoopPolicy
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EventLoopPolicy":
+        _warn_policy_deprecated("ferroloop.EventLoopPolicy")
+        return _EventLoopPolicy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _install() -> None:
     setter = getattr(events, "_set_event_loop_policy", None)  # 3.14+: the non-deprecated path
     if setter is None:
         setter = asyncio.set_event_loop_policy
-    setter(EventLoopPolicy())
+    setter(_EventLoopPolicy())
+
+
+def install() -> None:
+    """Make asyncio's global policy hand out ferroloop loops (`asyncio.new_event_loop()`,
+    `asyncio.run()`, `asyncio.get_event_loop()` in the main thread). Deprecated on Python
+    3.14+, as asyncio's policies are."""
+    _warn_policy_deprecated("ferroloop.install")
+    _install()
 
 
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:

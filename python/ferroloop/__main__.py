@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         raise SystemExit(2 if not argv else 0)
-    ferroloop.install()
+    ferroloop._install()  # the policy is how an unchanged program gets the loop
     if argv[0] == "-m":
         if len(argv) < 2:
             print(USAGE, file=sys.stderr)

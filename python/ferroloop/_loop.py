@@ -398,7 +398,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
     def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         # Same checks, in the same order, as the borrowed implementation; the wake-up pipe is
         # opened only once they pass, because that implementation needs it.
-        if not (coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback)):
+        if not (coroutines.iscoroutine(callback) or _iscoroutinefunction(callback)):
             self._check_signal(sig)
             self._check_closed()
             self._open_signal_pipe()
@@ -439,6 +439,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
                     self._handle_signal(signum)
 
 
+# The check the interpreter's add_signal_handler makes (3.14 deprecated the public name).
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or coroutines.iscoroutinefunction
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
 _SELECTOR_STOP_SERVING = vars(selector_events.BaseSelectorEventLoop)["_stop_serving"]
 

@@ -126,13 +126,23 @@ class ChildReaper:
 
     def _pidfd_ready(self, pid: int, pidfd: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
         # ChildProcessError: waitpid() was called elsewhere (a test, or Popen.wait()).
-        returncode = _wait_for_exit(self._loop, pid, os.WNOHANG, _STATUS_ALREADY_READ)
+        try:
+            returncode = _wait_for_exit(self._loop, pid, os.WNOHANG, _STATUS_ALREADY_READ)
+        except BaseException:
+            # Any other waitpid failure ends the watch, as the standard library's pidfd watcher
+            # ends it: the pidfd is released (not leaked, not left readable to spin on) and the
+            # error goes to the exception handler.
+            self._forget_pidfd(pid, pidfd)
+            raise
         if returncode is None:
             return  # readable, yet not waitable: not over yet, keep watching
+        self._forget_pidfd(pid, pidfd)
+        callback(pid, returncode, *args)
+
+    def _forget_pidfd(self, pid: int, pidfd: int) -> None:
         del self._pidfds[pid]
         self._loop._remove_reader(pidfd)
         os.close(pidfd)
-        callback(pid, returncode, *args)
 
     def _watch_with_thread(self, pid: int, callback: ExitCallback, args: tuple[Any, ...]) -> None:
         thread = threading.Thread(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import selectors
 import sys
-from asyncio import base_events, format_helpers
+from asyncio import base_events, format_helpers, selector_events
 from asyncio.log import logger
 from typing import Any
 
@@ -74,3 +74,17 @@ def log_warning(message: str) -> None:
 
 
 fileobj_to_fd = selectors._fileobj_to_fd  # type: ignore[attr-defined]
+
+
+def write_type_error(data: Any) -> TypeError:
+    """The TypeError the interpreter's `_SelectorSocketTransport.write(data)` raises for a
+    `data` that is not bytes, bytearray or memoryview: its type check comes first, before the
+    transport's state is touched, so it runs here without a transport."""
+    try:
+        selector_events._SelectorSocketTransport.write(None, data)  # type: ignore[attr-defined, arg-type]
+    except TypeError as exc:
+        exc.__traceback__ = None
+        return exc
+    except Exception:
+        pass
+    return TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")

@@ -81,6 +81,12 @@ class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=context)  # type: ignore[attr-defined]
 
     @property
+    def _read_ready_cb(self) -> Any:
+        # The standard transport's "what runs when the socket is readable" (asyncio's own tests
+        # read it); here one core method serves both protocol kinds.
+        return self._core._read_ready
+
+    @property
     def _empty_waiter(self) -> Any:
         return self._core._empty_waiter
 

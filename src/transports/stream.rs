@@ -477,10 +477,7 @@ fn bytes_like(data: &Bound<'_, PyAny>) -> PyResult<ByteView> {
         || data.is_instance_of::<PyByteArray>()
         || data.is_instance_of::<PyMemoryView>())
     {
-        return Err(PyTypeError::new_err(format!(
-            "data argument must be a bytes-like object, not '{}'",
-            data.get_type().name()?
-        )));
+        return Err(support::write_type_error(data));
     }
     ByteView::new(data)
 }

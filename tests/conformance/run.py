@@ -36,7 +36,9 @@ in the standard-loop run the same hooks return asyncio's own default loop
 2. The event loop policy, which `asyncio.new_event_loop()`, `asyncio.run()`, `asyncio.Runner()`
    and `IsolatedAsyncioTestCase` ask for a loop. In the ferroloop run, ferroloop's policy is both
    the current policy and the interpreter's default policy class (`asyncio.DefaultEventLoopPolicy`),
-   so a test that resets the policy, or builds a "default" one, still gets ferroloop loops.
+   so a test that resets the policy, or builds a "default" one, still gets ferroloop loops;
+   from 3.13 on `asyncio.EventLoop` (the interpreter's default loop class, which suites pass
+   as a `loop_factory` or call) is ferroloop's loop too.
    All of test_ssl (`TestSSL.setUp` and `new_loop` call `asyncio.new_event_loop()`) runs on the
    loop under test this way, and so does test_sslproto's `SslProtoHandshakeTests`: those drive
    the standard library's `sslproto.SSLProtocol` class itself through a mock transport and a mock
@@ -138,6 +140,8 @@ SUITES: tuple[Suite, ...] = (
         # through the policy's default watcher).
         mixins={"EventLoopTests": "EventLoopTestsMixin", "SubprocessTests": "SubprocessTestsMixin"},
         superseded=_STDLIB_LOOP_CLASSES,
+        # connect_read_pipe/connect_write_pipe with pipe-like objects (3.13+)
+        selector_loop_sites=("UnixPipeObjectSupportTests.setUp",),
         internals={
             "EventLoopTests.test_timeout_rounding": (
                 "counts iterations by replacing loop._run_once, which only the stdlib's "
@@ -187,7 +191,16 @@ SUITES: tuple[Suite, ...] = (
     Suite("test_timeouts"),
     Suite("test_taskgroups"),
     Suite("test_waitfor"),
-    Suite("test_runners", loop_hooks=("BaseTest.new_loop",)),
+    Suite(
+        "test_runners",
+        loop_hooks=("BaseTest.new_loop",),
+        internals={
+            "RunTests.test_loop_factory_default_event_loop": (
+                "asserts that asyncio.EventLoop (3.13+) is the standard library's "
+                "SelectorEventLoop; the ferroloop run makes asyncio.EventLoop ferroloop's loop"
+            ),
+        },
+    ),
     Suite("test_context"),
     Suite("test_threads"),
     Suite("test_pep492", loop_hooks=("BaseTest.setUp",)),

@@ -24,7 +24,7 @@ import re
 import time
 import traceback
 import unittest
-from asyncio import selector_events
+from asyncio import selector_events, unix_events
 from collections import Counter
 from collections.abc import Callable, Iterator
 from types import ModuleType, TracebackType
@@ -59,12 +59,22 @@ def prepare_loop(kind: str) -> tuple[LoopFactory, LoopCounter]:
         import ferroloop
 
         # Make ferroloop the interpreter's default, not only the current policy: suites reset the
-        # policy (set_event_loop_policy(None)) or build `asyncio.DefaultEventLoopPolicy()`, and
-        # asyncio builds a fresh default from the `asyncio.DefaultEventLoopPolicy` attribute.
+        # policy (set_event_loop_policy(None)) or build `asyncio.DefaultEventLoopPolicy()`.
+        # asyncio builds a fresh default from `unix_events._DefaultEventLoopPolicy`, which
+        # 3.14's deprecated `asyncio.DefaultEventLoopPolicy` (a module __getattr__ that warns)
+        # and test_asyncio's `utils.DefaultEventLoopPolicy` also name; before 3.14 the public
+        # name is a plain attribute of its own.
+        policy = ferroloop._EventLoopPolicy
+        unix_events._DefaultEventLoopPolicy = policy  # type: ignore[attr-defined]
         for name in ("DefaultEventLoopPolicy", "_DefaultEventLoopPolicy"):
-            if hasattr(asyncio, name):
-                setattr(asyncio, name, ferroloop.EventLoopPolicy)
-        ferroloop.install()
+            if name in vars(asyncio):
+                setattr(asyncio, name, policy)
+        # 3.13+: `asyncio.EventLoop`, the interpreter's default loop class, which suites use as
+        # a loop factory (test_taskgroups' classes at import, test_tasks' asyncio.run calls).
+        for module in (asyncio, unix_events):
+            if hasattr(module, "EventLoop"):
+                module.EventLoop = ferroloop.Loop
+        ferroloop._install()
         return ferroloop.new_event_loop, LoopCounter(ferroloop.Loop)
     # The interpreter's own default loop on Unix, with its default (epoll) selector.
     return asyncio.SelectorEventLoop, LoopCounter(selector_events.BaseSelectorEventLoop)
@@ -305,7 +315,8 @@ def main(argv: list[str]) -> int:
             LOOP_HOOKS[f"{suite.module}.{hook}"](module, new_loop)
         for site in suite.selector_loop_sites:
             class_name, method_name = site.split(".")
-            patch_selector_loop_site(getattr(module, class_name), method_name, new_loop)
+            if hasattr(module, class_name):  # not every interpreter's suite has every class
+                patch_selector_loop_site(getattr(module, class_name), method_name, new_loop)
         tests, deselected = select_tests(suite, module, new_loop, exclude, match)
         result.emit({"plan": [short_id(t.id()) for t in tests], "deselected": deselected,
                      "module_skipped": None})
