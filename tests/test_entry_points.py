@@ -213,7 +213,7 @@ def test_event_loop_policy_makes_ferroloop_loops(restore_policy: None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.14+
         policy = ferroloop.EventLoopPolicy()
-    assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
+        assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
     event_loop = policy.new_event_loop()
     try:
         assert type(event_loop) is ferroloop.Loop
