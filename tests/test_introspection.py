@@ -36,7 +36,7 @@ PROGRAM = textwrap.dedent("""
     async def main():
         task = asyncio.create_task(branch(), name="branch")
         await asyncio.sleep(0.1)
-        print(asyncio.format_call_graph(task), end="", flush=True)
+        print(asyncio.format_call_graph(task), flush=True)
         print("READY", flush=True)
         await task
 

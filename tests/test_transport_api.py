@@ -277,8 +277,6 @@ def test_write_rejects_what_is_not_bytes(any_loop: asyncio.AbstractEventLoop,
             conn.transport.write("text")  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             conn.transport.write(12)  # type: ignore[arg-type]
-        with pytest.raises(TypeError):
-            conn.transport.writelines([b"ok", "text"])  # type: ignore[list-item]
         assert not conn.transport.is_closing()
         conn.transport.write(b"still fine")
         assert await conn.peer_reads_exactly(10) == b"still fine"
@@ -286,6 +284,23 @@ def test_write_rejects_what_is_not_bytes(any_loop: asyncio.AbstractEventLoop,
         await conn.protocol.lost
 
     run(any_loop, scenario())
+
+
+def test_writelines_with_a_bad_item_writes_nothing(loop: ferroloop.Loop, peers: list[socket.socket]) -> None:
+    # As asyncio 3.11-3.14: the whole call is refused before anything is buffered, and the
+    # transport goes on working. (CPython 3.15's writelines buffers the items before the bad
+    # one without installing its writer, so its later writes stall: not followed.)
+    async def scenario() -> None:
+        conn = closing(await connect(), peers)
+        with pytest.raises(TypeError):
+            conn.transport.writelines([b"ok", "text"])  # type: ignore[list-item]
+        assert conn.transport.get_write_buffer_size() == 0
+        conn.transport.write(b"still fine")
+        assert await conn.peer_reads_exactly(10) == b"still fine"
+        conn.transport.close()
+        await conn.protocol.lost
+
+    run(loop, scenario())
 
 
 # -- write_eof, close, abort ----------------------------------------------------------------------
