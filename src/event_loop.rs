@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::clock::{monotonic, CLOCK_RESOLUTION};
+use crate::clock::{due_window_end, monotonic};
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, FdTable};
 use crate::gil_cell::GilCell;
@@ -266,7 +266,7 @@ impl LoopCore {
     }
 
     fn queue_due_timers(&self, py: Python<'_>) {
-        let end_time = monotonic() + CLOCK_RESOLUTION;
+        let end_time = due_window_end(monotonic());
         let mut due = Vec::new();
         {
             let mut heap = self.scheduled.borrow_mut(py);
