@@ -15,18 +15,18 @@ from typing import Any
 import pytest
 
 import ferroloop
-from ferroloop import _loop
+from ferroloop import _stdlib
 
-BORROWED = {name for names in _loop._BORROWED.values() for name in names}
+BORROWED = {name for names in _stdlib.BORROWED_LOOP_METHODS.values() for name in names}
 
 
 def _borrowed_functions() -> Iterator[tuple[str, Any]]:
-    for cls, names in _loop._BORROWED.items():
+    for (module, class_name), names in _stdlib.BORROWED_LOOP_METHODS.items():
+        cls = _stdlib.resolve(module, class_name)
         for name in names:
-            for klass in cls.__mro__:
-                if name in vars(klass):
-                    yield f"{klass.__name__}.{name}", vars(klass)[name]
-                    break
+            method = _stdlib.borrowed_method(cls, name)
+            if method is not None:
+                yield f"{class_name}.{name}", method
 
 
 def _calls_into_ferroloop() -> Iterator[tuple[str, str, int, tuple[str, ...], bool]]:

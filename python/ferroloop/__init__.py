@@ -16,8 +16,12 @@ import warnings
 from asyncio import events, unix_events
 from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 
-from ._core import Handle, ThreadSafeHandle, TimerHandle
-from ._loop import Loop
+from . import _stdlib
+
+_stdlib.check()  # before anything below uses a private asyncio name: a clear error if one is gone
+
+from ._core import Handle, ThreadSafeHandle, TimerHandle  # noqa: E402
+from ._loop import Loop  # noqa: E402
 
 __all__ = ["Loop", "Handle", "TimerHandle", "ThreadSafeHandle", "new_event_loop", "install", "run"]
 if sys.version_info < (3, 14):  # deprecated from 3.14 on, as asyncio's policies

@@ -5,8 +5,8 @@ Rust `LoopCore` this class extends. What runs once per call and whose exact sema
 standard library defines — run_until_complete, the exception handler, executors, DNS via the
 executor, shutting down async generators, signal bookkeeping, the sock_* operations' state
 machines — is taken from the standard library's own loop classes, function by function, so it
-behaves exactly like the interpreter's asyncio (3.11 through 3.14). The names borrowed are
-listed below; everything else is ferroloop's.
+behaves exactly like the interpreter's asyncio (3.11 through 3.15). The names borrowed are
+listed in `_stdlib.BORROWED_LOOP_METHODS`; everything else is ferroloop's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from asyncio import base_events, constants, coroutines, events, selector_events,
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, TypeVarTuple, Unpack
 
-from . import _core
+from . import _core, _stdlib
 from ._subprocess import ChildReaper, make_subprocess_transport
 from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._tls import TlsProtocol, start_tls as _start_tls
@@ -32,106 +32,15 @@ from ._transports import SocketTransport
 
 _Ts = TypeVarTuple("_Ts")
 
-_BORROWED: dict[type, tuple[str, ...]] = {
-    base_events.BaseEventLoop: (
-        "__repr__",
-        "set_task_factory",
-        "get_task_factory",
-        "run_until_complete",
-        "_check_running",
-        "_check_default_executor",
-        "_check_callback",
-        "_check_thread",
-        "_asyncgen_finalizer_hook",
-        "_asyncgen_firstiter_hook",
-        "shutdown_asyncgens",
-        "shutdown_default_executor",
-        "_do_shutdown",
-        "run_in_executor",
-        "set_default_executor",
-        "_getaddrinfo_debug",
-        "getaddrinfo",
-        "getnameinfo",
-        "_ensure_resolved",
-        "sock_sendfile",
-        "_sock_sendfile_fallback",
-        "_check_sendfile_params",
-        "get_exception_handler",
-        "set_exception_handler",
-        "default_exception_handler",
-        "call_exception_handler",
-        "_set_coroutine_origin_tracking",
-        "set_debug",
-        "_timer_handle_cancelled",
-        # connections, servers, pipes: per-connection setup
-        "_connect_sock",
-        "create_connection",
-        "_create_connection_transport",
-        "sendfile",
-        "_sendfile_fallback",
-        "create_datagram_endpoint",
-        "_create_server_getaddrinfo",
-        "create_server",
-        "connect_accepted_socket",
-        "connect_read_pipe",
-        "connect_write_pipe",
-        # subprocesses: the argument checks; the transport is `_make_subprocess_transport`
-        "subprocess_exec",
-        "subprocess_shell",
-        "_log_subprocess",
-    ),
-    selector_events.BaseSelectorEventLoop: (
-        "_ensure_fd_no_transport",
-        "sock_recv_into",
-        "_sock_recv_into",
-        "sock_recvfrom",
-        "_sock_recvfrom",
-        "sock_recvfrom_into",
-        "_sock_recvfrom_into",
-        "sock_sendall",
-        "_sock_sendall",
-        "sock_sendto",
-        "_sock_sendto",
-        "sock_connect",
-        "_sock_connect",
-        "_sock_connect_cb",
-        "sock_accept",
-        "_sock_accept",
-        "_sock_read_done",
-        "_sock_write_done",
-        # accepting (datagram transports: `_make_datagram_transport` below)
-        "_sendfile_native",
-        "_start_serving",
-        "_accept_connection",
-        "_accept_connection2",
-    ),
-    unix_events._UnixSelectorEventLoop: (
-        "_check_signal",
-        "_handle_signal",
-        "remove_signal_handler",
-        "_sock_sendfile_native",
-        "_sock_sendfile_native_impl",
-        "_sock_sendfile_update_filepos",
-        "_sock_add_cancellation_callback",
-        "create_unix_connection",
-        "create_unix_server",
-        "_child_watcher_callback",
-    ),
-}
-
-_OPTIONAL = frozenset({"_timer_handle_cancelled", "_sock_read_done", "_sock_write_done"})
-
-
 def _borrow(namespace: dict[str, Any]) -> None:
-    for cls, names in _BORROWED.items():
+    """Copy the standard library loop methods listed in `_stdlib.BORROWED_LOOP_METHODS` into the
+    class being defined (`_stdlib.check()` has made sure they exist)."""
+    for (module, class_name), names in _stdlib.BORROWED_LOOP_METHODS.items():
+        cls = _stdlib.resolve(module, class_name)
         for name in names:
-            for klass in cls.__mro__:
-                if name in vars(klass):
-                    namespace[name] = vars(klass)[name]
-                    break
-            else:
-                if name not in _OPTIONAL:
-                    raise AttributeError(f"{cls.__qualname__}.{name} is missing")
+            method = _stdlib.borrowed_method(cls, name)
+            if method is not None:  # absent: one of OPTIONAL_LOOP_METHODS on this release
+                namespace[name] = method
 
 
 class _SelectorView:
