@@ -77,7 +77,7 @@ impl Drop for ByteView {
             // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released
             // once. Releasing drops a reference to the exporter; ByteViews are dropped while
             // attached to the interpreter.
-            unsafe { ffi::PyBuffer_Release(&mut **view) };
+            unsafe { ffi::PyBuffer_Release(&raw mut **view) };
         }
     }
 }

@@ -12,7 +12,7 @@ pub fn monotonic() -> f64 {
     };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on the
     // platforms we build for, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 

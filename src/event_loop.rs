@@ -632,19 +632,16 @@ impl LoopCore {
     /// Queue an existing handle (ours or an `asyncio.Handle`) unless it is cancelled.
     fn _add_callback(slf: &Bound<'_, Self>, handle: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let item = match handle.cast::<Handle>() {
-            Ok(native) => {
-                if native.get().is_cancelled() {
-                    return Ok(());
-                }
-                Ready::Native(native.clone().unbind())
+        let item = if let Ok(native) = handle.cast::<Handle>() {
+            if native.get().is_cancelled() {
+                return Ok(());
             }
-            Err(_) => {
-                if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
-                    return Ok(());
-                }
-                Ready::Foreign(handle.unbind())
+            Ready::Native(native.clone().unbind())
+        } else {
+            if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
+                return Ok(());
             }
+            Ready::Foreign(handle.unbind())
         };
         slf.get().push_ready(py, item);
         Ok(())

@@ -65,20 +65,24 @@ unsafe fn call_soon_impl(
     slf: *mut ffi::PyObject,
     fast: &FastArgs,
 ) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY (whole function): CPython passes `nargs` positional arguments followed by one
-    // value per keyword name, all borrowed for the call.
+    // CPython passes `nargs` positional arguments followed by one value per keyword name, all
+    // borrowed for the call.
+    // SAFETY: `nargsf` is the count CPython passed with this vectorcall.
     let nargs = unsafe { ffi::PyVectorcall_NARGS(fast.nargsf as usize) } as usize;
     let kwnames = if fast.kwnames.is_null() {
         None
     } else {
+        // SAFETY: a non-null `kwnames` is the call's tuple of keyword names, alive for the call.
         Some(unsafe { Bound::from_borrowed_ptr(py, fast.kwnames) }.cast_into::<PyTuple>()?)
     };
-    let nkw = kwnames.as_ref().map_or(0, |k| k.len());
+    let nkw = kwnames.as_ref().map_or(0, pyo3::types::PyTupleMethods::len);
     let values = if nargs + nkw == 0 {
         &[][..]
     } else {
+        // SAFETY: `args` points at `nargs + nkw` object pointers (see above).
         unsafe { std::slice::from_raw_parts(fast.args, nargs + nkw) }
     };
+    // SAFETY: every pointer of `values` is a live object borrowed for the call.
     let arg = |p: &*mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, *p) };
     if nargs == 0 {
         return Err(PyTypeError::new_err(

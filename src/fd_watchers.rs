@@ -64,30 +64,27 @@ impl FdTable {
         dir: Direction,
         handle: Py<Handle>,
     ) -> io::Result<Replaced> {
-        match self.watches.get_mut(&fd) {
-            Some(watch) => {
-                let old_interest = watch.interest();
-                let mut new_interest = old_interest;
-                match dir {
-                    Direction::Read => new_interest.readable = true,
-                    Direction::Write => new_interest.writable = true,
-                }
-                poller.set_interest(fd, fd as u64, old_interest, new_interest)?;
-                let replaced = Self::slot(watch, dir).replace(handle);
-                let old_fileobj = std::mem::replace(&mut watch.fileobj, fileobj);
-                Ok((replaced, Some(old_fileobj)))
+        if let Some(watch) = self.watches.get_mut(&fd) {
+            let old_interest = watch.interest();
+            let mut new_interest = old_interest;
+            match dir {
+                Direction::Read => new_interest.readable = true,
+                Direction::Write => new_interest.writable = true,
             }
-            None => {
-                let mut watch = FdWatch {
-                    fileobj,
-                    reader: None,
-                    writer: None,
-                };
-                *Self::slot(&mut watch, dir) = Some(handle);
-                poller.set_interest(fd, fd as u64, Interest::default(), watch.interest())?;
-                self.watches.insert(fd, watch);
-                Ok((None, None))
-            }
+            poller.set_interest(fd, fd as u64, old_interest, new_interest)?;
+            let replaced = Self::slot(watch, dir).replace(handle);
+            let old_fileobj = std::mem::replace(&mut watch.fileobj, fileobj);
+            Ok((replaced, Some(old_fileobj)))
+        } else {
+            let mut watch = FdWatch {
+                fileobj,
+                reader: None,
+                writer: None,
+            };
+            *Self::slot(&mut watch, dir) = Some(handle);
+            poller.set_interest(fd, fd as u64, Interest::default(), watch.interest())?;
+            self.watches.insert(fd, watch);
+            Ok((None, None))
         }
     }
 

@@ -92,6 +92,7 @@ impl Handle {
     }
 
     /// This handle, made safe to cancel from another thread while its callback runs.
+    #[must_use]
     pub fn with_run_lock(mut self) -> Handle {
         self.run_lock = Some(Box::default());
         self
@@ -170,9 +171,7 @@ impl Handle {
         // object or an already-entered context makes PyContext_Enter fail with an exception set,
         // which we fetch.
         let entered = unsafe { ffi::PyContext_Enter(ctx) } == 0;
-        let result = if !entered {
-            Err(PyErr::fetch(py))
-        } else {
+        let result = if entered {
             let r = if args.is_empty() {
                 callback.call0()
             } else {
@@ -185,6 +184,8 @@ impl Handle {
             } else {
                 r
             }
+        } else {
+            Err(PyErr::fetch(py))
         };
         if let Some(lock) = &this.run_lock {
             lock.end();

@@ -93,7 +93,7 @@ impl Poller {
         };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call; the epoll fd is
         // owned by `self`. An invalid `fd` is reported as an error, not undefined behaviour.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &raw mut ev) };
         if rc < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -205,13 +205,13 @@ impl Waker {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64. A full counter (EAGAIN) still leaves the fd
         // readable, which is all a wake needs, so the result is deliberately ignored.
-        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
     }
 
     pub fn drain(&self) {
         let mut buf: u64 = 0;
         // SAFETY: reads at most 8 bytes into a valid u64; EAGAIN (nothing pending) is fine.
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+        unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut buf).cast(), 8) };
     }
 }
 

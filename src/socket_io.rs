@@ -19,7 +19,7 @@ fn retry<T>(mut call: impl FnMut() -> isize, done: impl Fn(usize) -> T) -> io::R
         }
         let err = io::Error::last_os_error();
         match err.kind() {
-            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::Interrupted => {}
             io::ErrorKind::WouldBlock => return Ok(None),
             _ => return Err(err),
         }
@@ -67,12 +67,12 @@ pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
     let iov = iovecs(bufs);
     // SAFETY: msghdr is plain data; zeroed is a valid "no name, no control data" header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iov = iov.as_ptr().cast_mut();
     msg.msg_iovlen = iov.len() as _;
     // SAFETY: every iovec points into a slice borrowed for this call, and sendmsg only reads
     // through them; `msg` and `iov` outlive the call.
     retry(
-        || unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) },
+        || unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) },
         |n| n,
     )
 }
@@ -153,10 +153,8 @@ mod tests {
     fn pipe_read_and_vectored_write() {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         let mut buf = [0u8; 16];
         assert_eq!(read(fds[0], &mut buf).unwrap(), None);
         assert_eq!(write_vectored(fds[1], &[b"ab", b"cd"]).unwrap(), Some(4));

@@ -28,7 +28,9 @@ pub struct RunLock {
 impl RunLock {
     fn state(&self) -> MutexGuard<'_, Option<ThreadId>> {
         // Nothing panics while holding it; a poisoned lock still holds a valid Option.
-        self.running_on.lock().unwrap_or_else(|e| e.into_inner())
+        self.running_on
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn begin(&self) {
@@ -53,7 +55,7 @@ impl RunLock {
                 running = self
                     .finished
                     .wait(running)
-                    .unwrap_or_else(|e| e.into_inner());
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
         });
     }

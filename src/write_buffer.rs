@@ -138,7 +138,7 @@ mod tests {
         for _ in 0..64 {
             buf.push(&vec![7u8; 1 << 20]);
         }
-        let capacity: usize = buf.chunks.iter().map(|c| c.capacity()).sum();
+        let capacity: usize = buf.chunks.iter().map(std::vec::Vec::capacity).sum();
         assert_eq!(capacity, 64 << 20);
     }
 
@@ -146,7 +146,7 @@ mod tests {
     fn consume_everything_empties() {
         let mut buf = WriteBuffer::new();
         buf.push(b"abc");
-        buf.push(&[9u8; 20_000]);
+        buf.push(&vec![9u8; 20_000]);
         buf.consume(buf.len());
         assert!(buf.is_empty());
         assert!(buf.front_slices(4).is_empty());

@@ -62,8 +62,8 @@ impl Ends {
     }
 }
 
-fn clone_opt(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
-    obj.as_ref().map(|o| o.clone_ref(py))
+fn clone_opt(py: Python<'_>, obj: Option<&Py<PyAny>>) -> Option<Py<PyAny>> {
+    obj.map(|o| o.clone_ref(py))
 }
 
 /// `_fatal_error` of both pipe transports: EIO (the other end of a pty went away) is only
@@ -141,7 +141,7 @@ impl ReadPipeCore {
         let transport = {
             let mut st = self.state.borrow_mut(py);
             st.closing = true;
-            clone_opt(py, &st.transport)
+            clone_opt(py, st.transport.as_ref())
         };
         self.remove_reader(py)?;
         common::schedule_connection_lost(self.ends.event_loop(py), transport, exc, None)
@@ -150,7 +150,10 @@ impl ReadPipeCore {
     fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
         let (transport, protocol) = {
             let st = self.state.borrow(py);
-            (clone_opt(py, &st.transport), clone_opt(py, &st.protocol))
+            (
+                clone_opt(py, st.transport.as_ref()),
+                clone_opt(py, st.protocol.as_ref()),
+            )
         };
         let exc = report_fatal(&self.ends, py, err, message, transport, protocol)?;
         self.close_with(py, exc)
@@ -160,7 +163,10 @@ impl ReadPipeCore {
         let (transport, protocol) = {
             let mut st = self.state.borrow_mut(py);
             st.closing = true;
-            (clone_opt(py, &st.transport), clone_opt(py, &st.protocol))
+            (
+                clone_opt(py, st.transport.as_ref()),
+                clone_opt(py, st.protocol.as_ref()),
+            )
         };
         if self.ends.event_loop(py).get().debug_enabled() {
             if let Some(t) = &transport {
@@ -227,7 +233,7 @@ impl ReadPipeCore {
         if data.as_bytes().is_empty() {
             return self.on_eof(py);
         }
-        let Some(protocol) = clone_opt(py, &self.state.borrow(py).protocol) else {
+        let Some(protocol) = clone_opt(py, self.state.borrow(py).protocol.as_ref()) else {
             return Ok(());
         };
         // As in the stdlib, an exception from data_received is not the transport's to handle:
@@ -276,7 +282,7 @@ impl ReadPipeCore {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_opt(py, &self.state.borrow(py).protocol)
+        clone_opt(py, self.state.borrow(py).protocol.as_ref())
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
@@ -292,7 +298,7 @@ impl ReadPipeCore {
 
     /// Deliver `connection_lost(exc)` and let go of the protocol and the transport.
     fn _connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let protocol = clone_opt(py, &self.state.borrow(py).protocol);
+        let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
         let result = common::deliver_connection_lost(protocol, &exc);
         let released = {
             let mut st = self.state.borrow_mut(py);
@@ -347,7 +353,10 @@ pub struct WritePipeCore {
 impl WritePipeCore {
     fn refs(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
         let st = self.state.borrow(py);
-        (clone_opt(py, &st.transport), clone_opt(py, &st.protocol))
+        (
+            clone_opt(py, st.transport.as_ref()),
+            clone_opt(py, st.protocol.as_ref()),
+        )
     }
 
     fn unwatch(&self, py: Python<'_>, dir: Direction) -> PyResult<()> {
@@ -379,7 +388,7 @@ impl WritePipeCore {
             st.closing = true;
             let had_buffer = !st.buffer.is_empty() || st.writer_installed;
             st.buffer.clear();
-            (had_buffer, clone_opt(py, &st.transport))
+            (had_buffer, clone_opt(py, st.transport.as_ref()))
         };
         if had_buffer {
             self.unwatch(py, Direction::Write)?;
@@ -485,7 +494,7 @@ impl WritePipeCore {
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
         let (transport, buffered) = {
             let st = self.state.borrow(py);
-            (clone_opt(py, &st.transport), !st.buffer.is_empty())
+            (clone_opt(py, st.transport.as_ref()), !st.buffer.is_empty())
         };
         if self.ends.event_loop(py).get().debug_enabled() {
             if let Some(t) = &transport {
@@ -596,7 +605,7 @@ impl WritePipeCore {
                     (
                         st.buffer.is_empty(),
                         st.closing,
-                        clone_opt(py, &st.transport),
+                        clone_opt(py, st.transport.as_ref()),
                     )
                 };
                 if !drained {
@@ -623,7 +632,7 @@ impl WritePipeCore {
                 return Ok(());
             }
             st.closing = true;
-            (st.buffer.is_empty(), clone_opt(py, &st.transport))
+            (st.buffer.is_empty(), clone_opt(py, st.transport.as_ref()))
         };
         if empty {
             self.unwatch(py, Direction::Read)?;
@@ -658,7 +667,7 @@ impl WritePipeCore {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_opt(py, &self.state.borrow(py).protocol)
+        clone_opt(py, self.state.borrow(py).protocol.as_ref())
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
@@ -681,7 +690,7 @@ impl WritePipeCore {
     }
 
     fn _connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let protocol = clone_opt(py, &self.state.borrow(py).protocol);
+        let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
         let result = common::deliver_connection_lost(protocol, &exc);
         let released = {
             let mut st = self.state.borrow_mut(py);

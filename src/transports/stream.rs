@@ -437,16 +437,15 @@ impl StreamCore {
         } else {
             None
         };
-        let received = match queued {
-            Some(n) => sock_ops::recv_bytes(py, self.fd, n.min(MAX_DIRECT_READ) as isize),
-            None => {
-                let event_loop = self.event_loop(py).get();
-                let mut buf = event_loop.read_buffer(py);
-                match socket_io::recv(self.fd, &mut buf[..]) {
-                    Ok(None) => Ok(None),
-                    Ok(Some(n)) => Ok(Some(PyBytes::new(py, &buf[..n]))),
-                    Err(err) => Err(os_error(err)),
-                }
+        let received = if let Some(n) = queued {
+            sock_ops::recv_bytes(py, self.fd, n.min(MAX_DIRECT_READ) as isize)
+        } else {
+            let event_loop = self.event_loop(py).get();
+            let mut buf = event_loop.read_buffer(py);
+            match socket_io::recv(self.fd, &mut buf[..]) {
+                Ok(None) => Ok(None),
+                Ok(Some(n)) => Ok(Some(PyBytes::new(py, &buf[..n]))),
+                Err(err) => Err(os_error(err)),
             }
         };
         let data = match received {
