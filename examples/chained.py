@@ -9,7 +9,7 @@ import time
 
 
 async def fetch_user(user_id: int) -> str:
-    await asyncio.sleep(0.1 * user_id)  # stands in for a slow lookup
+    await asyncio.sleep(0.2 * user_id)  # stands in for a slow lookup
     name = f"user-{user_id}"
     print(f"step 1: fetched {name}")
     return name
