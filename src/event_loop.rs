@@ -29,7 +29,6 @@ use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
 use crate::support;
 use crate::task_factory;
-use crate::threadsafe_handle::ThreadSafeHandle;
 use crate::timers::TimerHeap;
 
 /// Below this many scheduled timers the heap is never compacted (stdlib: 100).
@@ -128,9 +127,8 @@ impl LoopCore {
         }
         let handle = if threadsafe {
             let debug = this.debug.load(Relaxed);
-            let base = Handle::new(py, callback, args, context, None, debug)?.with_run_lock();
-            let init = PyClassInitializer::from(base).add_subclass(ThreadSafeHandle);
-            Bound::new(py, init)?.into_super().unbind()
+            let handle = Handle::new(py, callback, args, context, None, debug)?.with_run_lock();
+            Py::new(py, handle)?
         } else {
             this.new_handle(py, callback, args, context)?
         };

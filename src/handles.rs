@@ -17,12 +17,12 @@ use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
 use crate::support;
-use crate::threadsafe_handle::RunLock;
+use crate::threadsafe_handle::{self, RunLock};
 
 /// What a scheduled `TimerHandle` shares with its loop: whether it is still in the heap, and
 /// the loop's count of cancelled entries in the heap (which drives compaction).
@@ -56,7 +56,7 @@ pub struct Handle {
     pub(crate) timer: Option<TimerState>,
     source_traceback: Option<Py<PyAny>>,
     /// `call_soon_threadsafe`'s handles only (see `threadsafe_handle.rs`).
-    run_lock: Option<Box<RunLock>>,
+    run_lock: Option<RunLock>,
 }
 
 impl Handle {
@@ -94,7 +94,7 @@ impl Handle {
     /// This handle, made safe to cancel from another thread while its callback runs.
     #[must_use]
     pub fn with_run_lock(mut self) -> Handle {
-        self.run_lock = Some(Box::default());
+        self.run_lock = Some(RunLock::default());
         self
     }
 
@@ -255,6 +255,21 @@ impl Handle {
     fn cancelled(&self, py: Python<'_>) -> bool {
         self.wait_until_idle(py);
         self.is_cancelled()
+    }
+
+    /// A thread-safe handle is, to `isinstance`, the interpreter's `events._ThreadSafeHandle`
+    /// (3.14+): asyncio's own tests, and code written for 3.14, check that, and a Rust type
+    /// cannot subclass that pure-Python class. `isinstance` consults `__class__` only when the
+    /// real type does not match, so this costs nothing on the paths that run handles.
+    #[getter]
+    fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyType>> {
+        let py = slf.py();
+        if slf.get().run_lock.is_some() {
+            if let Some(cls) = threadsafe_handle::stdlib_type(py)? {
+                return Ok(cls.clone_ref(py));
+            }
+        }
+        Ok(slf.get_type().unbind())
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {

@@ -31,7 +31,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
-    m.add_class::<threadsafe_handle::ThreadSafeHandle>()?;
     m.add_class::<sock_ops::RecvWaiter>()?;
     m.add_class::<transports::stream::StreamCore>()?;
     m.add_class::<transports::pipe::ReadPipeCore>()?;

@@ -45,7 +45,7 @@ def test_each_new_event_loop_is_a_new_loop() -> None:
 
 
 def test_public_names_are_exported() -> None:
-    for name in ("Loop", "new_event_loop", "install", "run", "Handle", "TimerHandle", "ThreadSafeHandle"):
+    for name in ("Loop", "new_event_loop", "install", "run", "Handle", "TimerHandle"):
         assert name in ferroloop.__all__
         assert hasattr(ferroloop, name)
     # Like asyncio.DefaultEventLoopPolicy: still there, but out of `import *` once deprecated.

@@ -239,10 +239,12 @@ def test_a_threadsafe_handle_cancelled_before_it_runs_never_runs(loop: ferroloop
 def test_a_threadsafe_handle_is_the_interpreters_threadsafe_handle_type(
         stdlib_loop: asyncio.AbstractEventLoop, loop: ferroloop.Loop) -> None:
     handle = loop.call_soon_threadsafe(print)
-    assert isinstance(handle, ferroloop.ThreadSafeHandle)
     assert isinstance(handle, ferroloop.Handle)
     stdlib_type = getattr(asyncio.events, "_ThreadSafeHandle", None)  # 3.14+
     if stdlib_type is not None:
         assert type(stdlib_loop.call_soon_threadsafe(print)) is stdlib_type
         assert isinstance(handle, stdlib_type)
-    assert not isinstance(loop.call_soon(print), ferroloop.ThreadSafeHandle)
+        assert not isinstance(loop.call_soon(print), stdlib_type)
+        assert not isinstance(loop.call_later(1, print), stdlib_type)
+    else:
+        assert handle.__class__ is ferroloop.Handle

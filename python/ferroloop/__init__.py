@@ -20,10 +20,10 @@ from . import _stdlib
 
 _stdlib.check()  # before anything below uses a private asyncio name: a clear error if one is gone
 
-from ._core import Handle, ThreadSafeHandle, TimerHandle  # noqa: E402
+from ._core import Handle, TimerHandle  # noqa: E402
 from ._loop import Loop  # noqa: E402
 
-__all__ = ["Loop", "Handle", "TimerHandle", "ThreadSafeHandle", "new_event_loop", "install", "run"]
+__all__ = ["Loop", "Handle", "TimerHandle", "new_event_loop", "install", "run"]
 if sys.version_info < (3, 14):  # deprecated from 3.14 on, as asyncio's policies
     __all__ += ["EventLoopPolicy"]
 __version__ = "0.1.0"

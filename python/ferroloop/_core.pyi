@@ -13,7 +13,7 @@ from typing import Any, Self, TypeVar, TypeVarTuple, Unpack, final
 
 from typing_extensions import disjoint_base
 
-__all__ = ["LoopCore", "Handle", "TimerHandle", "ThreadSafeHandle", "RecvWaiter", "StreamCore", "ReadPipeCore", "WritePipeCore"]
+__all__ = ["LoopCore", "Handle", "TimerHandle", "RecvWaiter", "StreamCore", "ReadPipeCore", "WritePipeCore"]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -40,12 +40,6 @@ class Handle:
     @property
     def _scheduled(self) -> bool:
         """True while a TimerHandle sits in its loop's timer heap."""
-
-@final
-class ThreadSafeHandle(Handle):
-    """What `call_soon_threadsafe` returns: `cancel()` and `cancelled()` from another thread wait
-    while the callback runs (3.14's `events._ThreadSafeHandle` semantics); on 3.14+ its
-    `__class__` is `asyncio.events._ThreadSafeHandle`."""
 
 @final
 class TimerHandle(Handle):
@@ -219,7 +213,7 @@ class LoopCore:
         callback: Callable[[Unpack[_Ts]], object],
         *args: Unpack[_Ts],
         context: Context | None = None,
-    ) -> ThreadSafeHandle: ...
+    ) -> Handle: ...
     def call_later(
         self,
         delay: float,
