@@ -2,13 +2,32 @@
 
 A transport class inherits `ReadSide` and/or `WriteSide` and sets `self._core`; `bind_core`
 then puts the core's own methods on the instance, so `transport.write(data)` calls Rust with no
-Python frame in between. The methods below are what a reader, a type checker or code that looks
-methods up on the class sees; each does exactly what the bound core method does.
+Python frame in between. On the class, each of those names is a `CoreMethod`: looked up there
+(by code that reads methods off the class, or before `bind_core` ran) it still gives the core's
+method, and it says so in its repr. There is no Python body that could drift from the Rust one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+
+class CoreMethod:
+    """`transport.<name>` is `transport._core.<name>`: the Rust core's method of that name."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, transport: Any, owner: type | None = None) -> Any:
+        if transport is None:
+            return self
+        return getattr(transport._core, self.name)
+
+    def __repr__(self) -> str:
+        return f"<served by the Rust core's {self.name}()>"
 
 
 def bind_core(transport: Any, names: tuple[str, ...]) -> None:
@@ -21,17 +40,12 @@ class CoreBacked:
     _core: Any
     BOUND: tuple[str, ...] = ("close", "is_closing", "set_protocol", "get_protocol")
 
-    def close(self) -> None:
-        self._core.close()
+    if TYPE_CHECKING:
 
-    def is_closing(self) -> bool:
-        return bool(self._core.is_closing())
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self) -> Any:
-        return self._core.get_protocol()
+        def close(self) -> None: ...
+        def is_closing(self) -> bool: ...
+        def set_protocol(self, protocol: Any) -> None: ...
+        def get_protocol(self) -> Any: ...
 
     @property
     def _protocol(self) -> Any:
@@ -45,14 +59,11 @@ class CoreBacked:
 class ReadSide(CoreBacked):
     BOUND = CoreBacked.BOUND + ("is_reading", "pause_reading", "resume_reading")
 
-    def is_reading(self) -> bool:
-        return bool(self._core.is_reading())
+    if TYPE_CHECKING:
 
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
+        def is_reading(self) -> bool: ...
+        def pause_reading(self) -> None: ...
+        def resume_reading(self) -> None: ...
 
 
 class WriteSide(CoreBacked):
@@ -66,29 +77,18 @@ class WriteSide(CoreBacked):
         "set_write_buffer_limits",
     )
 
-    def write(self, data: Any) -> None:
-        self._core.write(data)
+    if TYPE_CHECKING:
 
-    def writelines(self, list_of_data: Any) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
+        def write(self, data: Any) -> None: ...
+        def writelines(self, list_of_data: Any) -> None: ...
+        def write_eof(self) -> None: ...
+        def abort(self) -> None: ...
+        def get_write_buffer_size(self) -> int: ...
+        def get_write_buffer_limits(self) -> tuple[int, int]: ...
+        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
 
     def can_write_eof(self) -> bool:
         return True
-
-    def abort(self) -> None:
-        self._core.abort()
-
-    def get_write_buffer_size(self) -> int:
-        return int(self._core.get_write_buffer_size())
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core.set_write_buffer_limits(high, low)
 
     @property
     def _conn_lost(self) -> int:
@@ -97,3 +97,11 @@ class WriteSide(CoreBacked):
     @property
     def _protocol_paused(self) -> bool:
         return bool(self._core._protocol_paused)
+
+
+if not TYPE_CHECKING:  # the names each side serves from its core, declared above for type checkers
+    for _side in (CoreBacked, ReadSide, WriteSide):
+        for _name in _side.BOUND:
+            if not isinstance(getattr(_side, _name, None), CoreMethod):
+                setattr(_side, _name, CoreMethod(_name))
+    del _side, _name
