@@ -425,6 +425,20 @@ impl LoopCore {
         Self::queue_soon(slf, callback, args, context, "call_soon", false)
     }
 
+    /// `loop.call_soon_threadsafe(callback, *args, context=context)`, from any thread: queue
+    /// like `call_soon`, then end the loop's wait for I/O if it is in one (one eventfd write
+    /// per wait, however many calls arrive during it). Exposed by `fastcall::install`.
+    pub fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let handle = Self::queue_soon(slf, callback, args, context, "call_soon_threadsafe", true)?;
+        slf.get().wake(slf.py());
+        Ok(handle)
+    }
+
     pub fn debug_enabled(&self) -> bool {
         self.debug.load(Relaxed)
     }
@@ -588,18 +602,6 @@ impl LoopCore {
 
     fn time(&self) -> f64 {
         monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let handle = Self::queue_soon(slf, callback, args, context, "call_soon_threadsafe", true)?;
-        slf.get().wake(slf.py());
-        Ok(handle)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]

@@ -1,10 +1,13 @@
-//! `LoopCore.call_soon` as a hand-written `METH_FASTCALL | METH_KEYWORDS` method.
+//! `LoopCore.call_soon` and `call_soon_threadsafe` as hand-written
+//! `METH_FASTCALL | METH_KEYWORDS` methods.
 //!
 //! `call_soon(callback, *args, context=None)` is the loop's hottest entry point: every Task
-//! step and every future callback arrives through it, always with `context=` given by keyword.
-//! PyO3's generic argument parsing turns each keyword name into a `&str` and compares bytes;
-//! here the name is first compared by identity with the interned `"context"` (what CPython's
-//! Task and Future pass), then by value. Everything after parsing is `LoopCore::call_soon`.
+//! step and every future callback arrives through it, always with `context=` given by keyword;
+//! `call_soon_threadsafe` is what every other thread (executors, `run_coroutine_threadsafe`)
+//! calls per item. PyO3's generic argument parsing turns each keyword name into a `&str` and
+//! compares bytes; here the name is first compared by identity with the interned `"context"`
+//! (what CPython's Task and Future pass), then by value. Everything after parsing is
+//! `LoopCore::call_soon` / `LoopCore::call_soon_threadsafe`.
 //!
 //! Loop thread (or any thread, for the error paths), called by CPython with the GIL held.
 
@@ -26,7 +29,48 @@ struct FastArgs {
     kwnames: *mut ffi::PyObject,
 }
 
+/// Which of the two methods a call is for: its name in error messages, and whether it wakes
+/// the loop.
+#[derive(Clone, Copy)]
+enum Soon {
+    Plain,
+    Threadsafe,
+}
+
+impl Soon {
+    fn name(self) -> &'static str {
+        match self {
+            Soon::Plain => "call_soon",
+            Soon::Threadsafe => "call_soon_threadsafe",
+        }
+    }
+}
+
 unsafe extern "C" fn call_soon(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded unchanged from CPython's call of this METH_FASTCALL method.
+    unsafe { dispatch(Soon::Plain, slf, args, nargsf, kwnames) }
+}
+
+unsafe extern "C" fn call_soon_threadsafe(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded unchanged from CPython's call of this METH_FASTCALL method.
+    unsafe { dispatch(Soon::Threadsafe, slf, args, nargsf, kwnames) }
+}
+
+/// # Safety
+/// The arguments must be those CPython passes to a `METH_FASTCALL | METH_KEYWORDS` method,
+/// on a thread that holds the GIL.
+unsafe fn dispatch(
+    which: Soon,
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargsf: ffi::Py_ssize_t,
@@ -41,12 +85,13 @@ unsafe extern "C" fn call_soon(
     };
     // SAFETY: `slf` and the vectorcall arguments are valid for the duration of this call.
     let outcome = catch_unwind(AssertUnwindSafe(|| unsafe {
-        call_soon_impl(py, slf, &fast)
+        call_soon_impl(py, slf, &fast, which)
     }));
     let result = outcome.unwrap_or_else(|_| {
-        Err(PyRuntimeError::new_err(
-            "internal error in ferroloop's call_soon (a Rust panic); please report it",
-        ))
+        Err(PyRuntimeError::new_err(format!(
+            "internal error in ferroloop's {} (a Rust panic); please report it",
+            which.name()
+        )))
     });
     match result {
         Ok(handle) => handle,
@@ -64,6 +109,7 @@ unsafe fn call_soon_impl(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
     fast: &FastArgs,
+    which: Soon,
 ) -> PyResult<*mut ffi::PyObject> {
     // CPython passes `nargs` positional arguments followed by one value per keyword name, all
     // borrowed for the call.
@@ -85,9 +131,10 @@ unsafe fn call_soon_impl(
     // SAFETY: every pointer of `values` is a live object borrowed for the call.
     let arg = |p: &*mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, *p) };
     if nargs == 0 {
-        return Err(PyTypeError::new_err(
-            "call_soon() missing 1 required positional argument: 'callback'",
-        ));
+        return Err(PyTypeError::new_err(format!(
+            "{}() missing 1 required positional argument: 'callback'",
+            which.name()
+        )));
     }
     let mut context = None;
     if let Some(names) = &kwnames {
@@ -96,7 +143,8 @@ unsafe fn call_soon_impl(
                 context = Some(arg(value));
             } else {
                 return Err(PyTypeError::new_err(format!(
-                    "call_soon() got an unexpected keyword argument '{name}'"
+                    "{}() got an unexpected keyword argument '{name}'",
+                    which.name()
                 )));
             }
         }
@@ -110,7 +158,10 @@ unsafe fn call_soon_impl(
     // SAFETY: the method descriptor was made for the LoopCore type, and CPython checks that
     // `self` is an instance of it before calling.
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>() };
-    let handle = LoopCore::call_soon(&slf, callback, extra, context)?;
+    let handle = match which {
+        Soon::Plain => LoopCore::call_soon(&slf, callback, extra, context)?,
+        Soon::Threadsafe => LoopCore::call_soon_threadsafe(&slf, callback, extra, context)?,
+    };
     Ok(handle.into_ptr())
 }
 
@@ -139,22 +190,42 @@ fn is_context_keyword(name: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(true)
 }
 
-/// Install the fast `call_soon` on the `LoopCore` type, replacing nothing else.
+/// Install the fast `call_soon` and `call_soon_threadsafe` on the `LoopCore` type, replacing
+/// nothing else.
 pub fn install(loop_core: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+    install_method(
+        loop_core,
+        c"call_soon",
+        call_soon,
+        c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in `context` (a copy of the current context by default). Returns a Handle.",
+    )?;
+    install_method(
+        loop_core,
+        c"call_soon_threadsafe",
+        call_soon_threadsafe,
+        c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon, from any thread: also wakes the loop if it is waiting for I/O. Returns a Handle.",
+    )
+}
+
+fn install_method(
+    loop_core: &Bound<'_, pyo3::types::PyType>,
+    name: &'static std::ffi::CStr,
+    method: ffi::PyCFunctionFastWithKeywords,
+    doc: &'static std::ffi::CStr,
+) -> PyResult<()> {
     let py = loop_core.py();
     let def = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: c"call_soon".as_ptr(),
+        ml_name: name.as_ptr(),
         ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: call_soon,
+            PyCFunctionFastWithKeywords: method,
         },
         ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in `context` (a copy of the current context by default). Returns a Handle."
-            .as_ptr(),
+        ml_doc: doc.as_ptr(),
     }));
     // SAFETY: `def` is leaked, so it outlives the descriptor; the type pointer is a live type
     // object. PyDescr_NewMethod returns a new reference or NULL with an exception set.
     let descr = unsafe {
         Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(loop_core.as_type_ptr(), def))?
     };
-    loop_core.setattr("call_soon", descr)
+    loop_core.setattr(name.to_string_lossy().as_ref(), descr)
 }
