@@ -152,7 +152,6 @@ impl LoopCore {
             support::debug_checks(slf.as_any(), &callback, method, false)?;
         }
         let state = TimerState {
-            scheduled: AtomicBool::new(true),
             cancelled_in_heap: this.cancelled_in_heap.clone(),
         };
         let base = Handle::new(py, callback, args, context, Some(state), debug)?;
@@ -473,9 +472,7 @@ impl LoopCore {
 }
 
 fn mark_unscheduled(h: &Py<Handle>) {
-    if let Some(t) = &h.get().timer {
-        t.scheduled.store(false, Relaxed);
-    }
+    h.get().scheduled.store(false, Relaxed);
 }
 
 /// Run a handle in debug mode: expose it as `_current_handle` and log it if it was slow.

@@ -24,10 +24,10 @@ use crate::gil_cell::GilCell;
 use crate::support;
 use crate::threadsafe_handle::{self, RunLock};
 
-/// What a scheduled `TimerHandle` shares with its loop: whether it is still in the heap, and
-/// the loop's count of cancelled entries in the heap (which drives compaction).
+/// What a `TimerHandle` shares with its loop: the loop's count of cancelled entries in the
+/// heap (which drives compaction). One pointer, so that every handle stays small: a program
+/// with a million callbacks queued holds a million handles.
 pub struct TimerState {
-    pub scheduled: AtomicBool,
     pub cancelled_in_heap: Arc<AtomicUsize>,
 }
 
@@ -53,7 +53,9 @@ pub struct Handle {
     /// Released in `Drop`, through the attached interpreter.
     context: ManuallyDrop<Py<PyAny>>,
     cancelled: AtomicBool,
-    pub(crate) timer: Option<TimerState>,
+    /// A timer still in its loop's heap (always false for other handles).
+    pub(crate) scheduled: AtomicBool,
+    timer: Option<TimerState>,
     source_traceback: Option<Py<PyAny>>,
     /// `call_soon_threadsafe`'s handles only (see `threadsafe_handle.rs`).
     run_lock: Option<RunLock>,
@@ -85,6 +87,7 @@ impl Handle {
             })),
             context: ManuallyDrop::new(context),
             cancelled: AtomicBool::new(false),
+            scheduled: AtomicBool::new(timer.is_some()),
             timer,
             source_traceback,
             run_lock: None,
@@ -108,7 +111,7 @@ impl Handle {
     pub fn cancel_handle(&self) {
         if !self.cancelled.swap(true, Relaxed) {
             if let Some(timer) = &self.timer {
-                if timer.scheduled.load(Relaxed) {
+                if self.scheduled.load(Relaxed) {
                     timer.cancelled_in_heap.fetch_add(1, Relaxed);
                 }
             }
@@ -303,9 +306,7 @@ impl Handle {
 
     #[getter]
     fn _scheduled(&self) -> bool {
-        self.timer
-            .as_ref()
-            .is_some_and(|t| t.scheduled.load(Relaxed))
+        self.scheduled.load(Relaxed)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
