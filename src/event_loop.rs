@@ -730,6 +730,12 @@ impl LoopCore {
         sock_ops::recv_bytes(py, fd, n)
     }
 
+    /// One non-blocking send of as much of `data` as the socket takes: the count sent, 0 if
+    /// the socket would block.
+    fn _sock_send_now(&self, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        sock_ops::send_now(fd, data)
+    }
+
     /// Finish a `sock_recv` that would block: when `fd` is readable, receive up to `n` bytes
     /// into `future`. Returns the reader handle.
     fn _sock_recv_wait(

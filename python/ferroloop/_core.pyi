@@ -280,5 +280,8 @@ class LoopCore:
     def _sock_recv_now(self, fd: int, n: int) -> bytes | None:
         """One non-blocking recv: the data, or None if the socket has nothing to read yet."""
 
+    def _sock_send_now(self, fd: int, data: Any) -> int:
+        """One non-blocking send from data's buffer: the bytes sent, 0 if it would block."""
+
     def _sock_recv_wait(self, fd: int, n: int, future: asyncio.Future[bytes]) -> Handle:
         """Install a RecvWaiter as fd's reader: it receives into `future` once fd is readable."""

@@ -277,12 +277,14 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         return self._remove_writer(fd)
 
     # -- socket operations -------------------------------------------------------------
-    # sock_recv's per-event work is Rust (`_sock_recv_now`, `_sock_recv_wait`); the rest of
-    # the sock_* family is the standard library's, borrowed above.
+    # sock_recv's per-event work is Rust (`_sock_recv_now`, `_sock_recv_wait`), and so is
+    # sock_sendall's first send (`_sock_send_now`); the rest of the sock_* family is the
+    # standard library's, borrowed above.
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock (non-blocking)."""
-        base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if type(sock) is not socket.socket:  # a plain socket is never an SSLSocket
+            base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         fd = sock.fileno()
@@ -299,6 +301,20 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
             # Done or not, a waiter whose handle is still installed is ours to remove.
             if not handle.cancelled():
                 self._remove_reader(fd)
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        """Send all of data to sock (non-blocking)."""
+        if type(sock) is not socket.socket:  # a plain socket is never an SSLSocket
+            base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        # The common case, the socket takes it all, is one Rust send; otherwise the standard
+        # library's state machine sends the rest (it tries once more, then waits to write).
+        sent = self._sock_send_now(sock.fileno(), data)
+        if sent == len(data):
+            return
+        rest = data if sent == 0 else memoryview(data).cast("B")[sent:]
+        await _SELECTOR_SOCK_SENDALL(self, sock, rest)
 
     # -- signals -----------------------------------------------------------------------
     # The standard library's add_signal_handler writes signal numbers to `_csock` through
@@ -351,6 +367,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 # The check the interpreter's add_signal_handler makes (3.14 deprecated the public name).
 _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or coroutines.iscoroutinefunction
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
+_SELECTOR_SOCK_SENDALL = selector_events.BaseSelectorEventLoop.sock_sendall
 _SELECTOR_STOP_SERVING = vars(selector_events.BaseSelectorEventLoop)["_stop_serving"]
 
 # The standard library's datagram transport, for now; it is an asyncio.DatagramTransport (which

@@ -29,6 +29,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     ),
     "asyncio.selector_events": (
         "BaseSelectorEventLoop._stop_serving",
+        "BaseSelectorEventLoop.sock_sendall",  # the rest of a send `Loop.sock_sendall` began
         "_SelectorDatagramTransport",
         "_SelectorSocketTransport.write",  # its TypeError for non-bytes (`_support.py`)
     ),
@@ -140,7 +141,6 @@ BORROWED_LOOP_METHODS: dict[tuple[str, str], tuple[str, ...]] = {
         "_sock_recvfrom",
         "sock_recvfrom_into",
         "_sock_recvfrom_into",
-        "sock_sendall",
         "_sock_sendall",
         "sock_sendto",
         "_sock_sendto",
