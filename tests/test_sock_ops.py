@@ -100,6 +100,25 @@ def test_sendall_of_a_large_buffer_in_both_directions(
     assert received_back == BIG[::-1]
 
 
+def test_sendall_of_a_bytearray_larger_than_the_socket_buffer_and_of_a_str(
+    any_loop: asyncio.AbstractEventLoop, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # The first send takes part of the buffer; the rest must follow from the next byte. A str
+    # is refused, as socket.send refuses it.
+    client, server = tcp_pair
+    payload = bytearray(BIG)
+
+    async def main() -> bytes:
+        send = asyncio.ensure_future(any_loop.sock_sendall(client, payload))
+        received = await recv_exactly(any_loop, server, len(payload))
+        await send
+        return received
+
+    assert any_loop.run_until_complete(main()) == BIG
+    with pytest.raises(TypeError, match="bytes-like object is required"):
+        any_loop.run_until_complete(any_loop.sock_sendall(client, "text"))  # type: ignore[arg-type]
+
+
 def test_sock_recv_into(
     loop: ferroloop.Loop, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
