@@ -64,6 +64,8 @@ pub struct LoopCore {
     /// A wake-up was written during the current wait; further ones would be redundant.
     woken: AtomicBool,
     read_buffer: GilCell<Vec<u8>>,
+    /// `sock_recv`'s buffer for large sizes, kept between calls (see `sock_ops::RecvSpare`).
+    recv_spare: GilCell<Option<sock_ops::RecvSpare>>,
     /// `loop._task_factory`, kept here so `create_task` can check it without a dict lookup.
     task_factory: GilCell<Option<Py<PyAny>>>,
 }
@@ -452,6 +454,16 @@ impl LoopCore {
         buf
     }
 
+    /// One non-blocking recv for `sock_recv`: the data, or None if there is nothing to read.
+    pub fn sock_recv_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        n: isize,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        sock_ops::recv_bytes_with_spare(py, &self.recv_spare, fd, n)
+    }
+
     /// Remove `fd`'s reader if it is still the handle that calls `callback` (a waiter that
     /// finished must not remove a reader someone installed after it).
     pub fn remove_reader_if_callback(
@@ -541,6 +553,7 @@ impl LoopCore {
             woken: AtomicBool::new(false),
             task_factory: GilCell::new(None),
             read_buffer: GilCell::new(Vec::new()),
+            recv_spare: GilCell::new(None),
         })
     }
 
@@ -727,7 +740,7 @@ impl LoopCore {
         fd: RawFd,
         n: isize,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        sock_ops::recv_bytes(py, fd, n)
+        self.sock_recv_bytes(py, fd, n)
     }
 
     /// One non-blocking send of as much of `data` as the socket takes: the count sent, 0 if
@@ -826,7 +839,8 @@ impl LoopCore {
         self.cancelled_in_heap.store(0, Relaxed);
         let watches = self.fds.borrow_mut(py).drain_all();
         let io = self.io.borrow_mut(py).take();
-        drop((ready, timers, watches, io));
+        let spare = self.recv_spare.borrow_mut(py).take();
+        drop((ready, timers, watches, io, spare));
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

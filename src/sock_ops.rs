@@ -20,6 +20,7 @@ use pyo3::PyTraverseError;
 use crate::buffers::ByteView;
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
+use crate::gil_cell::GilCell;
 use crate::socket_io;
 
 /// `send(fd, data)` once, from the caller's buffer (any bytes-like object, as `socket.send`
@@ -74,6 +75,101 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<Bound<
     }
 }
 
+/// Below this `sock_recv` size a fresh `bytes` per call is cheap (pymalloc or a small malloc).
+const SPARE_MIN_SIZE: isize = 64 * 1024;
+/// Results up to this size are copied out of the spare buffer, which is kept; larger ones take
+/// the buffer itself (no copy) and the next call makes a new one.
+const COPY_OUT_MAX: usize = 16 * 1024;
+
+/// A `bytes` buffer of one large `sock_recv` size (programs and the bench ask for 256 KiB),
+/// kept between calls: without it every call allocates that much, and the call that finds
+/// nothing to read, or a few bytes, throws it away again.
+pub struct RecvSpare {
+    writer: *mut ffi::compat::PyBytesWriter,
+    size: isize,
+}
+
+// SAFETY: the writer is only touched through the loop's `GilCell`, i.e. by the thread that
+// holds the GIL; a bytes writer is not tied to the thread that made it.
+unsafe impl Send for RecvSpare {}
+
+impl RecvSpare {
+    fn new(py: Python<'_>, size: isize) -> PyResult<RecvSpare> {
+        // SAFETY: returns a writer owning a `size`-byte buffer, or NULL with an exception set.
+        let writer = unsafe { ffi::compat::PyBytesWriter_Create(size) };
+        if writer.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(RecvSpare { writer, size })
+    }
+
+    /// The buffer: `size` writable bytes, valid until the writer is finished or discarded.
+    fn data(&self) -> *mut libc::c_void {
+        // SAFETY: `writer` is a live writer owned by this struct.
+        unsafe { ffi::compat::PyBytesWriter_GetData(self.writer) }
+    }
+
+    /// Hand the buffer out as a `bytes` of its first `len` bytes.
+    fn finish(self, py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyBytes>> {
+        let writer = std::mem::ManuallyDrop::new(self).writer;
+        // SAFETY: `len` <= size bytes were written; finishing consumes the writer exactly once
+        // (ManuallyDrop keeps Drop from discarding it) and returns a new reference or NULL.
+        let obj = unsafe { ffi::compat::PyBytesWriter_FinishWithSize(writer, len as isize) };
+        // SAFETY: a new reference (or NULL with an exception set), owned from here on.
+        Ok(unsafe { Bound::from_owned_ptr_or_err(py, obj)? }.cast_into()?)
+    }
+}
+
+impl Drop for RecvSpare {
+    fn drop(&mut self) {
+        // SAFETY: the writer is live and discarded once; dropping happens with the GIL held
+        // (inside the loop's GilCell or its deallocation), and freeing a bytes runs no Python.
+        unsafe { ffi::compat::PyBytesWriter_Discard(self.writer) };
+    }
+}
+
+/// `recv_bytes` for a loop's `sock_recv`: large sizes go through the loop's spare buffer.
+pub fn recv_bytes_with_spare<'py>(
+    py: Python<'py>,
+    spare: &GilCell<Option<RecvSpare>>,
+    fd: RawFd,
+    n: isize,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    if n < SPARE_MIN_SIZE {
+        return recv_bytes(py, fd, n);
+    }
+    // Taken out of the cell, so no borrow is held while Python objects are made or freed.
+    let kept = spare.borrow_mut(py).take();
+    let buffer = match kept {
+        Some(buffer) if buffer.size == n => buffer,
+        other => {
+            drop(other);
+            RecvSpare::new(py, n)?
+        }
+    };
+    // SAFETY: the buffer holds `n` writable bytes and stays alive for the call.
+    let received = unsafe { socket_io::recv_raw(fd, buffer.data(), n as usize) };
+    let keep = |buffer| *spare.borrow_mut(py) = Some(buffer);
+    match received {
+        Ok(Some(len)) if len > COPY_OUT_MAX => buffer.finish(py, len).map(Some),
+        Ok(Some(len)) => {
+            // SAFETY: recv initialised the first `len` bytes of the buffer.
+            let data = unsafe { std::slice::from_raw_parts(buffer.data().cast::<u8>(), len) };
+            let bytes = PyBytes::new(py, data);
+            keep(buffer);
+            Ok(Some(bytes))
+        }
+        Ok(None) => {
+            keep(buffer);
+            Ok(None)
+        }
+        Err(err) => {
+            keep(buffer);
+            Err(os_error(err))
+        }
+    }
+}
+
 /// The reader callback of a waiting `sock_recv`: receives once the fd is readable, settles
 /// the future, and removes itself from the fd table.
 #[pyclass(module = "ferroloop._core", frozen)]
@@ -112,7 +208,7 @@ impl RecvWaiter {
             LoopCore::remove_reader_if_callback(event_loop, this.fd, slf.as_any())?;
             return Ok(());
         }
-        let outcome = recv_bytes(py, this.fd, this.n);
+        let outcome = event_loop.get().sock_recv_bytes(py, this.fd, this.n);
         if matches!(outcome, Ok(None)) {
             return Ok(()); // A spurious wake-up: stay registered.
         }
