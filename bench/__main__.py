@@ -112,7 +112,7 @@ def available_loops(requested: list[str], notes: list[str]) -> list[str]:
 def select_workloads(only: str | None, notes: list[str]) -> list[Workload]:
     workloads = all_workloads()
     if only is None:
-        requested = list(workloads.values())
+        requested = [w for w in workloads.values() if w.in_default_run]
     else:
         requested = []
         for name in only.split(","):

@@ -40,12 +40,15 @@ class Workload:
     describe_size: Callable[[int], str] = "{:,}".format
     #: None when the workload can run here; otherwise why not (a missing tool or module).
     unavailable: Callable[[], str | None] = lambda: None
+    #: Whether a run without `--only` includes it; others run only when named.
+    in_default_run: bool = True
 
 
 def all_workloads() -> dict[str, Workload]:
     from . import (
         call_soon,
         echo,
+        echo_native,
         gather,
         http_keepalive,
         sleep_pingpong,
@@ -58,6 +61,7 @@ def all_workloads() -> dict[str, Workload]:
     single_process = (call_soon, timers, gather, sleep_pingpong, threadsafe)
     ordered = [module.WORKLOAD for module in single_process]
     ordered += echo.WORKLOADS
+    ordered += echo_native.WORKLOADS
     ordered += tls_echo.WORKLOADS
     ordered.append(http_keepalive.WORKLOAD)
     ordered += subprocesses.WORKLOADS

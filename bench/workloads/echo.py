@@ -351,12 +351,14 @@ def measure_against_server(
     server_arguments: list[str],
     server_description: str,
     loop_name: str,
-    drive: BoundClient,
+    drive: BoundClient | None,
     round_trips: int,
+    native_client: Callable[[int, list[str]], float] | None = None,
 ) -> Timing:
     """Start `python -m server_module *server_arguments` (which pins itself to SERVER_CPU and
     prints its port), pin this process to CLIENT_CPU, run `drive(port, notes)` on the named
-    loop, then reap the server. Returns `round_trips` over the seconds `drive` measured."""
+    loop (or `native_client(port, notes)`, a client that is no loop at all), then reap the
+    server. Returns `round_trips` over the seconds the client measured."""
     # Start the server before pinning: it inherits this process's affinity and pins itself.
     server = subprocess.Popen(
         [sys.executable, "-m", server_module, *server_arguments],
@@ -373,7 +375,12 @@ def measure_against_server(
         if not port_line.strip():
             raise RuntimeError(f"{server_description} did not start")
         notes: list[str] = []
-        seconds = run_on(loop_name, lambda: drive(int(port_line), notes))
+        port = int(port_line)
+        if native_client is not None:
+            seconds = native_client(port, notes)
+        else:
+            assert drive is not None
+            seconds = run_on(loop_name, lambda: drive(port, notes))
         try:
             if server.wait(timeout=CLOSE_GRACE_SECONDS) != 0:
                 raise RuntimeError(f"{server_description} exited with {server.returncode}")
