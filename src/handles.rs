@@ -8,6 +8,7 @@
 //! callback and arguments (outside debug mode), as `asyncio.Handle.cancel` does, so cancelled
 //! handles a program keeps do not keep what they reference alive.
 
+use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
-use crate::gil_cell::GilCell;
 use crate::support;
 use crate::threadsafe_handle::{self, RunLock};
 
@@ -49,7 +49,7 @@ impl Call {
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     /// `None` once `cancel()` released it.
-    call: GilCell<Option<Call>>,
+    call: CallSlot,
     /// Released in `Drop`, through the attached interpreter.
     context: ManuallyDrop<Py<PyAny>>,
     cancelled: AtomicBool,
@@ -57,8 +57,48 @@ pub struct Handle {
     pub(crate) scheduled: AtomicBool,
     timer: Option<TimerState>,
     source_traceback: Option<Py<PyAny>>,
-    /// `call_soon_threadsafe`'s handles only (see `threadsafe_handle.rs`).
-    run_lock: Option<RunLock>,
+    /// Whether `run_lock` is in use: `call_soon_threadsafe`'s handles only (see
+    /// `threadsafe_handle.rs`). A flag beside the other two rather than an `Option`, which
+    /// would take 8 bytes more in every handle.
+    threadsafe: bool,
+    run_lock: RunLock,
+}
+
+/// A handle's callback and arguments, `None` once released. Not a `GilCell`: its borrow flag
+/// would cost 8 bytes in every handle (a program can have a million queued), and every access
+/// here is short and calls no Python code — `with` only clones references out, `take` moves
+/// the call out for the caller to drop — so accesses cannot overlap on one thread, and the
+/// GIL, held for each whole access, keeps other threads out.
+struct CallSlot(UnsafeCell<Option<Call>>);
+
+// SAFETY: every shared access takes a `Python<'_>` token (the GIL is held, and the module is
+// `gil_used`) and never releases the GIL or runs Python code while the reference exists, so
+// no two threads touch the cell at once.
+unsafe impl Sync for CallSlot {}
+
+impl CallSlot {
+    fn new(call: Call) -> CallSlot {
+        CallSlot(UnsafeCell::new(Some(call)))
+    }
+
+    /// Look at the call; `f` must only read or clone references (no Python code, no drops).
+    #[inline]
+    fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(Option<&Call>) -> R) -> R {
+        // SAFETY: see the type's comment: no other access is active, and `f` ends before any
+        // other can start.
+        f(unsafe { &*self.0.get() }.as_ref())
+    }
+
+    /// Release the call, returning it for the caller to drop after this returns.
+    fn take(&self, _py: Python<'_>) -> Option<Call> {
+        // SAFETY: see the type's comment; the moved-out value is dropped by the caller, after
+        // the access has ended.
+        unsafe { &mut *self.0.get() }.take()
+    }
+
+    fn get_mut(&mut self) -> &mut Option<Call> {
+        self.0.get_mut()
+    }
 }
 
 impl Handle {
@@ -81,29 +121,30 @@ impl Handle {
             None
         };
         Ok(Handle {
-            call: GilCell::new(Some(Call {
+            call: CallSlot::new(Call {
                 callback: callback.unbind(),
                 args: args.unbind(),
-            })),
+            }),
             context: ManuallyDrop::new(context),
             cancelled: AtomicBool::new(false),
             scheduled: AtomicBool::new(timer.is_some()),
             timer,
             source_traceback,
-            run_lock: None,
+            threadsafe: false,
+            run_lock: RunLock::default(),
         })
     }
 
     /// This handle, made safe to cancel from another thread while its callback runs.
     #[must_use]
     pub fn with_run_lock(mut self) -> Handle {
-        self.run_lock = Some(RunLock::default());
+        self.threadsafe = true;
         self
     }
 
     /// Another thread waits here while the callback runs (thread-safe handles only).
     fn wait_until_idle(&self, py: Python<'_>) {
-        if let Some(lock) = &self.run_lock {
+        if let Some(lock) = self.run_lock() {
             lock.wait_until_idle(py);
         }
     }
@@ -124,7 +165,7 @@ impl Handle {
         self.cancel_handle();
         if self.source_traceback.is_none() {
             // Taken out first: dropping may run Python code that touches this handle.
-            let released = self.call.borrow_mut(py).take();
+            let released = self.call.take(py);
             drop(released);
         }
     }
@@ -137,24 +178,29 @@ impl Handle {
     /// New references to the callback and its arguments, `None` once released; held outside
     /// the cell so the callback may cancel its own handle while it runs.
     fn call(&self, py: Python<'_>) -> Option<Call> {
-        self.call.borrow(py).as_ref().map(|c| c.clone_ref(py))
+        self.call.with(py, |c| c.map(|c| c.clone_ref(py)))
+    }
+
+    /// The run lock of a thread-safe handle.
+    #[inline]
+    fn run_lock(&self) -> Option<&RunLock> {
+        self.threadsafe.then_some(&self.run_lock)
     }
 
     /// The callback and its arguments as `Bound` references (released without the
     /// thread-local check a `Py` drop makes), `None` once released.
     fn bound_call<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        self.call
-            .borrow(py)
-            .as_ref()
-            .map(|c| (c.callback.bind(py).clone(), c.args.bind(py).clone()))
+        self.call.with(py, |c| {
+            c.map(|c| (c.callback.bind(py).clone(), c.args.bind(py).clone()))
+        })
     }
 
     /// The callback, or Python's `None` once a cancel released it.
     pub fn callback<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        match self.call.borrow(py).as_ref() {
+        self.call.with(py, |c| match c {
             Some(c) => c.callback.bind(py).clone(),
             None => py.None().into_bound(py),
-        }
+        })
     }
 
     /// Run the callback in its context. Returns `Err` only for the exceptions that must stop
@@ -166,7 +212,7 @@ impl Handle {
         let Some((callback, args)) = this.bound_call(py) else {
             return Ok(()); // cancelled and released: nothing to run
         };
-        if let Some(lock) = &this.run_lock {
+        if let Some(lock) = this.run_lock() {
             lock.begin();
         }
         let ctx = this.context.as_ptr();
@@ -190,7 +236,7 @@ impl Handle {
         } else {
             Err(PyErr::fetch(py))
         };
-        if let Some(lock) = &this.run_lock {
+        if let Some(lock) = this.run_lock() {
             lock.end();
         }
         match result {
@@ -267,7 +313,7 @@ impl Handle {
     #[getter]
     fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyType>> {
         let py = slf.py();
-        if slf.get().run_lock.is_some() {
+        if slf.get().threadsafe {
             if let Some(cls) = threadsafe_handle::stdlib_type(py)? {
                 return Ok(cls.clone_ref(py));
             }
@@ -286,7 +332,7 @@ impl Handle {
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.call.borrow(py).as_ref().map(|c| c.args.clone_ref(py))
+        self.call.with(py, |c| c.map(|c| c.args.clone_ref(py)))
     }
 
     #[getter]
@@ -314,12 +360,16 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(call) = self.call.try_borrow_unchecked() {
-            if let Some(call) = call.as_ref() {
+        // SAFETY: the GC traverses with the GIL held and never while one of this handle's
+        // accesses is active (none allocates, so none can start a collection).
+        let py = unsafe { Python::assume_attached() };
+        self.call.with(py, |call| -> Result<(), PyTraverseError> {
+            if let Some(call) = call {
                 visit.call(&call.callback)?;
                 visit.call(&call.args)?;
             }
-        }
+            Ok(())
+        })?;
         visit.call(&*self.context)?;
         if let Some(tb) = &self.source_traceback {
             visit.call(tb)?;
