@@ -213,13 +213,30 @@ impl LoopCore {
         let result = if timeout == Some(0.0) {
             io.poller.wait(&mut events, timeout)
         } else {
-            // A signal whose Python handler has not run yet (it arrived after the last
-            // bytecode) would otherwise wait for the next wake-up: run it before blocking.
+            // The wake-up protocol. A signal whose Python handler has not run yet (it arrived
+            // after the last bytecode) would otherwise wait for the next wake-up, so its
+            // handler runs here, before blocking; it may queue a callback. Order:
+            //   1. `polling` is set first, so every queue_soon + wake() from now on (the
+            //      handler's own call_soon_threadsafe included) writes the waker;
+            //   2. the signal check runs the handlers;
+            //   3. the ready queue and `stopping` are read again: what was queued before (1),
+            //      when wake() skipped the waker, is seen here and the wait does not block.
+            // Between (3) and the wait this thread holds the GIL, so no other thread can
+            // queue, and Python handlers only run at the next check; a C-level signal
+            // landing there interrupts epoll_wait (EINTR) or writes the wakeup fd as with
+            // the standard loop. So no callback queued before the wait is slept through.
+            self.polling.store(true, Relaxed);
             if let Err(err) = py.check_signals() {
+                self.polling.store(false, Relaxed);
+                self.woken.store(false, Relaxed);
                 *self.events.borrow_mut(py) = events;
                 return Err(err);
             }
-            self.polling.store(true, Relaxed);
+            let timeout = if self.stopping.load(Relaxed) || !self.ready.borrow(py).is_empty() {
+                Some(0.0)
+            } else {
+                timeout
+            };
             let r = py.detach(|| io.poller.wait(&mut events, timeout));
             self.polling.store(false, Relaxed);
             self.woken.store(false, Relaxed);

@@ -295,3 +295,34 @@ ferroloop.run(main())
             proc.communicate()
     assert proc.returncode == 0, stderr
     assert stdout.strip() == "handled"
+
+
+def test_handler_run_by_the_loops_last_signal_check_wakes_it(
+    any_loop: asyncio.AbstractEventLoop, restore_signals: None
+) -> None:
+    # The signal is raised from C (the ctypes function is the callback itself), so no Python
+    # bytecode runs its handler before the loop's own check just ahead of the poller wait.
+    # The handler's call_soon_threadsafe must end that wait although no timer is pending.
+    import ctypes
+
+    raise_signal = ctypes.CDLL(None)["raise"]
+    fut = any_loop.create_future()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        any_loop.call_soon_threadsafe(fut.set_result, signum)
+
+    signal.signal(signal.SIGUSR1, on_signal)
+    any_loop.call_soon(raise_signal, signal.SIGUSR1)
+    rescued: list[bool] = []
+
+    def rescue() -> None:  # ends a lost wait, so the test fails instead of hanging
+        rescued.append(True)
+        any_loop.call_soon_threadsafe(any_loop.stop)
+
+    watchdog = threading.Timer(5, rescue)
+    watchdog.start()
+    try:
+        assert any_loop.run_until_complete(fut) == signal.SIGUSR1
+    finally:
+        watchdog.cancel()
+    assert not rescued, "the loop slept through the handler's call_soon_threadsafe"
