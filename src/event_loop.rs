@@ -21,10 +21,10 @@ use pyo3::PyTraverseError;
 
 use crate::clock::{due_window_end, monotonic};
 use crate::errors::os_error;
-use crate::fd_watchers::{Direction, FdTable};
+use crate::fd_watchers::{Direction, FdTable, FdWatch};
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
-use crate::poller::{Event, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
+use crate::poller::{Event, Interest, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
 use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
 use crate::support;
@@ -43,7 +43,8 @@ pub enum Ready {
 
 struct Io {
     poller: Poller,
-    waker: Waker,
+    /// Shared so a rebuilt poller (see `rebuild_poller`) keeps the same waker.
+    waker: Arc<Waker>,
 }
 
 #[pyclass(module = "ferroloop._core", subclass, frozen)]
@@ -251,17 +252,23 @@ impl LoopCore {
             return Err(os_error(err));
         }
         let mut woken = Vec::with_capacity(events.len());
+        let mut unknown = Vec::new();
         {
             let fds = self.fds.borrow(py);
             for ev in &events {
                 if ev.token == WAKER_TOKEN {
                     io.waker.drain();
-                } else {
+                } else if fds.contains(ev.token as RawFd) {
                     fds.ready_handles(py, ev, &mut woken);
+                } else {
+                    unknown.push(ev.token as RawFd);
                 }
             }
         }
         *self.events.borrow_mut(py) = events;
+        if !unknown.is_empty() {
+            self.drop_orphan_registrations(py, &io, &unknown)?;
+        }
         let mut stale = Vec::new();
         {
             let mut ready = self.ready.borrow_mut(py);
@@ -278,6 +285,31 @@ impl LoopCore {
             let (removed, emptied, _) = self.fds.borrow_mut(py).remove(&io.poller, fd, dir);
             drop((removed, emptied, handle));
         }
+        Ok(())
+    }
+
+    /// epoll reported fds the table does not watch. Each is a registration that outlived its
+    /// fd: the fd was closed while a `dup` of it (or a forked child) kept the file open, so
+    /// EPOLL_CTL_DEL by number failed and, level-triggered, it would wake every wait from now
+    /// on. If deleting it by number fails again (the number is closed or another file's),
+    /// nothing can reach that registration any more: the poller is rebuilt from the table.
+    fn drop_orphan_registrations(&self, py: Python<'_>, io: &Io, fds: &[RawFd]) -> PyResult<()> {
+        if fds.iter().all(|&fd| io.poller.forget(fd).is_ok()) {
+            return Ok(());
+        }
+        let poller = Poller::new().map_err(os_error)?;
+        io.waker.register(&poller).map_err(os_error)?;
+        for (fd, interest) in self.fds.borrow(py).interests() {
+            // A watched fd that was closed behind the loop's back fails here; the old poller
+            // had forgotten it too.
+            let _ = poller.set_interest(fd, fd as u64, Interest::default(), interest);
+        }
+        let rebuilt = Arc::new(Io {
+            poller,
+            waker: io.waker.clone(),
+        });
+        let old = self.io.borrow_mut(py).replace(rebuilt);
+        drop(old);
         Ok(())
     }
 
@@ -365,17 +397,20 @@ impl LoopCore {
         let fd = resolve_fd(fileobj)?;
         let io = this.io(py)?;
         let handle = this.new_handle(py, callback, args, context)?;
-        let (replaced, old_fileobj) = this
-            .fds
-            .borrow_mut(py)
-            .add(
-                &io.poller,
-                fd,
-                fileobj.clone().unbind(),
-                dir,
-                handle.clone_ref(py),
-            )
-            .map_err(os_error)?;
+        let added = this.fds.borrow_mut(py).add(
+            &io.poller,
+            fd,
+            fileobj.clone().unbind(),
+            dir,
+            handle.clone_ref(py),
+        );
+        let (replaced, old_fileobj) = match added {
+            Ok(replaced) => replaced,
+            Err((err, stale)) => {
+                cancel_watch(stale);
+                return Err(os_error(err));
+            }
+        };
         if let Some(old) = replaced {
             old.get().cancel_handle();
         }
@@ -418,7 +453,11 @@ impl LoopCore {
         }
         let io = this.io(py)?;
         let (removed, emptied, result) = this.fds.borrow_mut(py).remove(&io.poller, fd, dir);
-        drop(emptied);
+        if result.is_err() {
+            cancel_watch(emptied);
+        } else {
+            drop(emptied);
+        }
         match removed {
             Some(handle) => {
                 handle.get().cancel_handle();
@@ -500,6 +539,15 @@ impl LoopCore {
     }
 }
 
+/// Cancel the watchers of an entry the poller refused, then release it (outside any borrow).
+fn cancel_watch(watch: Option<FdWatch>) {
+    if let Some(watch) = watch {
+        for handle in watch.reader.iter().chain(watch.writer.iter()) {
+            handle.get().cancel_handle();
+        }
+    }
+}
+
 fn mark_unscheduled(h: &Py<Handle>) {
     h.get().scheduled.store(false, Relaxed);
 }
@@ -561,7 +609,10 @@ impl LoopCore {
             cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
             fds: GilCell::new(FdTable::default()),
             events: GilCell::new(Vec::with_capacity(64)),
-            io: GilCell::new(Some(Arc::new(Io { poller, waker }))),
+            io: GilCell::new(Some(Arc::new(Io {
+                poller,
+                waker: Arc::new(waker),
+            }))),
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -770,12 +821,13 @@ impl LoopCore {
     /// into `future`. Returns the reader handle.
     fn _sock_recv_wait(
         slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
         fd: RawFd,
         n: isize,
         future: Bound<'_, PyAny>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let waiter = RecvWaiter::new(slf.clone().unbind(), fd, n, future.unbind());
+        let waiter = RecvWaiter::new(slf.clone().unbind(), sock.unbind(), fd, n, future.unbind());
         let waiter = Bound::new(py, waiter)?;
         let fd_obj = fd.into_pyobject(py)?;
         Self::add_watch(

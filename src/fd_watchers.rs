@@ -55,7 +55,9 @@ impl FdTable {
     }
 
     /// Install `handle` for `dir` on `fd`. Returns the handle it replaces and the file object
-    /// it displaced, if any, for the caller to release outside its borrow.
+    /// it displaced, if any, for the caller to release outside its borrow. If the poller
+    /// refuses the existing entry (its file was closed behind the loop's back), the entry is
+    /// dropped and returned with the error: its watchers belong to a file that is gone.
     pub fn add(
         &mut self,
         poller: &Poller,
@@ -63,7 +65,7 @@ impl FdTable {
         fileobj: Py<PyAny>,
         dir: Direction,
         handle: Py<Handle>,
-    ) -> io::Result<Replaced> {
+    ) -> Result<Replaced, (io::Error, Option<FdWatch>)> {
         if let Some(watch) = self.watches.get_mut(&fd) {
             let old_interest = watch.interest();
             let mut new_interest = old_interest;
@@ -71,7 +73,9 @@ impl FdTable {
                 Direction::Read => new_interest.readable = true,
                 Direction::Write => new_interest.writable = true,
             }
-            poller.set_interest(fd, fd as u64, old_interest, new_interest)?;
+            if let Err(err) = poller.set_interest(fd, fd as u64, old_interest, new_interest) {
+                return Err((err, self.watches.remove(&fd)));
+            }
             let replaced = Self::slot(watch, dir).replace(handle);
             let old_fileobj = std::mem::replace(&mut watch.fileobj, fileobj);
             Ok((replaced, Some(old_fileobj)))
@@ -82,15 +86,20 @@ impl FdTable {
                 writer: None,
             };
             *Self::slot(&mut watch, dir) = Some(handle);
-            poller.set_interest(fd, fd as u64, Interest::default(), watch.interest())?;
+            if let Err(err) =
+                poller.set_interest(fd, fd as u64, Interest::default(), watch.interest())
+            {
+                return Err((err, Some(watch)));
+            }
             self.watches.insert(fd, watch);
             Ok((None, None))
         }
     }
 
     /// Remove the `dir` handle of `fd`. Returns the removed handle (None if there was none), the
-    /// whole entry if it is now empty, and the poller's verdict; the handles are returned even
-    /// on error so the caller drops them outside its borrow.
+    /// whole entry if it is now empty or the poller refused it (see `add`), and the poller's
+    /// verdict; the handles are returned even on error so the caller drops them outside its
+    /// borrow.
     pub fn remove(
         &mut self,
         poller: &Poller,
@@ -107,7 +116,7 @@ impl FdTable {
         }
         let new_interest = watch.interest();
         let result = poller.set_interest(fd, fd as u64, old_interest, new_interest);
-        let emptied = if new_interest.is_empty() {
+        let emptied = if new_interest.is_empty() || result.is_err() {
             self.watches.remove(&fd)
         } else {
             None
@@ -160,6 +169,15 @@ impl FdTable {
                 out.push((fd, Direction::Write, h.clone_ref(py)));
             }
         }
+    }
+
+    /// Every fd and what it is watched for (to register them all in a rebuilt poller).
+    pub fn interests(&self) -> impl Iterator<Item = (RawFd, Interest)> + '_ {
+        self.watches.iter().map(|(fd, w)| (*fd, w.interest()))
+    }
+
+    pub fn contains(&self, fd: RawFd) -> bool {
+        self.watches.contains_key(&fd)
     }
 
     pub fn drain_all(&mut self) -> Vec<FdWatch> {

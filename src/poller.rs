@@ -3,8 +3,9 @@
 //! asyncio's `add_reader`/`add_writer` are level-triggered (a callback runs on every iteration
 //! while its fd stays ready), so this is plain epoll without `EPOLLET` or `EPOLLONESHOT`: no
 //! re-arming syscall per event. Interest is set per fd with [`Poller::set_interest`], which adds,
-//! modifies or deletes the registration as needed and tolerates fds that the user closed behind
-//! the loop's back (epoll forgets those by itself).
+//! modifies or deletes the registration as needed. Deleting tolerates fds that the user closed
+//! behind the loop's back (epoll forgets those by itself); modifying one is an error, because
+//! its number may belong to another file by now.
 //!
 //! `wait` is the only blocking call; the loop calls it with the GIL released. The [`Waker`] is
 //! written from any thread (`call_soon_threadsafe`) to end a wait early.
@@ -128,14 +129,18 @@ impl Poller {
                 other => other,
             }
         } else {
-            match self.ctl(libc::EPOLL_CTL_MOD, fd, bits, token) {
-                // The fd was closed and its number reused: register the new file.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    self.ctl(libc::EPOLL_CTL_ADD, fd, bits, token)
-                }
-                other => other,
-            }
+            // ENOENT: the file registered under this number was closed (epoll forgot it) and
+            // the number may now be another file's. Registering that file here would hand it
+            // to the old file's watchers, so the error goes back to the caller, which drops
+            // the stale entry — as the standard library's selector does.
+            self.ctl(libc::EPOLL_CTL_MOD, fd, bits, token)
         }
+    }
+
+    /// Delete `fd`'s registration without tolerating anything: Ok only if epoll had one for
+    /// the file that has this number now.
+    pub fn forget(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, fd as u64)
     }
 
     /// Wait for readiness. `timeout` in seconds (`None` waits indefinitely); it is rounded up to
@@ -188,17 +193,24 @@ impl Waker {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is freshly created and owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let waker = Waker {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        };
+        waker.register(poller)?;
+        Ok(waker)
+    }
+
+    /// Watch this waker in `poller` (a new waker is registered in the poller it was made for).
+    pub fn register(&self, poller: &Poller) -> io::Result<()> {
         poller.set_interest(
-            fd.as_raw_fd(),
+            self.fd.as_raw_fd(),
             WAKER_TOKEN,
             Interest::default(),
             Interest {
                 readable: true,
                 writable: false,
             },
-        )?;
-        Ok(Waker { fd })
+        )
     }
 
     pub fn wake(&self) {
@@ -283,6 +295,27 @@ mod tests {
         p.set_interest(raw, 1, Interest::default(), READ).unwrap();
         drop(r);
         p.set_interest(raw, 1, READ, Interest::default()).unwrap();
+    }
+
+    #[test]
+    fn modifying_a_closed_fd_is_an_error_not_a_new_registration() {
+        let p = Poller::new().unwrap();
+        let (r, _w) = pipe();
+        let (r2, w2) = pipe();
+        p.set_interest(r.as_raw_fd(), 1, Interest::default(), READ)
+            .unwrap();
+        // SAFETY: `r` is this test's own descriptor: dup2 closes its file (epoll forgets the
+        // registration) and puts r2's file under the same number, which `r` keeps owning.
+        assert_eq!(
+            unsafe { libc::dup2(r2.as_raw_fd(), r.as_raw_fd()) },
+            r.as_raw_fd()
+        );
+        // SAFETY: writes one byte from a valid buffer.
+        unsafe { libc::write(w2.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        let err = p.set_interest(r.as_raw_fd(), 1, READ, READ).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        let mut ev = Vec::new();
+        assert_eq!(p.wait(&mut ev, Some(0.0)).unwrap(), 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@ internal interface, used by `ferroloop.Loop` and by the standard-library methods
 """
 
 import asyncio
+import socket
 from _typeshed import FileDescriptorLike
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextvars import Context
@@ -66,7 +67,13 @@ class StreamCore:
     """The per-event half of a stream transport (`SocketTransport` wraps it)."""
 
     def __new__(
-        cls, event_loop: LoopCore, fd: int, transport: object, protocol: object, context: Context | None = None
+        cls,
+        event_loop: LoopCore,
+        fd: int,
+        transport: object,
+        protocol: object,
+        sock: socket.socket,
+        context: Context | None = None,
     ) -> Self: ...
     def _start_reading(self) -> None: ...
     def _read_ready(self) -> None: ...
@@ -106,7 +113,9 @@ class StreamCore:
 class ReadPipeCore:
     """The per-event half of a read pipe transport (`ReadPipeTransport` wraps it)."""
 
-    def __new__(cls, event_loop: LoopCore, fd: int, transport: object, protocol: object) -> Self: ...
+    def __new__(
+        cls, event_loop: LoopCore, fd: int, transport: object, protocol: object, sock: socket.socket
+    ) -> Self: ...
     def _start_reading(self) -> None: ...
     def _read_ready(self) -> None: ...
     def is_reading(self) -> bool: ...
@@ -283,5 +292,5 @@ class LoopCore:
     def _sock_send_now(self, fd: int, data: Any) -> int:
         """One non-blocking send from data's buffer: the bytes sent, 0 if it would block."""
 
-    def _sock_recv_wait(self, fd: int, n: int, future: asyncio.Future[bytes]) -> Handle:
+    def _sock_recv_wait(self, sock: socket.socket, fd: int, n: int, future: asyncio.Future[bytes]) -> Handle:
         """Install a RecvWaiter as fd's reader: it receives into `future` once fd is readable."""

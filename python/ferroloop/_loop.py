@@ -294,7 +294,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         if self._transports:
             self._ensure_fd_no_transport(fd)
         fut = self.create_future()
-        handle = self._sock_recv_wait(fd, n, fut)
+        handle = self._sock_recv_wait(sock, fd, n, fut)
         try:
             return await fut
         finally:

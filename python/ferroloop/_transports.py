@@ -68,7 +68,7 @@ class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
         self._sock_fd = sock.fileno()
         self._server = server
         # 3.15+: every protocol callback of this connection runs in `context`.
-        core = _core.StreamCore(loop, self._sock_fd, self, protocol, context)
+        core = _core.StreamCore(loop, self._sock_fd, self, protocol, sock, context)
         self._core = core
         bind_core(self, _BOUND)
         if server is not None:

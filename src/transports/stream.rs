@@ -63,6 +63,9 @@ pub struct StreamCore {
     /// The `contextvars.Context` every protocol callback runs in (3.15's `context=`; one per
     /// connection), or `None`: a copy of the context current where each is scheduled.
     context: Option<Py<PyAny>>,
+    /// The transport's socket: every syscall first checks that it still owns `fd` (an
+    /// application may close the socket it passed as `sock=`, and the number be reused).
+    sock: Py<PyAny>,
     /// The last read was large (see `read_into_bytes`).
     large_reads: AtomicBool,
     state: GilCell<StreamState>,
@@ -77,6 +80,11 @@ fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
 impl StreamCore {
     fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
         self.event_loop.bind(py)
+    }
+
+    /// `fd`, if the socket still owns it; EBADF (as `sock.send` would raise) otherwise.
+    fn owned_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
+        sock_ops::check_owner(self.sock.bind(py), self.fd).map(|()| self.fd)
     }
 
     fn debug(&self, py: Python<'_>) -> bool {
@@ -310,13 +318,19 @@ impl StreamCore {
             st.buffer.is_empty() && !st.writer_installed
         };
         if needs_writer {
+            let fd = match this.owned_fd(py) {
+                Ok(fd) => fd,
+                Err(err) => {
+                    return this.fatal_error(py, err, "Fatal write error on socket transport")
+                }
+            };
             let (outcome, total) = if let [view] = views {
-                (socket_io::send(this.fd, view.as_slice()), view.len())
+                (socket_io::send(fd, view.as_slice()), view.len())
             } else {
                 let slices: Vec<&[u8]> = views.iter().map(ByteView::as_slice).collect();
                 let total = slices.iter().map(|s| s.len()).sum();
                 let batch = &slices[..slices.len().min(MAX_IOVECS)];
-                (socket_io::send_vectored(this.fd, batch), total)
+                (socket_io::send_vectored(fd, batch), total)
             };
             match outcome {
                 Ok(Some(n)) => sent = n,
@@ -484,13 +498,14 @@ fn bytes_like(data: &Bound<'_, PyAny>) -> PyResult<ByteView> {
 #[pymethods]
 impl StreamCore {
     #[new]
-    #[pyo3(signature = (event_loop, fd, transport, protocol, context=None))]
+    #[pyo3(signature = (event_loop, fd, transport, protocol, sock, context=None))]
     fn new(
         py: Python<'_>,
         event_loop: Bound<'_, LoopCore>,
         fd: RawFd,
         transport: Bound<'_, PyAny>,
         protocol: Bound<'_, PyAny>,
+        sock: Bound<'_, PyAny>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let buffered = is_buffered_protocol(&protocol)?;
@@ -499,6 +514,7 @@ impl StreamCore {
             event_loop: event_loop.unbind(),
             fd,
             context: context.filter(|c| !c.is_none()).map(Bound::unbind),
+            sock: sock.unbind(),
             large_reads: AtomicBool::new(false),
             state: GilCell::new(StreamState {
                 transport: Some(transport.unbind()),
@@ -537,6 +553,9 @@ impl StreamCore {
                 None => return Ok(()),
             }
         };
+        if let Err(err) = self.owned_fd(py) {
+            return self.fatal_error(py, err, "Fatal read error on socket transport");
+        }
         if buffered {
             self.read_into_protocol_buffer(py, &protocol)
         } else {
@@ -545,13 +564,13 @@ impl StreamCore {
     }
 
     fn _write_ready(&self, py: Python<'_>) -> PyResult<()> {
-        let outcome = {
+        if self.state.borrow(py).conn_lost > 0 {
+            return Ok(());
+        }
+        let outcome = self.owned_fd(py).and_then(|fd| {
             let st = self.state.borrow(py);
-            if st.conn_lost > 0 {
-                return Ok(());
-            }
-            socket_io::send_vectored(self.fd, &st.buffer.front_slices(64))
-        };
+            socket_io::send_vectored(fd, &st.buffer.front_slices(64)).map_err(os_error)
+        });
         match outcome {
             Err(err) => {
                 let waiter = {
@@ -560,7 +579,6 @@ impl StreamCore {
                     st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
                 };
                 self.remove_writer(py)?;
-                let err = os_error(err);
                 let exc = err.clone_ref(py).into_value(py);
                 self.fatal_error(py, err, "Fatal write error on socket transport")?;
                 if let Some(waiter) = waiter {
@@ -599,7 +617,7 @@ impl StreamCore {
                     .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
             }
         } else if eof {
-            socket_io::shutdown_write(self.fd).map_err(os_error)?;
+            socket_io::shutdown_write(self.owned_fd(py)?).map_err(os_error)?;
         }
         Ok(())
     }
@@ -652,7 +670,7 @@ impl StreamCore {
             st.buffer.is_empty()
         };
         if empty {
-            socket_io::shutdown_write(self.fd).map_err(os_error)?;
+            socket_io::shutdown_write(self.owned_fd(py)?).map_err(os_error)?;
         }
         Ok(())
     }
@@ -839,6 +857,7 @@ impl StreamCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.context)?;
+        visit.call(&self.sock)?;
         if let Some(st) = self.state.try_borrow_unchecked() {
             visit.call(&st.transport)?;
             visit.call(&st.protocol)?;
