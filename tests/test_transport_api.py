@@ -519,6 +519,62 @@ def test_write_buffer_limits(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
+class ReentrantMark:
+    """A water mark whose arithmetic calls back into the transport it is being given to."""
+
+    def __init__(self, value: int, transport: asyncio.Transport) -> None:
+        self.value = value
+        self.transport = transport
+
+    def _touch(self) -> int:
+        self.transport.get_write_buffer_limits()
+        self.transport.get_write_buffer_size()
+        return self.value
+
+    def __index__(self) -> int:
+        return self._touch()
+
+    def __ge__(self, other: Any) -> bool:
+        return self._touch() >= other
+
+    def __le__(self, other: Any) -> bool:
+        return self._touch() <= other
+
+    def __floordiv__(self, other: int) -> int:
+        return self._touch() // other
+
+    def __rmul__(self, other: int) -> int:
+        return other * self._touch()
+
+
+def test_write_buffer_limits_odd_values(any_loop: asyncio.AbstractEventLoop,
+                                        peers: list[socket.socket]) -> None:
+    async def scenario() -> list[Any]:
+        conn = closing(await connect(), peers)
+        t = conn.transport
+        seen: list[Any] = []
+        for high, low in [(2**70, None), (None, 2**70), (2**64 + 3, 2**63), (-(2**70), None),
+                          (None, -(2**70)), (10, -(2**70)), (2**70, 2**71), ("x", None),
+                          (None, "x"), (1.5, None), (ReentrantMark(100, t), None),
+                          (None, ReentrantMark(100, t)), (ReentrantMark(100, t), 10)]:
+            try:
+                t.set_write_buffer_limits(high, low)
+            except Exception as exc:  # noqa: BLE001 - the exception type is compared
+                assert "panic" not in repr(exc).lower()
+                seen.append(type(exc))
+            else:
+                seen.append("ok")
+        t.write(b"x" * 1000)  # the limits in force still work
+        t.close()
+        await conn.protocol.lost
+        return seen
+
+    assert run(any_loop, scenario()) == [
+        "ok", "ok", "ok", ValueError, ValueError, ValueError, ValueError, TypeError,
+        TypeError, "ok", "ok", "ok", "ok",
+    ]
+
+
 def test_pause_and_resume_writing_at_the_water_marks(any_loop: asyncio.AbstractEventLoop,
                                                      peers: list[socket.socket]) -> None:
     async def scenario() -> None:

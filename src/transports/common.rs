@@ -6,10 +6,11 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOverflowError, PySystemExit, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
 
 use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
@@ -126,6 +127,30 @@ pub fn notify_flow(
     Ok(())
 }
 
+/// `_conn_lost`: how many times the connection was found lost (writes to it included). It
+/// saturates: a wrapped count would read 0, "connected", and send to a released fd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnLost(u32);
+
+impl ConnLost {
+    pub fn is_lost(self) -> bool {
+        self.0 > 0
+    }
+
+    pub fn record(&mut self) {
+        self.0 = self.0.saturating_add(1);
+    }
+
+    /// Lost, whatever was counted before (`connection_lost` has been delivered).
+    pub fn mark(&mut self) {
+        self.0 = self.0.max(1);
+    }
+
+    pub fn count(self) -> u32 {
+        self.0
+    }
+}
+
 /// A write side's flow control (`_FlowControlMixin`): the water marks and whether the protocol
 /// has been told to pause. The transports own the buffer; this decides when to tell the
 /// protocol, so both transports make that decision the same way.
@@ -173,40 +198,81 @@ impl FlowControl {
         (self.low_water, self.high_water)
     }
 
-    /// `_set_write_buffer_limits`: the stdlib's defaults and checks.
-    pub fn set_limits(
-        &mut self,
-        high: Option<Bound<'_, PyAny>>,
-        low: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let high: Option<i64> = high
-            .filter(|h| !h.is_none())
-            .map(|h| h.extract())
-            .transpose()?;
-        let low: Option<i64> = low
-            .filter(|l| !l.is_none())
-            .map(|l| l.extract())
-            .transpose()?;
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, None) => DEFAULT_HIGH_WATER as i64,
-            (None, Some(l)) => 4 * l,
-        };
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
+    /// Install limits checked by [`write_buffer_limits`].
+    pub fn set_limits(&mut self, (high, low): (usize, usize)) {
+        self.high_water = high;
+        self.low_water = low;
+    }
+}
+
+/// `_set_write_buffer_limits`'s defaults and checks, in Python arithmetic on whatever the
+/// caller passed (ints of any size, floats, objects with operators), so the same values pass
+/// and the same exceptions come out as with the standard library. Called before any borrow
+/// of the transport's state: the operators may be Python code that re-enters the transport.
+/// Returns (high, low) as byte counts: fractions round down, marks beyond memory saturate.
+pub fn write_buffer_limits(
+    py: Python<'_>,
+    high: Option<Bound<'_, PyAny>>,
+    low: Option<Bound<'_, PyAny>>,
+) -> PyResult<(usize, usize)> {
+    let high = high.filter(|h| !h.is_none());
+    let low = low.filter(|l| !l.is_none());
+    let high = match (high, &low) {
+        (Some(h), _) => h,
+        (None, None) => DEFAULT_HIGH_WATER.into_pyobject(py)?.into_any(),
+        (None, Some(l)) => 4i64.into_pyobject(py)?.mul(l)?,
+    };
+    let low = match low {
+        Some(l) => l,
+        None => high.floor_div(4)?,
+    };
+    if !(high.ge(&low)? && low.ge(0)?) {
+        return Err(PyValueError::new_err(format!(
+            "high ({}) must be >= low ({}) must be >= 0",
+            high.repr()?,
+            low.repr()?
+        )));
+    }
+    Ok((byte_count(&high)?, byte_count(&low)?))
+}
+
+/// A water mark already known to be >= 0, as a byte count a buffer size is compared with.
+fn byte_count(mark: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let py = mark.py();
+    let whole = if mark.is_instance_of::<PyInt>() {
+        mark.clone()
+    } else {
+        static FLOOR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        match FLOOR.import(py, "math", "floor")?.call1((mark,)) {
+            Ok(whole) => whole,
+            Err(err) if err.is_instance_of::<PyOverflowError>(py) => return Ok(usize::MAX), // inf
+            Err(err) => return Err(err),
         }
-        self.high_water = high as usize;
-        self.low_water = low as usize;
-        Ok(())
+    };
+    match whole.extract::<usize>() {
+        Ok(n) => Ok(n),
+        Err(err) if err.is_instance_of::<PyOverflowError>(py) => Ok(usize::MAX),
+        Err(err) => Err(err),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conn_lost_saturates_instead_of_wrapping_to_connected() {
+        let mut lost = ConnLost(u32::MAX - 1);
+        for _ in 0..3 {
+            lost.record();
+        }
+        assert!(lost.is_lost());
+        assert_eq!(lost.count(), u32::MAX);
+        let mut fresh = ConnLost::default();
+        assert!(!fresh.is_lost());
+        fresh.mark();
+        assert_eq!(fresh.count(), 1);
+    }
 
     #[test]
     fn pauses_above_high_resumes_at_low_once_each() {

@@ -23,7 +23,9 @@ use crate::socket_io;
 use crate::support;
 use crate::write_buffer::WriteBuffer;
 
-use super::common::{self, is_fatal_to_loop, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use super::common::{
+    self, is_fatal_to_loop, ConnLost, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 
 /// A pipe that has carried this much gets a bigger kernel buffer ...
 const GROW_AFTER_BYTES: u64 = 4 << 20;
@@ -335,7 +337,7 @@ struct WriteState {
     transport: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
     closing: bool,
-    conn_lost: u32,
+    conn_lost: ConnLost,
     buffer: WriteBuffer,
     writer_installed: bool,
     flow: FlowControl,
@@ -465,7 +467,7 @@ impl WritePipeCore {
                 transport: Some(transport.unbind()),
                 protocol: Some(protocol.unbind()),
                 closing: false,
-                conn_lost: 0,
+                conn_lost: ConnLost::default(),
                 buffer: WriteBuffer::new(),
                 writer_installed: false,
                 flow: FlowControl::default(),
@@ -525,9 +527,9 @@ impl WritePipeCore {
         }
         let (lost, buffer_empty) = {
             let mut st = this.state.borrow_mut(py);
-            if st.conn_lost > 0 || st.closing {
-                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                st.conn_lost += 1;
+            if st.conn_lost.is_lost() || st.closing {
+                let warn = st.conn_lost.count() >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn_lost.record();
                 (Some(warn), false)
             } else {
                 (None, st.buffer.is_empty() && !st.writer_installed)
@@ -551,7 +553,7 @@ impl WritePipeCore {
                 }
                 Ok(None) => {}
                 Err(err) => {
-                    this.state.borrow_mut(py).conn_lost += 1;
+                    this.state.borrow_mut(py).conn_lost.record();
                     return this.fatal_error(
                         py,
                         os_error(err),
@@ -592,7 +594,7 @@ impl WritePipeCore {
                 {
                     let mut st = self.state.borrow_mut(py);
                     st.buffer.clear();
-                    st.conn_lost += 1;
+                    st.conn_lost.record();
                 }
                 self.unwatch(py, Direction::Write)?;
                 self.fatal_error(py, os_error(err), "Fatal write error on pipe transport")
@@ -685,7 +687,8 @@ impl WritePipeCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        self.state.borrow_mut(py).flow.set_limits(high, low)?;
+        let limits = common::write_buffer_limits(py, high, low)?;
+        self.state.borrow_mut(py).flow.set_limits(limits);
         self.maybe_pause_protocol(py)
     }
 
@@ -695,7 +698,7 @@ impl WritePipeCore {
         let released = {
             let mut st = self.state.borrow_mut(py);
             st.closing = true;
-            st.conn_lost = st.conn_lost.max(1);
+            st.conn_lost.mark();
             (st.protocol.take(), st.transport.take())
         };
         drop(released);
@@ -709,7 +712,7 @@ impl WritePipeCore {
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> u32 {
-        self.state.borrow(py).conn_lost
+        self.state.borrow(py).conn_lost.count()
     }
 
     #[getter]

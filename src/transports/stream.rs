@@ -30,7 +30,9 @@ use crate::socket_io::{self, MAX_IOVECS};
 use crate::support;
 use crate::write_buffer::WriteBuffer;
 
-use super::common::{self, is_fatal_to_loop, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use super::common::{
+    self, is_fatal_to_loop, ConnLost, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 
 /// recv size for `data_received`, as the standard library's `max_size`.
 pub const MAX_READ: usize = 256 * 1024;
@@ -47,7 +49,7 @@ struct StreamState {
     buffered: bool,
     protocol_connected: bool,
     buffer: WriteBuffer,
-    conn_lost: u32,
+    conn_lost: ConnLost,
     closing: bool,
     paused: bool,
     eof: bool,
@@ -190,14 +192,14 @@ impl StreamCore {
     fn force_close(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
         let (had_buffer, was_closing) = {
             let mut st = self.state.borrow_mut(py);
-            if st.conn_lost > 0 {
+            if st.conn_lost.is_lost() {
                 return Ok(());
             }
             let had_buffer = !st.buffer.is_empty() || st.writer_installed;
             st.buffer.clear();
             let was_closing = st.closing;
             st.closing = true;
-            st.conn_lost += 1;
+            st.conn_lost.record();
             (had_buffer, was_closing)
         };
         if had_buffer {
@@ -218,7 +220,7 @@ impl StreamCore {
             st.closing = true;
             let empty = st.buffer.is_empty();
             if empty {
-                st.conn_lost += 1;
+                st.conn_lost.record();
             }
             empty
         };
@@ -279,11 +281,11 @@ impl StreamCore {
     fn drop_write_if_lost(&self, py: Python<'_>) -> PyResult<bool> {
         let warn = {
             let mut st = self.state.borrow_mut(py);
-            if st.conn_lost == 0 {
+            if !st.conn_lost.is_lost() {
                 return Ok(false);
             }
-            let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-            st.conn_lost += 1;
+            let warn = st.conn_lost.count() >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            st.conn_lost.record();
             warn
         };
         if warn {
@@ -522,7 +524,7 @@ impl StreamCore {
                 buffered,
                 protocol_connected: true,
                 buffer: WriteBuffer::new(),
-                conn_lost: 0,
+                conn_lost: ConnLost::default(),
                 closing: false,
                 paused: false,
                 eof: false,
@@ -544,7 +546,7 @@ impl StreamCore {
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
         let (protocol, buffered) = {
             let st = self.state.borrow(py);
-            if st.conn_lost > 0 {
+            if st.conn_lost.is_lost() {
                 return Ok(());
             }
             match &st.protocol {
@@ -564,7 +566,7 @@ impl StreamCore {
     }
 
     fn _write_ready(&self, py: Python<'_>) -> PyResult<()> {
-        if self.state.borrow(py).conn_lost > 0 {
+        if self.state.borrow(py).conn_lost.is_lost() {
             return Ok(());
         }
         let outcome = self.owned_fd(py).and_then(|fd| {
@@ -760,7 +762,8 @@ impl StreamCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        self.state.borrow_mut(py).flow.set_limits(high, low)?;
+        let limits = common::write_buffer_limits(py, high, low)?;
+        self.state.borrow_mut(py).flow.set_limits(limits);
         self.maybe_pause_protocol(py)
     }
 
@@ -778,7 +781,7 @@ impl StreamCore {
         let result = common::deliver_connection_lost(protocol, &exc);
         let (released, waiter) = {
             let mut st = self.state.borrow_mut(py);
-            st.conn_lost = st.conn_lost.max(1);
+            st.conn_lost.mark();
             st.closing = true;
             let released = (st.protocol.take(), st.transport.take());
             (released, st.empty_waiter.take())
@@ -826,7 +829,7 @@ impl StreamCore {
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> u32 {
-        self.state.borrow(py).conn_lost
+        self.state.borrow(py).conn_lost.count()
     }
 
     #[getter]
