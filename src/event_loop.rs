@@ -22,6 +22,7 @@ use pyo3::PyTraverseError;
 use crate::clock::{due_window_end, monotonic};
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, FdTable, FdWatch};
+use crate::fork_guard;
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::poller::{Event, Interest, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
@@ -60,6 +61,8 @@ pub struct LoopCore {
     running: AtomicBool,
     closed: AtomicBool,
     debug: AtomicBool,
+    /// `fork_guard` generation this loop was made in: in a forked child it differs.
+    fork_generation: u64,
     /// True while the loop thread waits in the poller with the GIL released.
     polling: AtomicBool,
     /// A wake-up was written during the current wait; further ones would be redundant.
@@ -80,6 +83,16 @@ impl LoopCore {
     fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Relaxed) {
             Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// RuntimeError in a forked child: the epoll instance and eventfd are the parent's.
+    #[inline]
+    fn check_not_inherited(&self) -> PyResult<()> {
+        if fork_guard::is_inherited(self.fork_generation) {
+            Err(fork_guard::inherited_error())
         } else {
             Ok(())
         }
@@ -106,7 +119,12 @@ impl LoopCore {
     }
 
     fn wake(&self, py: Python<'_>) {
-        if self.polling.load(Relaxed) && !self.woken.swap(true, Relaxed) {
+        // `polling` can read true in a child forked while the parent waited: its eventfd is
+        // the parent's, so the child must not write it.
+        if self.polling.load(Relaxed)
+            && !self.woken.swap(true, Relaxed)
+            && !fork_guard::is_inherited(self.fork_generation)
+        {
             if let Some(io) = self.io.borrow(py).as_ref() {
                 io.waker.wake();
             }
@@ -282,7 +300,7 @@ impl LoopCore {
         }
         for (fd, dir, handle) in stale {
             // A cancelled watcher is removed, as the standard loop does.
-            let (removed, emptied, _) = self.fds.borrow_mut(py).remove(&io.poller, fd, dir);
+            let (removed, emptied, _) = self.fds.borrow_mut(py).remove(Some(&io.poller), fd, dir);
             drop((removed, emptied, handle));
         }
         Ok(())
@@ -394,6 +412,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
+        this.check_not_inherited()?;
         let fd = resolve_fd(fileobj)?;
         let io = this.io(py)?;
         let handle = this.new_handle(py, callback, args, context)?;
@@ -452,7 +471,8 @@ impl LoopCore {
             return Ok(false);
         }
         let io = this.io(py)?;
-        let (removed, emptied, result) = this.fds.borrow_mut(py).remove(&io.poller, fd, dir);
+        let poller = (!fork_guard::is_inherited(this.fork_generation)).then_some(&io.poller);
+        let (removed, emptied, result) = this.fds.borrow_mut(py).remove(poller, fd, dir);
         if result.is_err() {
             cancel_watch(emptied);
         } else {
@@ -617,6 +637,7 @@ impl LoopCore {
             running: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
+            fork_generation: fork_guard::current(),
             polling: AtomicBool::new(false),
             woken: AtomicBool::new(false),
             task_factory: GilCell::new(None),
@@ -732,18 +753,23 @@ impl LoopCore {
     }
 
     fn _write_to_self(&self, py: Python<'_>) {
+        if fork_guard::is_inherited(self.fork_generation) {
+            return;
+        }
         if let Some(io) = self.io.borrow(py).as_ref() {
             io.waker.wake();
         }
     }
 
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().check_not_inherited()?;
         slf.get().run_once_impl(slf)
     }
 
     fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        this.check_not_inherited()?;
         slf.call_method0(intern!(py, "_run_forever_setup"))?;
         this.running.store(true, Relaxed);
         let result = loop {

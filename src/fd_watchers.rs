@@ -99,10 +99,11 @@ impl FdTable {
     /// Remove the `dir` handle of `fd`. Returns the removed handle (None if there was none), the
     /// whole entry if it is now empty or the poller refused it (see `add`), and the poller's
     /// verdict; the handles are returned even on error so the caller drops them outside its
-    /// borrow.
+    /// borrow. Without a poller (a loop inherited by a forked child, whose epoll instance is
+    /// the parent's) only the table changes.
     pub fn remove(
         &mut self,
-        poller: &Poller,
+        poller: Option<&Poller>,
         fd: RawFd,
         dir: Direction,
     ) -> (Option<Py<Handle>>, Option<FdWatch>, io::Result<()>) {
@@ -115,7 +116,10 @@ impl FdTable {
             return (None, None, Ok(()));
         }
         let new_interest = watch.interest();
-        let result = poller.set_interest(fd, fd as u64, old_interest, new_interest);
+        let result = match poller {
+            Some(poller) => poller.set_interest(fd, fd as u64, old_interest, new_interest),
+            None => Ok(()),
+        };
         let emptied = if new_interest.is_empty() || result.is_err() {
             self.watches.remove(&fd)
         } else {

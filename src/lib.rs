@@ -9,6 +9,7 @@ pub mod errors;
 pub mod event_loop;
 pub mod fastcall;
 pub mod fd_watchers;
+pub mod fork_guard;
 pub mod gil_cell;
 pub mod handles;
 pub mod poller;

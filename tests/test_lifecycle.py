@@ -469,3 +469,12 @@ def test_a_loop_running_in_another_thread_is_not_this_threads_running_loop(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
     assert not loop.is_running()
+
+
+def test_a_loop_refuses_to_start_when_the_gil_is_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Free-threaded CPython run with PYTHON_GIL=0: the Rust core's state is guarded by the GIL.
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    with pytest.raises(RuntimeError, match="GIL"):
+        ferroloop.new_event_loop()
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    ferroloop.new_event_loop().close()

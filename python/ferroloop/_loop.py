@@ -62,6 +62,18 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, None)
 
 
+def _refuse_without_gil() -> None:
+    # The Rust core keeps its state in GilCells, sound only while the GIL serialises threads;
+    # a free-threaded interpreter may run with the GIL off (PYTHON_GIL=0, -X gil=0) even though
+    # the extension declares it needs the GIL.
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    if is_gil_enabled is not None and not is_gil_enabled():
+        raise RuntimeError(
+            "ferroloop needs the GIL: this free-threaded interpreter runs with the GIL disabled "
+            "(PYTHON_GIL=0 or -X gil=0); run with the GIL enabled or use asyncio's own loop"
+        )
+
+
 if TYPE_CHECKING:
     # What type checkers see: the functions `_borrow` copies in are the standard library
     # loop's, so its declarations type them. At run time the base is AbstractEventLoop.
@@ -93,6 +105,10 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
     # The Rust create_task handles the common case; with a task factory or in debug mode it
     # defers to the standard library's version of this interpreter.
     _create_task_stdlib = base_events.BaseEventLoop.create_task
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Loop:
+        _refuse_without_gil()  # before the Rust half opens its epoll fd and eventfd
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(self) -> None:
         self._default_executor = None
