@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -449,6 +449,8 @@ impl LoopCore {
         }
         let fd = match resolve_fd(fileobj) {
             Ok(fd) => fd,
+            // No fd that large can be registered (selectors: a KeyError, so False).
+            Err(err) if err.is_instance_of::<PyOverflowError>(py) => return Ok(false),
             Err(err) if err.is_instance_of::<PyValueError>(py) => {
                 match this.fds.borrow(py).fd_of_object(fileobj) {
                     Some(fd) => fd,
@@ -606,7 +608,9 @@ fn resolve_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             "Invalid file descriptor: {fd}"
         )));
     }
-    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    // epoll.register's C int conversion: the standard loop's error for a too-large fd.
+    RawFd::try_from(fd)
+        .map_err(|_| PyOverflowError::new_err("signed integer is greater than maximum"))
 }
 
 fn number(value: &Bound<'_, PyAny>, none_message: &'static str) -> PyResult<f64> {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -216,11 +217,22 @@ impl Handle {
             lock.begin();
         }
         let ctx = this.context.as_ptr();
-        // SAFETY: `ctx` is a live object owned by this handle for the whole call; a non-Context
-        // object or an already-entered context makes PyContext_Enter fail with an exception set,
-        // which we fetch.
-        let entered = unsafe { ffi::PyContext_Enter(ctx) } == 0;
-        let result = if entered {
+        // SAFETY: `ctx` is a live object owned by this handle; the check only reads its type.
+        let result = if unsafe { ffi::PyContext_CheckExact(ctx) } == 0 {
+            // Not a contextvars.Context: the standard loop calls `context.run(callback, *args)`,
+            // so an object with a `run` method works and anything else fails the same way.
+            let mut call_args = vec![callback.clone()];
+            call_args.extend(args.iter());
+            PyTuple::new(py, call_args).and_then(|call_args| {
+                this.context
+                    .bind(py)
+                    .call_method1(intern!(py, "run"), call_args)
+            })
+        // SAFETY: `ctx` is a live Context owned by this handle for the whole call; one that is
+        // already entered makes PyContext_Enter fail with an exception set, which we fetch.
+        } else if unsafe { ffi::PyContext_Enter(ctx) } != 0 {
+            Err(PyErr::fetch(py))
+        } else {
             let r = if args.is_empty() {
                 callback.call0()
             } else {
@@ -233,8 +245,6 @@ impl Handle {
             } else {
                 r
             }
-        } else {
-            Err(PyErr::fetch(py))
         };
         if let Some(lock) = this.run_lock() {
             lock.end();

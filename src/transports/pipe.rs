@@ -521,9 +521,8 @@ impl WritePipeCore {
             // The stdlib asserts the type; the same exception, with the same message.
             return Err(PyAssertionError::new_err(data.repr()?.unbind()));
         }
-        let view = ByteView::new(data)?;
-        if view.is_empty() {
-            return Ok(());
+        if data.len()? == 0 {
+            return Ok(()); // `if not data` (a released memoryview raises here)
         }
         let (lost, buffer_empty) = {
             let mut st = this.state.borrow_mut(py);
@@ -544,6 +543,15 @@ impl WritePipeCore {
             }
             return Ok(());
         }
+        // A memoryview that is not C-contiguous: `os.write` fails with BufferError, which the
+        // standard transport treats as a fatal write error.
+        let view = match ByteView::new(data) {
+            Ok(view) => view,
+            Err(err) => {
+                this.state.borrow_mut(py).conn_lost.record();
+                return this.fatal_error(py, err, "Fatal write error on pipe transport");
+            }
+        };
         let mut sent = 0;
         if buffer_empty {
             match socket_io::write_vectored(this.ends.fd, &[view.as_slice()]) {
@@ -573,11 +581,12 @@ impl WritePipeCore {
         this.maybe_pause_protocol(py)
     }
 
+    /// `WriteTransport.writelines`, which the standard pipe transport inherits: one write of
+    /// `b''.join(list_of_data)` (so its TypeError for a non-bytes item, before any write).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        for item in list_of_data.try_iter()? {
-            Self::write(slf, &item?)?;
-        }
-        Ok(())
+        let py = slf.py();
+        let data = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+        Self::write(slf, &data)
     }
 
     fn _write_ready(&self, py: Python<'_>) -> PyResult<()> {

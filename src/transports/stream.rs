@@ -487,14 +487,14 @@ impl StreamCore {
     }
 }
 
-fn bytes_like(data: &Bound<'_, PyAny>) -> PyResult<ByteView> {
+fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
     if !(data.is_instance_of::<PyBytes>()
         || data.is_instance_of::<PyByteArray>()
         || data.is_instance_of::<PyMemoryView>())
     {
         return Err(support::write_type_error(data));
     }
-    ByteView::new(data)
+    Ok(())
 }
 
 #[pymethods]
@@ -627,8 +627,19 @@ impl StreamCore {
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let view = bytes_like(data)?;
+        check_bytes_like(data)?;
         this.check_writable(py, "write")?;
+        let view = match ByteView::new(data) {
+            Ok(view) => view,
+            // A memoryview that is not C-contiguous: the standard transport's `sock.send`
+            // fails with BufferError, a fatal write error (a released one fails `not data`).
+            Err(err) => {
+                if data.len()? == 0 || this.drop_write_if_lost(py)? {
+                    return Ok(());
+                }
+                return this.fatal_error(py, err, "Fatal write error on socket transport");
+            }
+        };
         if view.is_empty() || this.drop_write_if_lost(py)? {
             return Ok(());
         }
