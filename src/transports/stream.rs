@@ -310,16 +310,18 @@ impl StreamCore {
     }
 
     /// Send `views` now if nothing is queued, buffer what the socket did not take, and install
-    /// the writer if data is left over.
+    /// the writer if data is left over. The buffer can be empty with the writer installed:
+    /// a write from `resume_writing` inside `_write_ready`. It is sent at once then too, as
+    /// the standard transport does (its check is the buffer alone).
     fn send_or_buffer(slf: &Bound<'_, Self>, views: &[ByteView]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let mut sent = 0usize;
-        let needs_writer = {
+        let (send_now, needs_writer) = {
             let st = this.state.borrow(py);
-            st.buffer.is_empty() && !st.writer_installed
+            (st.buffer.is_empty(), st.buffer.is_empty() && !st.writer_installed)
         };
-        if needs_writer {
+        if send_now {
             let fd = match this.owned_fd(py) {
                 Ok(fd) => fd,
                 Err(err) => {
