@@ -28,6 +28,7 @@ use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::poller::{Event, Interest, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
 use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
+use crate::socket_owner::SocketOwner;
 use crate::support;
 use crate::task_factory;
 use crate::timers::TimerHeap;
@@ -276,9 +277,7 @@ impl LoopCore {
             for ev in &events {
                 if ev.token == WAKER_TOKEN {
                     io.waker.drain();
-                } else if fds.contains(ev.token as RawFd) {
-                    fds.ready_handles(py, ev, &mut woken);
-                } else {
+                } else if !fds.ready_handles(py, ev, &mut woken) {
                     unknown.push(ev.token as RawFd);
                 }
             }
@@ -857,7 +856,8 @@ impl LoopCore {
         future: Bound<'_, PyAny>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let waiter = RecvWaiter::new(slf.clone().unbind(), sock.unbind(), fd, n, future.unbind());
+        let sock = SocketOwner::new(sock, fd)?;
+        let waiter = RecvWaiter::new(slf.clone().unbind(), sock, n, future.unbind());
         let waiter = Bound::new(py, waiter)?;
         let fd_obj = fd.into_pyobject(py)?;
         Self::add_watch(

@@ -152,16 +152,17 @@ impl FdTable {
         })
     }
 
-    /// The handles an event wakes, in reader-then-writer order (the stdlib's order).
+    /// The handles an event wakes, in reader-then-writer order (the stdlib's order). False if
+    /// the table does not watch the event's fd at all.
     pub fn ready_handles(
         &self,
         py: Python<'_>,
         ev: &Event,
         out: &mut Vec<(RawFd, Direction, Py<Handle>)>,
-    ) {
+    ) -> bool {
         let fd = ev.token as RawFd;
         let Some(watch) = self.watches.get(&fd) else {
-            return;
+            return false;
         };
         if ev.readable {
             if let Some(h) = &watch.reader {
@@ -173,15 +174,12 @@ impl FdTable {
                 out.push((fd, Direction::Write, h.clone_ref(py)));
             }
         }
+        true
     }
 
     /// Every fd and what it is watched for (to register them all in a rebuilt poller).
     pub fn interests(&self) -> impl Iterator<Item = (RawFd, Interest)> + '_ {
         self.watches.iter().map(|(fd, w)| (*fd, w.interest()))
-    }
-
-    pub fn contains(&self, fd: RawFd) -> bool {
-        self.watches.contains_key(&fd)
     }
 
     pub fn drain_all(&mut self) -> Vec<FdWatch> {

@@ -16,6 +16,7 @@ pub mod poller;
 pub mod ready;
 pub mod sock_ops;
 pub mod socket_io;
+pub mod socket_owner;
 pub mod support;
 pub mod task_factory;
 pub mod threadsafe_handle;

@@ -22,6 +22,7 @@ use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::socket_io;
+use crate::socket_owner::SocketOwner;
 
 /// `send(fd, data)` once, from the caller's buffer (any bytes-like object, as `socket.send`
 /// accepts): the number of bytes the socket took, 0 when it would block.
@@ -170,42 +171,22 @@ pub fn recv_bytes_with_spare<'py>(
     }
 }
 
-/// Ok if `sock` still owns `fd`. A socket closed behind the loop's back reports fileno() -1
-/// while its old number may already be another connection's: acting on the number would
-/// read or write that connection, so this is EBADF, as the socket's own methods say.
-pub fn check_owner(sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
-    let current: i64 = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
-    if current == i64::from(fd) {
-        Ok(())
-    } else {
-        Err(os_error(std::io::Error::from_raw_os_error(libc::EBADF)))
-    }
-}
-
 /// The reader callback of a waiting `sock_recv`: receives once the fd is readable, settles
 /// the future, and removes itself from the fd table.
 #[pyclass(module = "ferroloop._core", frozen)]
 pub struct RecvWaiter {
     event_loop: Py<LoopCore>,
     /// The socket the caller passed: reads act on it only while it still owns `fd`.
-    sock: Py<PyAny>,
-    fd: RawFd,
+    sock: SocketOwner,
     n: isize,
     future: Py<PyAny>,
 }
 
 impl RecvWaiter {
-    pub fn new(
-        event_loop: Py<LoopCore>,
-        sock: Py<PyAny>,
-        fd: RawFd,
-        n: isize,
-        future: Py<PyAny>,
-    ) -> Self {
+    pub fn new(event_loop: Py<LoopCore>, sock: SocketOwner, n: isize, future: Py<PyAny>) -> Self {
         RecvWaiter {
             event_loop,
             sock,
-            fd,
             n,
             future,
         }
@@ -216,7 +197,7 @@ impl RecvWaiter {
 impl RecvWaiter {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
-        visit.call(&self.sock)?;
+        self.sock.traverse(&visit)?;
         visit.call(&self.future)
     }
 
@@ -227,15 +208,17 @@ impl RecvWaiter {
         let future = this.future.bind(py);
         if future.call_method0(intern!(py, "done"))?.is_truthy()? {
             // Cancelled while waiting: nothing to deliver.
-            LoopCore::remove_reader_if_callback(event_loop, this.fd, slf.as_any())?;
+            LoopCore::remove_reader_if_callback(event_loop, this.sock.raw_fd(), slf.as_any())?;
             return Ok(());
         }
-        let outcome = check_owner(this.sock.bind(py), this.fd)
-            .and_then(|()| event_loop.get().sock_recv_bytes(py, this.fd, this.n));
+        let outcome = this
+            .sock
+            .fd(py)
+            .and_then(|fd| event_loop.get().sock_recv_bytes(py, fd, this.n));
         if matches!(outcome, Ok(None)) {
             return Ok(()); // A spurious wake-up: stay registered.
         }
-        LoopCore::remove_reader_if_callback(event_loop, this.fd, slf.as_any())?;
+        LoopCore::remove_reader_if_callback(event_loop, this.sock.raw_fd(), slf.as_any())?;
         match outcome {
             Ok(data) => {
                 future.call_method1(intern!(py, "set_result"), (data,))?;

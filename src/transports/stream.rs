@@ -27,6 +27,7 @@ use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
 use crate::sock_ops;
 use crate::socket_io::{self, MAX_IOVECS};
+use crate::socket_owner::SocketOwner;
 use crate::support;
 use crate::write_buffer::WriteBuffer;
 
@@ -67,7 +68,7 @@ pub struct StreamCore {
     context: Option<Py<PyAny>>,
     /// The transport's socket: every syscall first checks that it still owns `fd` (an
     /// application may close the socket it passed as `sock=`, and the number be reused).
-    sock: Py<PyAny>,
+    sock: SocketOwner,
     /// The last read was large (see `read_into_bytes`).
     large_reads: AtomicBool,
     state: GilCell<StreamState>,
@@ -86,7 +87,7 @@ impl StreamCore {
 
     /// `fd`, if the socket still owns it; EBADF (as `sock.send` would raise) otherwise.
     fn owned_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
-        sock_ops::check_owner(self.sock.bind(py), self.fd).map(|()| self.fd)
+        self.sock.fd(py)
     }
 
     fn debug(&self, py: Python<'_>) -> bool {
@@ -319,7 +320,10 @@ impl StreamCore {
         let mut sent = 0usize;
         let (send_now, needs_writer) = {
             let st = this.state.borrow(py);
-            (st.buffer.is_empty(), st.buffer.is_empty() && !st.writer_installed)
+            (
+                st.buffer.is_empty(),
+                st.buffer.is_empty() && !st.writer_installed,
+            )
         };
         if send_now {
             let fd = match this.owned_fd(py) {
@@ -518,7 +522,7 @@ impl StreamCore {
             event_loop: event_loop.unbind(),
             fd,
             context: context.filter(|c| !c.is_none()).map(Bound::unbind),
-            sock: sock.unbind(),
+            sock: SocketOwner::new(sock, fd)?,
             large_reads: AtomicBool::new(false),
             state: GilCell::new(StreamState {
                 transport: Some(transport.unbind()),
@@ -873,7 +877,7 @@ impl StreamCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.context)?;
-        visit.call(&self.sock)?;
+        self.sock.traverse(&visit)?;
         if let Some(st) = self.state.try_borrow_unchecked() {
             visit.call(&st.transport)?;
             visit.call(&st.protocol)?;
