@@ -248,3 +248,42 @@ def test_a_threadsafe_handle_is_the_interpreters_threadsafe_handle_type(
         assert not isinstance(loop.call_later(1, print), stdlib_type)
     else:
         assert handle.__class__ is ferroloop.Handle
+
+
+def test_eight_threads_hammer_call_soon_threadsafe_while_the_loop_starts_stops_and_closes(
+    any_loop: asyncio.AbstractEventLoop,
+) -> None:
+    accepted = [0] * 8
+    ran = [0] * 8
+    refused: list[type] = []
+
+    def hammer(i: int) -> None:
+        def tick() -> None:
+            ran[i] += 1
+
+        while True:  # until the loop is closed
+            try:
+                handle = any_loop.call_soon_threadsafe(tick)
+            except RuntimeError as exc:  # the only acceptable refusal
+                refused.append(type(exc))
+                return
+            accepted[i] += 1
+            if accepted[i] % 7 == 0:
+                handle.cancel()  # from another thread than the loop's (it may have run)
+            # Paced (GIL released): eight unpaced producers outrun any loop, and each of its
+            # iterations then runs an ever longer queue.
+            time.sleep(0.0001)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(5):  # start, run a while, stop; again
+            any_loop.run_until_complete(asyncio.sleep(0.02))
+    finally:
+        any_loop.close()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert refused == [RuntimeError] * 8  # every thread saw the loop close, nothing else
+    assert 0 < sum(ran) <= sum(accepted)
