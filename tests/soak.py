@@ -30,14 +30,11 @@ def rss_bytes() -> int:
 
 
 def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    import trustme  # the test extra
+    """Server and client contexts from the TLS tests' authority (trustme, the test extra)."""
+    from tls_helpers import make_pki
 
-    authority = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    authority.configure_trust(client)
-    return server, client
+    pki = make_pki()
+    return pki.server_context(), pki.client_context()
 
 
 class Echo(asyncio.Protocol):
