@@ -193,9 +193,8 @@ impl Waker {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is freshly created and owned by nothing else.
-        let waker = Waker {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        };
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let waker = Waker { fd };
         waker.register(poller)?;
         Ok(waker)
     }
@@ -306,10 +305,8 @@ mod tests {
             .unwrap();
         // SAFETY: `r` is this test's own descriptor: dup2 closes its file (epoll forgets the
         // registration) and puts r2's file under the same number, which `r` keeps owning.
-        assert_eq!(
-            unsafe { libc::dup2(r2.as_raw_fd(), r.as_raw_fd()) },
-            r.as_raw_fd()
-        );
+        let duplicated = unsafe { libc::dup2(r2.as_raw_fd(), r.as_raw_fd()) };
+        assert_eq!(duplicated, r.as_raw_fd());
         // SAFETY: writes one byte from a valid buffer.
         unsafe { libc::write(w2.as_raw_fd(), b"x".as_ptr().cast(), 1) };
         let err = p.set_interest(r.as_raw_fd(), 1, READ, READ).unwrap_err();

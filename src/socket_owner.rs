@@ -38,10 +38,10 @@ pub struct SocketOwner {
 unsafe fn read_sock_fd(sock: *mut ffi::PyObject) -> RawFd {
     // SAFETY: per the contract, `sock` points to a PySocketSockObject, whose allocation
     // extends past the header by at least the int read here.
+    // The header's size is a multiple of its pointer alignment, so the int is aligned.
     unsafe {
-        sock.cast::<u8>()
-            .add(std::mem::size_of::<ffi::PyObject>())
-            .cast::<libc::c_int>()
+        sock.cast::<libc::c_int>()
+            .byte_add(std::mem::size_of::<ffi::PyObject>())
             .read()
     }
 }
