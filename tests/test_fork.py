@@ -9,9 +9,8 @@ import json
 import os
 from typing import Any
 
-import pytest
-
 import ferroloop
+import pytest
 
 pytestmark = pytest.mark.timeout(30)
 

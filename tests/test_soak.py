@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import gc
 
-import pytest
-
 import ferroloop
+import pytest
 import soak
 
 pytestmark = pytest.mark.timeout(120)

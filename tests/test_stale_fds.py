@@ -10,9 +10,8 @@ import socket
 import time
 from typing import Any
 
-import pytest
-
 import ferroloop
+import pytest
 
 pytestmark = pytest.mark.timeout(30)
 

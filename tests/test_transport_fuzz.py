@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
-
 import ferroloop
+import pytest
 from transport_fuzz import play, random_program
 
 pytestmark = pytest.mark.timeout(120)

@@ -419,7 +419,9 @@ def random_op(rng: random.Random) -> Op:
     if kind == "writelines":
         return (kind, tuple(rng.choice([0, 10, 1000, 40_000]) for _ in range(rng.randint(0, 4))))
     if kind == "limits":
-        return (kind, *rng.choice([(None, None), (0, 0), (100, 10), (1, None), (None, 50), (65536, 16384), (5, 10), (-1, None)]))
+        return (kind, *rng.choice([
+            (None, None), (0, 0), (100, 10), (1, None), (None, 50), (65536, 16384), (5, 10), (-1, None),
+        ]))
     if kind == "react":
         callback = rng.choice(sorted(REACTIONS))
         return (kind, callback, rng.choice(REACTIONS[callback]))
