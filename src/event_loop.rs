@@ -242,9 +242,11 @@ impl LoopCore {
             //   3. the ready queue and `stopping` are read again: what was queued before (1),
             //      when wake() skipped the waker, is seen here and the wait does not block.
             // Between (3) and the wait this thread holds the GIL, so no other thread can
-            // queue, and Python handlers only run at the next check; a C-level signal
-            // landing there interrupts epoll_wait (EINTR) or writes the wakeup fd as with
-            // the standard loop. So no callback queued before the wait is slept through.
+            // queue, and Python handlers only run at a later check. So no callback queued
+            // before the wait is slept through. (A signal delivered in that window, after
+            // the check but before epoll_wait starts, is the standard loop's race too: the
+            // wakeup fd of add_signal_handler ends the wait; a bare signal.signal handler
+            // runs at the next wake-up. One delivered during the wait is EINTR, below.)
             self.polling.store(true, Relaxed);
             if let Err(err) = py.check_signals() {
                 self.polling.store(false, Relaxed);
