@@ -5,7 +5,7 @@
 pub const CLOCK_RESOLUTION: f64 = 1e-9;
 
 #[inline]
-pub fn monotonic() -> f64 {
+fn now() -> libc::timespec {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -13,7 +13,26 @@ pub fn monotonic() -> f64 {
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on the
     // platforms we build for, so the call cannot fail.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts
+}
+
+#[inline]
+pub fn monotonic() -> f64 {
+    let ts = now();
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The same clock in integer nanoseconds, for instrumentation timestamps.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let ts = now();
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Seconds on the loop clock to nanoseconds (negative and NaN become 0).
+#[inline]
+pub fn to_ns(seconds: f64) -> u64 {
+    (seconds * 1e9) as u64
 }
 
 /// The end of the window in which timers count as due at `now`: `now` plus the clock's

@@ -9,26 +9,28 @@
 //! handler, executors, signals' bookkeeping).
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::clock::{due_window_end, monotonic};
+use crate::clock::{due_window_end, monotonic, monotonic_ns, to_ns};
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, FdTable, FdWatch};
 use crate::fork_guard;
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
+use crate::instrument::Instruments;
 use crate::poller::{Event, Interest, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
 use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
 use crate::socket_owner::SocketOwner;
+use crate::stats::CancelCounts;
 use crate::support;
 use crate::task_factory;
 use crate::timers::TimerHeap;
@@ -53,7 +55,7 @@ struct Io {
 pub struct LoopCore {
     ready: GilCell<ReadyQueue<Ready>>,
     scheduled: GilCell<TimerHeap<Py<Handle>>>,
-    cancelled_in_heap: Arc<AtomicUsize>,
+    cancelled: Arc<CancelCounts>,
     fds: GilCell<FdTable>,
     events: GilCell<Vec<Event>>,
     /// `None` once the loop is closed: closing releases the epoll fd and the eventfd.
@@ -73,6 +75,8 @@ pub struct LoopCore {
     recv_spare: GilCell<Option<sock_ops::RecvSpare>>,
     /// `loop._task_factory`, kept here so `create_task` can check it without a dict lookup.
     task_factory: GilCell<Option<Py<PyAny>>>,
+    /// Statistics, and the trace / blocking detector / per-task hooks when they are on.
+    instruments: Instruments,
 }
 
 fn closed_error() -> PyErr {
@@ -154,6 +158,12 @@ impl LoopCore {
         } else {
             this.new_handle(py, callback, args, context)?
         };
+        if this.instruments.follows_tasks() {
+            let bound = handle.bind(py);
+            let callback = bound.get().callback(py);
+            this.instruments
+                .on_call_soon(bound.as_any(), &callback, threadsafe);
+        }
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -174,7 +184,7 @@ impl LoopCore {
             support::debug_checks(slf.as_any(), &callback, method, false)?;
         }
         let state = TimerState {
-            cancelled_in_heap: this.cancelled_in_heap.clone(),
+            cancelled: this.cancelled.clone(),
         };
         let base = Handle::new(py, callback, args, context, Some(state), debug)?;
         let timer = Bound::new(
@@ -183,6 +193,11 @@ impl LoopCore {
         )?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         this.scheduled.borrow_mut(py).push(when, as_handle);
+        this.instruments.stats.timers_scheduled.add(1);
+        if this.instruments.tracing() {
+            this.instruments
+                .on_timer_scheduled(py, timer.as_any(), when);
+        }
         Ok(timer.unbind())
     }
 
@@ -191,16 +206,17 @@ impl LoopCore {
     fn sweep_cancelled_timers(&self, py: Python<'_>) -> Vec<Py<Handle>> {
         let mut heap = self.scheduled.borrow_mut(py);
         let count = heap.len();
-        let cancelled = self.cancelled_in_heap.load(Relaxed);
+        let cancelled = self.cancelled.in_heap.load(Relaxed);
         let dropped = if count > MIN_SCHEDULED_TIMER_HANDLES && cancelled * 2 > count {
-            self.cancelled_in_heap.store(0, Relaxed);
+            self.cancelled.in_heap.store(0, Relaxed);
             heap.compact(|h| !h.get().is_cancelled())
         } else {
             let mut dropped = Vec::new();
             while heap.peek().is_some_and(|h| h.get().is_cancelled()) {
                 dropped.extend(heap.pop());
                 let _ = self
-                    .cancelled_in_heap
+                    .cancelled
+                    .in_heap
                     .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
             }
             dropped
@@ -230,7 +246,13 @@ impl LoopCore {
             return Ok(());
         }
         let mut events = std::mem::take(&mut *self.events.borrow_mut(py));
+        let stats = &self.instruments.stats;
+        let tracing = self.instruments.tracing();
+        let mut wait_started = 0;
         let result = if timeout == Some(0.0) {
+            if tracing {
+                wait_started = monotonic_ns();
+            }
             io.poller.wait(&mut events, timeout)
         } else {
             // The wake-up protocol. A signal whose Python handler has not run yet (it arrived
@@ -259,11 +281,20 @@ impl LoopCore {
             } else {
                 timeout
             };
+            wait_started = monotonic_ns();
             let r = py.detach(|| io.poller.wait(&mut events, timeout));
             self.polling.store(false, Relaxed);
             self.woken.store(false, Relaxed);
+            stats.poll_waits.add(1);
+            stats.poll_wait_ns.add(monotonic_ns() - wait_started);
             r
         };
+        stats.poll_calls.add(1);
+        stats.poll_events.add(events.len() as u64);
+        if tracing {
+            let took = monotonic_ns() - wait_started;
+            self.instruments.on_poll(py, wait_started, took, &events);
+        }
         if let Err(err) = result {
             *self.events.borrow_mut(py) = events;
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -333,16 +364,22 @@ impl LoopCore {
     }
 
     fn queue_due_timers(&self, py: Python<'_>) {
-        let end_time = due_window_end(monotonic());
+        let now = monotonic();
+        let end_time = due_window_end(now);
         let mut due = Vec::new();
         {
             let mut heap = self.scheduled.borrow_mut(py);
-            while let Some(h) = heap.pop_due(end_time) {
+            while let Some((when, h)) = heap.pop_due_with_when(end_time) {
                 mark_unscheduled(&h);
                 if h.get().is_cancelled() {
                     let _ = self
-                        .cancelled_in_heap
+                        .cancelled
+                        .in_heap
                         .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+                } else {
+                    let stats = &self.instruments.stats;
+                    stats.timers_fired.add(1);
+                    stats.record_lag(to_ns(now - when));
                 }
                 due.push(h);
             }
@@ -358,6 +395,12 @@ impl LoopCore {
         let event_loop = slf.as_any();
         let ntodo = self.ready.borrow(py).begin_iteration();
         let debug = self.debug.load(Relaxed);
+        let instruments = &self.instruments;
+        instruments.stats.ready_high_water.raise_to(ntodo as u64);
+        let instrumented = instruments.flags() != 0;
+        if instrumented {
+            instruments.on_iteration(py, ntodo);
+        }
         for _ in 0..ntodo {
             let Some(item) = self.ready.borrow_mut(py).pop() else {
                 break;
@@ -368,11 +411,30 @@ impl LoopCore {
                     if handle.get().is_cancelled() {
                         continue;
                     }
-                    if debug {
-                        run_timed(event_loop, handle.as_any(), || {
+                    instruments.stats.callbacks.add(1);
+                    let run = || {
+                        if debug {
+                            run_timed(event_loop, handle.as_any(), || {
+                                Handle::run(&handle, event_loop)
+                            })
+                        } else {
                             Handle::run(&handle, event_loop)
-                        })?;
+                        }
+                    };
+                    if instrumented {
+                        let describe = || {
+                            let when = if handle.get().is_timer() {
+                                handle.cast::<TimerHandle>().ok().map(|t| t.get().when)
+                            } else {
+                                None
+                            };
+                            Ok((handle.get().callback(py), when))
+                        };
+                        instruments.run_callback(event_loop, handle.as_any(), describe, run)?;
+                    } else if debug {
+                        run()?;
                     } else {
+                        // Spelled out: the closure is not always inlined on this hot path.
                         Handle::run(&handle, event_loop)?;
                     }
                 }
@@ -381,9 +443,18 @@ impl LoopCore {
                     if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
                         continue;
                     }
-                    let run = || handle.call_method0(intern!(py, "_run")).map(drop);
-                    if debug {
-                        run_timed(event_loop, &handle, run)?;
+                    instruments.stats.callbacks.add(1);
+                    let run_foreign = || handle.call_method0(intern!(py, "_run")).map(drop);
+                    let run = || {
+                        if debug {
+                            run_timed(event_loop, &handle, run_foreign)
+                        } else {
+                            run_foreign()
+                        }
+                    };
+                    if instrumented {
+                        let describe = || Ok((handle.getattr(intern!(py, "_callback"))?, None));
+                        instruments.run_callback(event_loop, &handle, describe, run)?;
                     } else {
                         run()?;
                     }
@@ -395,6 +466,7 @@ impl LoopCore {
 
     fn run_once_impl(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        self.instruments.stats.iterations.add(1);
         drop(self.sweep_cancelled_timers(py));
         let timeout = self.poll_timeout(py);
         self.poll(py, timeout)?;
@@ -515,8 +587,14 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let handle = Self::queue_soon(slf, callback, args, context, "call_soon_threadsafe", true)?;
+        slf.get().instruments.stats.threadsafe_calls.add(1);
         slf.get().wake(slf.py());
         Ok(handle)
+    }
+
+    /// The loop's statistics and instrumentation hooks (transports report their I/O here).
+    pub fn instruments(&self) -> &Instruments {
+        &self.instruments
     }
 
     pub fn debug_enabled(&self) -> bool {
@@ -631,7 +709,7 @@ impl LoopCore {
         Ok(LoopCore {
             ready: GilCell::new(ReadyQueue::new()),
             scheduled: GilCell::new(TimerHeap::new()),
-            cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
+            cancelled: Arc::new(CancelCounts::default()),
             fds: GilCell::new(FdTable::default()),
             events: GilCell::new(Vec::with_capacity(64)),
             io: GilCell::new(Some(Arc::new(Io {
@@ -648,6 +726,7 @@ impl LoopCore {
             task_factory: GilCell::new(None),
             read_buffer: GilCell::new(Vec::new()),
             recv_spare: GilCell::new(None),
+            instruments: Instruments::default(),
         })
     }
 
@@ -666,6 +745,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
+        this.instruments.stats.tasks_created.add(1);
         let has_factory = this.task_factory.borrow(py).is_some();
         if has_factory || this.debug.load(Relaxed) {
             // Pass on only what the caller gave, as 3.14's `create_task(coro, **kwargs)` does.
@@ -777,6 +857,9 @@ impl LoopCore {
         this.check_not_inherited()?;
         slf.call_method0(intern!(py, "_run_forever_setup"))?;
         this.running.store(true, Relaxed);
+        let stats = &this.instruments.stats;
+        let run_started = monotonic_ns();
+        stats.run_started_ns.set(run_started);
         let result = loop {
             if let Err(err) = this.run_once_impl(slf) {
                 break Err(err);
@@ -787,6 +870,8 @@ impl LoopCore {
         };
         this.stopping.store(false, Relaxed);
         this.running.store(false, Relaxed);
+        stats.run_ns.add(monotonic_ns() - run_started);
+        stats.run_started_ns.set(0);
         let cleanup = slf.call_method0(intern!(py, "_run_forever_cleanup"));
         result.and(cleanup.map(drop))
     }
@@ -926,6 +1011,75 @@ impl LoopCore {
         self.fds.borrow(py).has(fd, dir)
     }
 
+    // ---- instruments (`python/ferroloop/_instrument.py` builds the public API on these) ----
+
+    /// The loop-wide counters as a dict.
+    fn _stats_core<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let fds = self.fds.borrow(py).len();
+        self.instruments.stats_dict(py, &self.cancelled, fds)
+    }
+
+    /// Switch per-task statistics on or off (off also forgets the tasks recorded so far).
+    fn _set_task_stats(&self, py: Python<'_>, on: bool) {
+        self.instruments.set_task_stats(on);
+        if !on && !self.instruments.tracing() {
+            self.instruments.clear_tasks(py);
+        }
+    }
+
+    fn _task_stats_enabled(&self) -> bool {
+        self.instruments.task_stats_enabled()
+    }
+
+    /// One dict per task seen while per-task statistics or the trace were on.
+    fn _task_records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.instruments.task_dicts(py)
+    }
+
+    /// Start recording into a ring of `capacity` events (a new, empty one).
+    fn _trace_start(&self, py: Python<'_>, capacity: usize) -> PyResult<()> {
+        if capacity == 0 {
+            return Err(PyValueError::new_err(
+                "the trace buffer needs room for at least one event",
+            ));
+        }
+        self.instruments.start_trace(py, capacity);
+        Ok(())
+    }
+
+    /// Stop recording: (events as bytes, dropped count), or None if no trace was running.
+    fn _trace_stop<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u64)> {
+        self.instruments.stop_trace(py)
+    }
+
+    fn _trace_labels<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.instruments.labels(py)
+    }
+
+    /// The trace's event kinds and I/O kinds by name, and the bytes per event.
+    #[staticmethod]
+    fn _trace_format(py: Python<'_>) -> PyResult<(Bound<'_, PyDict>, Bound<'_, PyDict>, usize)> {
+        let kinds = PyDict::new(py);
+        for (name, kind) in crate::trace::KIND_NAMES {
+            kinds.set_item(name, kind as u8)?;
+        }
+        let io = PyDict::new(py);
+        for (name, kind) in crate::trace::IO_NAMES {
+            io.set_item(name, kind as u32)?;
+        }
+        Ok((kinds, io, crate::trace::EVENT_BYTES))
+    }
+
+    fn _set_blocking_threshold(slf: &Bound<'_, Self>, seconds: Option<f64>) -> PyResult<()> {
+        slf.get()
+            .instruments
+            .set_blocking_threshold(slf.as_any(), seconds)
+    }
+
+    fn _get_blocking_threshold(&self, py: Python<'_>) -> Option<f64> {
+        self.instruments.blocking_threshold(py)
+    }
+
     /// Release everything the loop holds: queued callbacks, timers, watchers, the epoll fd and
     /// the waker. Idempotent; the Python `close()` checks the loop is not running first.
     fn _close_core(&self, py: Python<'_>) {
@@ -937,10 +1091,11 @@ impl LoopCore {
         for h in &timers {
             mark_unscheduled(h);
         }
-        self.cancelled_in_heap.store(0, Relaxed);
+        self.cancelled.in_heap.store(0, Relaxed);
         let watches = self.fds.borrow_mut(py).drain_all();
         let io = self.io.borrow_mut(py).take();
         let spare = self.recv_spare.borrow_mut(py).take();
+        self.instruments.stop_watchdog(py);
         drop((ready, timers, watches, io, spare));
     }
 

@@ -22,6 +22,12 @@ pub struct GilCell<T>(RefCell<T>);
 // touch the `RefCell` concurrently.
 unsafe impl<T: Send> Sync for GilCell<T> {}
 
+impl<T: Default> Default for GilCell<T> {
+    fn default() -> Self {
+        GilCell::new(T::default())
+    }
+}
+
 impl<T> GilCell<T> {
     pub fn new(value: T) -> Self {
         GilCell(RefCell::new(value))

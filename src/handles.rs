@@ -10,7 +10,7 @@
 
 use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -22,14 +22,15 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
+use crate::stats::CancelCounts;
 use crate::support;
 use crate::threadsafe_handle::{self, RunLock};
 
-/// What a `TimerHandle` shares with its loop: the loop's count of cancelled entries in the
-/// heap (which drives compaction). One pointer, so that every handle stays small: a program
-/// with a million callbacks queued holds a million handles.
+/// What a `TimerHandle` shares with its loop: the loop's counts of cancelled timers (those
+/// still in the heap drive compaction). One pointer, so that every handle stays small: a
+/// program with a million callbacks queued holds a million handles.
 pub struct TimerState {
-    pub cancelled_in_heap: Arc<AtomicUsize>,
+    pub cancelled: Arc<CancelCounts>,
 }
 
 /// The callback and the arguments it is called with.
@@ -150,11 +151,18 @@ impl Handle {
         }
     }
 
+    /// Whether this is a `TimerHandle`'s base (a subtype check costs more).
+    #[inline]
+    pub fn is_timer(&self) -> bool {
+        self.timer.is_some()
+    }
+
     pub fn cancel_handle(&self) {
         if !self.cancelled.swap(true, Relaxed) {
             if let Some(timer) = &self.timer {
                 if self.scheduled.load(Relaxed) {
-                    timer.cancelled_in_heap.fetch_add(1, Relaxed);
+                    timer.cancelled.in_heap.fetch_add(1, Relaxed);
+                    timer.cancelled.total.add(1);
                 }
             }
         }

@@ -3,7 +3,9 @@
 //! This file only registers the module; see `event_loop.rs` for the loop itself and
 //! `docs/ARCHITECTURE.md` for how a call travels through it.
 
+pub mod blocking;
 pub mod buffers;
+pub mod callback_identity;
 pub mod clock;
 pub mod errors;
 pub mod event_loop;
@@ -12,16 +14,20 @@ pub mod fd_watchers;
 pub mod fork_guard;
 pub mod gil_cell;
 pub mod handles;
+pub mod instrument;
 pub mod poller;
 pub mod ready;
 pub mod sock_ops;
 pub mod socket_io;
 pub mod socket_owner;
+pub mod stats;
 pub mod support;
 pub mod task_factory;
+pub mod task_table;
 pub mod threadsafe_handle;
 pub mod timers;
 pub mod tls_records;
+pub mod trace;
 pub mod transports;
 pub mod write_buffer;
 

@@ -1,16 +1,21 @@
-//! Calls from Rust into `ferroloop._support`: Python helpers for cold paths only (reprs,
-//! debug-mode stacks and checks, log messages), looked up once and cached.
+//! Calls from Rust into `ferroloop._support` and `ferroloop._instrument`: Python helpers for
+//! cold paths only (reprs, debug-mode stacks and checks, log messages, naming what the
+//! instruments saw), looked up once and cached.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyString, PyTuple};
 
 const MODULE: &str = "ferroloop._support";
+const INSTRUMENT_MODULE: &str = "ferroloop._instrument";
 
 macro_rules! helper {
-    ($py:expr, $name:literal) => {{
+    ($py:expr, $name:literal) => {
+        helper!($py, MODULE, $name)
+    };
+    ($py:expr, $module:expr, $name:literal) => {{
         static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        CELL.import($py, MODULE, $name)
+        CELL.import($py, $module, $name)
     }};
 }
 
@@ -86,4 +91,40 @@ pub fn write_type_error(data: &Bound<'_, PyAny>) -> PyErr {
         Ok(exc) => PyErr::from_value(exc),
         Err(err) => err,
     }
+}
+
+/// A new task's (name, coroutine qualname, creation site), for the instruments.
+pub fn task_identity(task: &Bound<'_, PyAny>) -> PyResult<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+    helper!(task.py(), INSTRUMENT_MODULE, "task_identity")?
+        .call1((task,))?
+        .extract()
+}
+
+/// A readable name for what a callback calls (`Task.task_wakeup`, `count`, ...).
+pub fn callback_label<'py>(callback: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    Ok(helper!(callback.py(), INSTRUMENT_MODULE, "callback_label")?
+        .call1((callback,))?
+        .cast_into::<PyString>()?)
+}
+
+/// The blocking watchdog found the loop stuck for `elapsed` seconds in its current callback.
+pub fn report_blocked(
+    event_loop: &Bound<'_, PyAny>,
+    handle: &Bound<'_, PyAny>,
+    elapsed: f64,
+) -> PyResult<()> {
+    helper!(event_loop.py(), INSTRUMENT_MODULE, "report_blocked")?
+        .call1((event_loop, handle, elapsed))?;
+    Ok(())
+}
+
+/// A callback the watchdog reported returned after `elapsed` seconds in all.
+pub fn report_unblocked(
+    event_loop: &Bound<'_, PyAny>,
+    handle: &Bound<'_, PyAny>,
+    elapsed: f64,
+) -> PyResult<()> {
+    helper!(event_loop.py(), INSTRUMENT_MODULE, "report_unblocked")?
+        .call1((event_loop, handle, elapsed))?;
+    Ok(())
 }

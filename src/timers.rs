@@ -111,6 +111,14 @@ impl<T> TimerHeap<T> {
         }
     }
 
+    /// `pop_due`, with the entry's `when` (negative infinity for NaN).
+    pub fn pop_due_with_when(&mut self, end_time: f64) -> Option<(f64, T)> {
+        match self.heap.peek() {
+            Some(e) if e.key < end_time => self.heap.pop().map(|e| (e.key, e.item)),
+            _ => None,
+        }
+    }
+
     /// Drop every entry for which `keep` is false; returns the dropped items so the caller can
     /// release them outside any borrow.
     pub fn compact(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {

@@ -6,11 +6,15 @@
     asyncio.Runner(loop_factory=ferroloop.new_event_loop)
     ferroloop.install()                         # asyncio's policy hands out ferroloop loops
                                                 # (deprecated on 3.14+, as policies are)
+
+Seeing a run: `loop.stats()` and `ferroloop.print_stats(loop)`, `loop.set_blocking_threshold(s)`,
+`with ferroloop.trace("run.json"): ...` (or `python -m ferroloop trace script.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import warnings
 from asyncio import events, unix_events
@@ -21,9 +25,23 @@ from . import _stdlib
 _stdlib.check()  # before anything below uses a private asyncio name: a clear error if one is gone
 
 from ._core import Handle, TimerHandle  # noqa: E402
+from ._instrument import DEFAULT_TRACE_EVENTS, format_stats, print_stats  # noqa: E402
 from ._loop import Loop  # noqa: E402
 
-__all__ = ["Loop", "Handle", "TimerHandle", "new_event_loop", "install", "run"]
+if TYPE_CHECKING:
+    from ._trace import TraceSession
+
+__all__ = [
+    "Loop",
+    "Handle",
+    "TimerHandle",
+    "new_event_loop",
+    "install",
+    "run",
+    "trace",
+    "print_stats",
+    "format_stats",
+]
 if sys.version_info < (3, 14):  # deprecated from 3.14 on, as asyncio's policies
     __all__ += ["EventLoopPolicy"]
 __version__ = "0.1.0"
@@ -40,6 +58,23 @@ _BasePolicy: type = (
     or getattr(events, "BaseDefaultEventLoopPolicy", None)
     or getattr(events, "_BaseDefaultEventLoopPolicy")
 )
+
+
+def trace(
+    path: str | os.PathLike[str],
+    *,
+    buffer_size: int = DEFAULT_TRACE_EVENTS,
+    duration: float | None = None,
+    html: bool = True,
+) -> TraceSession:
+    """Trace the ferroloop loops that run inside a `with` block into `path` (Chrome
+    trace-event JSON, for https://ui.perfetto.dev) and, with `html`, a self-contained page
+    beside it (`.html`). `buffer_size` bounds the events kept per loop (the oldest are dropped
+    first, and the trace says how many); `duration` stops recording that many seconds after a
+    loop starts being traced. The trace is written when the block ends, also if it raises."""
+    from ._trace import TraceSession  # json, html and dataclasses load only when tracing
+
+    return TraceSession(path, buffer_size=buffer_size, duration=duration, html=html)
 
 
 def new_event_loop() -> Loop:

@@ -283,6 +283,26 @@ class LoopCore:
     def _remove_writer(self, fd: FileDescriptorLike) -> bool: ...
     def _has_watcher(self, fd: int, write: bool = False) -> bool: ...
 
+    # -- instruments (the public API is ferroloop.Loop's, in _instrument.py / _trace.py) ----
+    def _stats_core(self) -> dict[str, Any]:
+        """The loop-wide counters (always kept)."""
+    def _set_task_stats(self, on: bool) -> None: ...
+    def _task_stats_enabled(self) -> bool: ...
+    def _task_records(self) -> list[dict[str, Any]]:
+        """One dict per task seen while per-task statistics or the trace were on."""
+    def _trace_start(self, capacity: int) -> None:
+        """Record into a new ring of `capacity` events (ValueError for 0)."""
+    def _trace_stop(self) -> tuple[bytes, int] | None:
+        """Stop recording: (events, 32 bytes each, oldest first; dropped count), or None."""
+    def _trace_labels(self) -> list[str]:
+        """Names of the label ids in the events (id n is element n - 1)."""
+    @staticmethod
+    def _trace_format() -> tuple[dict[str, int], dict[str, int], int]:
+        """(event kinds by name, I/O kinds by name, bytes per event)."""
+    def _set_blocking_threshold(self, seconds: float | None) -> None:
+        """Start (or, with None, stop) the blocking watchdog thread."""
+    def _get_blocking_threshold(self) -> float | None: ...
+
     # -- socket operations (the coroutines live in ferroloop.Loop) -----------------------
     def _sock_recv_now(self, fd: int, n: int) -> bytes | None:
         """One non-blocking recv: the data, or None if the socket has nothing to read yet."""

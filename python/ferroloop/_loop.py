@@ -24,7 +24,7 @@ from asyncio import base_events, constants, coroutines, events, selector_events,
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, TypeVarTuple, Unpack
 
-from . import _core, _stdlib
+from . import _core, _instrument, _stdlib
 from ._subprocess import ChildReaper, make_subprocess_transport
 from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._tls import TlsProtocol, start_tls as _start_tls
@@ -132,6 +132,40 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         self._csock: socket.socket | None = None
         self._child_reaper = ChildReaper(self)
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
+        self._blocking_hook: Callable[[dict[str, Any]], object] | None = None
+        self._trace_session: Any = None
+        self._pending_at_close: list[str] = []
+        _instrument.on_new_loop(self)
+
+    # -- seeing a run (python/ferroloop/_instrument.py, src/instrument.rs) ----------------
+
+    def stats(self) -> dict[str, Any]:
+        """This loop's counters (always kept); with per-task statistics or a trace on, also
+        `tasks` (one dict per task) and `warnings`. `ferroloop.print_stats(loop)` prints them."""
+        return _instrument.loop_stats(self)
+
+    def set_task_stats(self, enabled: bool) -> None:
+        """Keep per-task statistics (steps, busy time, wake-to-run and idle time, where each
+        task was created) from now on; costs a clock read and a few lookups per callback."""
+        self._set_task_stats(bool(enabled))
+
+    def set_blocking_threshold(
+        self,
+        seconds: float | None,
+        callback: Callable[[dict[str, Any]], object] | None = None,
+    ) -> None:
+        """Report any callback or task step that runs longer than `seconds` (None: stop).
+
+        A watchdog thread notices while the loop is still blocked and logs, on the `asyncio`
+        logger, what is running, for how long, and the loop thread's stack at that moment;
+        the loop logs again when the callback returns. With `callback`, each report is passed
+        to it as a dict instead of being logged."""
+        seconds = _instrument.check_threshold(seconds)
+        self._blocking_hook = callback
+        self._set_blocking_threshold(seconds)
+
+    def get_blocking_threshold(self) -> float | None:
+        return self._get_blocking_threshold()
 
     # -- running -----------------------------------------------------------------------
 
@@ -176,6 +210,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
             )
             self._signal_handlers.clear()
         self._child_reaper.close()
+        _instrument.on_loop_close(self)
         self._close_core()
         self._close_signal_pipe()
         self._executor_shutdown_called = True

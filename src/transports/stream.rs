@@ -29,6 +29,7 @@ use crate::sock_ops;
 use crate::socket_io::{self, MAX_IOVECS};
 use crate::socket_owner::SocketOwner;
 use crate::support;
+use crate::trace::IoKind;
 use crate::write_buffer::WriteBuffer;
 
 use super::common::{
@@ -248,6 +249,15 @@ impl StreamCore {
         )
     }
 
+    /// Count (and, when tracing, record) an I/O event on this socket.
+    #[inline]
+    fn io_event(&self, py: Python<'_>, kind: IoKind, bytes: usize) {
+        self.event_loop(py)
+            .get()
+            .instruments()
+            .on_io(py, kind, self.fd, bytes);
+    }
+
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
         {
             let mut st = self.state.borrow_mut(py);
@@ -256,6 +266,7 @@ impl StreamCore {
                 return Ok(());
             }
         }
+        self.io_event(py, IoKind::PauseWriting, 0);
         self.notify_flow(
             py,
             intern!(py, "pause_writing"),
@@ -271,6 +282,7 @@ impl StreamCore {
                 return Ok(());
             }
         }
+        self.io_event(py, IoKind::ResumeWriting, 0);
         self.notify_flow(
             py,
             intern!(py, "resume_writing"),
@@ -341,7 +353,10 @@ impl StreamCore {
                 (socket_io::send_vectored(fd, batch), total)
             };
             match outcome {
-                Ok(Some(n)) => sent = n,
+                Ok(Some(n)) => {
+                    sent = n;
+                    this.io_event(py, IoKind::Write, n);
+                }
                 Ok(None) => {}
                 Err(err) => {
                     return this.fatal_error(
@@ -438,6 +453,7 @@ impl StreamCore {
             Ok(Some(n)) => n,
             Err(err) => return self.fatal_error(py, err, "Fatal read error on socket transport"),
         };
+        self.io_event(py, IoKind::Read, nbytes);
         if nbytes == 0 {
             return self.on_eof(py, protocol);
         }
@@ -479,6 +495,7 @@ impl StreamCore {
         };
         self.large_reads
             .store(data.as_bytes().len() >= LARGE_READ, Relaxed);
+        self.io_event(py, IoKind::Read, data.as_bytes().len());
         if data.as_bytes().is_empty() {
             return self.on_eof(py, protocol);
         }
@@ -597,7 +614,10 @@ impl StreamCore {
                 return Ok(());
             }
             Ok(None) => {}
-            Ok(Some(n)) => self.state.borrow_mut(py).buffer.consume(n),
+            Ok(Some(n)) => {
+                self.io_event(py, IoKind::Write, n);
+                self.state.borrow_mut(py).buffer.consume(n);
+            }
         }
         self.maybe_resume_protocol(py)?; // may write more
         let (drained, waiter, closing, eof) = {
@@ -721,6 +741,7 @@ impl StreamCore {
         }
         self.state.borrow_mut(py).paused = true;
         self.remove_reader(py)?;
+        self.io_event(py, IoKind::PauseReading, 0);
         if self.debug(py) {
             if let Some(transport) = self.transport(py) {
                 support::log_transport_debug(transport.bind(py), "pauses reading")?;
@@ -740,6 +761,7 @@ impl StreamCore {
             st.paused = false;
         }
         Self::add_reader(slf)?;
+        this.io_event(py, IoKind::ResumeReading, 0);
         if this.debug(py) {
             if let Some(transport) = this.transport(py) {
                 support::log_transport_debug(transport.bind(py), "resumes reading")?;

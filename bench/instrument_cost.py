@@ -1,0 +1,200 @@
+"""`python -m bench.instrument_cost`: what seeing a run costs (issue 9's cost table).
+
+The same two workloads on ferroloop with its instruments off (statistics are always on, so
+"off" and "statistics only" are the same build and the same code path), with the blocking
+detector on, with per-task statistics on, and with the full trace recording:
+
+- `sleep0_pingpong`: 1,000 tasks each `await asyncio.sleep(0)`, N switches;
+- `protocol_echo`: a `Protocol` echo server and client on one loop over loopback, 1 KiB
+  messages, one in flight, N round trips.
+
+Each (workload, mode) is a fresh process pinned to one CPU, modes interleaved round by round;
+the report gives the median time per operation and its ratio to "off". On a noisy machine
+use `--callgrind`, which counts instructions (valgrind) for the marginal cost of N
+operations: a run of 2N minus a run of N, so start-up and import cancel out.
+
+    python -m bench.instrument_cost [--rounds 5] [--size 200000] [--callgrind]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = ("off", "detector", "task_stats", "trace")
+WORKLOADS = ("sleep0_pingpong", "protocol_echo")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _instrument(loop: asyncio.AbstractEventLoop, mode: str) -> None:
+    if mode == "detector":
+        loop.set_blocking_threshold(0.1)  # type: ignore[attr-defined]
+    elif mode == "task_stats":
+        loop.set_task_stats(True)  # type: ignore[attr-defined]
+    elif mode == "trace":
+        loop._trace_start(10_000_000)  # type: ignore[attr-defined]
+
+
+def _finish(loop: asyncio.AbstractEventLoop, mode: str) -> None:
+    if mode == "trace":
+        loop._trace_stop()  # type: ignore[attr-defined]  # the recording, not the writing
+
+
+async def sleep0_pingpong(size: int, mode: str) -> float:
+    loop = asyncio.get_running_loop()
+    _instrument(loop, mode)
+
+    async def yield_repeatedly(times: int) -> None:
+        for _ in range(times):
+            await asyncio.sleep(0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(yield_repeatedly(size // 1000) for _ in range(1000)))
+    elapsed = time.perf_counter() - start
+    _finish(loop, mode)
+    return elapsed
+
+
+async def protocol_echo(size: int, mode: str) -> float:
+    loop = asyncio.get_running_loop()
+    message = b"x" * 1024
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    class Client(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.left = size
+            self.got = 0
+            self.done = loop.create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.got += len(data)
+            if self.got < len(message):
+                return
+            self.got = 0
+            self.left -= 1
+            if self.left:
+                self.transport.write(message)  # type: ignore[attr-defined]
+            else:
+                self.done.set_result(None)
+
+    server = await loop.create_server(Echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, client = await loop.create_connection(Client, "127.0.0.1", port)
+    _instrument(loop, mode)
+    start = time.perf_counter()
+    transport.write(message)
+    await client.done
+    elapsed = time.perf_counter() - start
+    _finish(loop, mode)
+    transport.close()
+    server.close()
+    await server.wait_closed()
+    return elapsed
+
+
+def measure(workload: str, mode: str, size: int) -> float:
+    """In the worker process: seconds for `size` operations."""
+    import gc
+
+    import ferroloop
+
+    gc.disable()
+    func = {"sleep0_pingpong": sleep0_pingpong, "protocol_echo": protocol_echo}[workload]
+    return ferroloop.run(func(size, mode))
+
+
+def _worker_cmd(workload: str, mode: str, size: int, cpu: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "bench.instrument_cost", "--worker", workload, mode, str(size)]
+    return (["taskset", "-c", str(cpu)] if cpu is not None else []) + cmd
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run, for callgrind
+    env.pop("FERROLOOP_BLOCKING_THRESHOLD", None)
+    return env
+
+
+def timed(rounds: int, size: int, cpu: int | None) -> dict[tuple[str, str], list[float]]:
+    samples: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for workload in WORKLOADS:
+            order = MODES[r % len(MODES):] + MODES[: r % len(MODES)]
+            for mode in order:
+                out = subprocess.run(
+                    _worker_cmd(workload, mode, size, cpu), capture_output=True, text=True,
+                    env=_env(), cwd=ROOT, check=True,
+                ).stdout
+                samples.setdefault((workload, mode), []).append(json.loads(out)["seconds"] / size)
+    return samples
+
+
+def callgrind(size: int) -> dict[tuple[str, str], float]:
+    """Instructions per operation: (run of 2*size) - (run of size), divided by size."""
+    result: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in WORKLOADS:
+            for mode in MODES:
+                counts = []
+                for n in (size, 2 * size):
+                    proc = subprocess.run(
+                        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
+                         *_worker_cmd(workload, mode, n, None)],
+                        capture_output=True, text=True, env=_env(), cwd=ROOT, check=True,
+                    )
+                    counts.append(int(re.search(r"Collected : (\d+)", proc.stderr).group(1)))  # type: ignore[union-attr]
+                result[(workload, mode)] = (counts[1] - counts[0]) / size
+    return result
+
+
+def report(values: dict[tuple[str, str], float], unit: str) -> str:
+    lines = [f"| workload | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+    for workload in WORKLOADS:
+        base = values[(workload, "off")]
+        cells = [f"{values[(workload, m)]:.4g} {unit} ({values[(workload, m)] / base - 1:+.1%})" if m != "off"
+                 else f"{base:.4g} {unit}" for m in MODES]
+        lines.append(f"| {workload} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.instrument_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=200_000)
+    parser.add_argument("--cpu", type=int, default=0)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead of timing")
+    parser.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "MODE", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        workload, mode, size = args.worker
+        print(json.dumps({"seconds": measure(workload, mode, int(size))}))
+        return
+    if args.callgrind:
+        print(report(callgrind(args.size), "instr/op"))
+        return
+    samples = timed(args.rounds, args.size, args.cpu)
+    medians = {k: statistics.median(v) * 1e9 for k, v in samples.items()}
+    print(report(medians, "ns/op"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+//! What a callback is, cheaply: the Task it steps (if any), and a small label id standing for
+//! its name, for the trace and the per-task statistics.
+//!
+//! Loop thread, GIL held; used only while instrumentation is on. A Task's step arrives as a
+//! `TaskStepMethWrapper` (the first step) or a builtin method bound to the task (its wakeup);
+//! a pure-Python Task's as a bound method. Labels are keyed by what stays the same between
+//! calls — a builtin's method definition, a function's code object, an object's type — and
+//! named by `ferroloop._support.callback_label` the first time a key is seen; the table keeps
+//! the key objects alive so an address is never reused for another name.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
+
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
+
+use crate::gil_cell::GilCell;
+use crate::support;
+
+extern "C" {
+    static mut PyMethod_Type: ffi::PyTypeObject;
+    fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
+    fn PyMethod_Self(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// Hashes an object address: addresses are distinct and 16-byte aligned, so a multiply that
+/// spreads the low bits is enough (SipHash, the default, costs more than the lookup it serves).
+#[derive(Default, Clone, Copy)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, addr: usize) {
+        self.0 = ((addr as u64) >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by object address.
+pub type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
+
+static TASK_TYPES: PyOnceLock<(Py<PyAny>, Option<Py<PyAny>>)> = PyOnceLock::new();
+
+pub fn is_task(obj: &Bound<'_, PyAny>) -> bool {
+    let py = obj.py();
+    let Ok((c_task, py_task)) = TASK_TYPES.get_or_try_init(py, || -> PyResult<_> {
+        let tasks = py.import("asyncio.tasks")?;
+        let py_task = tasks.getattr("_PyTask").ok().map(Bound::unbind);
+        Ok((tasks.getattr("Task")?.unbind(), py_task))
+    }) else {
+        return false;
+    };
+    // A subtype check, not isinstance(): Task has no __instancecheck__ to honour, and this
+    // runs for every callback's bound object while tasks are followed.
+    let is_subtype = |ty: &Py<PyAny>| {
+        // SAFETY: both are live type objects (`ty` was imported as a class).
+        unsafe {
+            ffi::PyType_IsSubtype(
+                ffi::Py_TYPE(obj.as_ptr()),
+                ty.as_ptr() as *mut ffi::PyTypeObject,
+            ) != 0
+        }
+    };
+    is_subtype(c_task) || py_task.as_ref().is_some_and(is_subtype)
+}
+
+/// `_asyncio.TaskStepMethWrapper`, remembered the first time one is met (the type is not
+/// exported); static types live as long as the interpreter.
+static STEP_WRAPPER_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+
+fn is_step_wrapper(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is live; every type object has a NUL-terminated `tp_name`.
+    let tp = unsafe { ffi::Py_TYPE(obj.as_ptr()) };
+    let known = STEP_WRAPPER_TYPE.load(Relaxed);
+    if !known.is_null() {
+        return tp == known;
+    }
+    // SAFETY: as above.
+    let name = unsafe { CStr::from_ptr((*tp).tp_name) };
+    if name == c"TaskStepMethWrapper" {
+        STEP_WRAPPER_TYPE.store(tp, Relaxed);
+        return true;
+    }
+    false
+}
+
+/// The object a method-like callback is bound to, if it is bound.
+fn bound_self<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = callback.py();
+    let p = callback.as_ptr();
+    // SAFETY: `p` is a live object; the type checks come before the accessors they guard, and
+    // both accessors return borrowed references (NULL for an unbound builtin).
+    unsafe {
+        let owner = if ffi::PyCFunction_Check(p) != 0 {
+            ffi::PyCFunction_GetSelf(p)
+        } else if ffi::Py_TYPE(p) == &raw mut PyMethod_Type {
+            PyMethod_Self(p)
+        } else if is_step_wrapper(callback) {
+            return step_wrapper_task(callback);
+        } else {
+            return None;
+        };
+        Bound::from_borrowed_ptr_or_opt(py, owner)
+    }
+}
+
+/// The C layout of `_asyncio.TaskStepMethWrapper` (3.7 through 3.14): the object header,
+/// then the task and the value to send.
+#[repr(C)]
+struct StepWrapper {
+    ob_base: ffi::PyObject,
+    task: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+}
+
+/// The task of a `TaskStepMethWrapper` (a Task's first step, and every step after a bare
+/// yield): read from the object when its size says the layout is the one above (a getattr of
+/// `__self__` costs more than the rest of the step's bookkeeping), else through `__self__`.
+fn step_wrapper_task<'py>(wrapper: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = wrapper.py();
+    let p = wrapper.as_ptr();
+    // SAFETY: `p` is a live TaskStepMethWrapper; its type's basic size is read from the type
+    // object, and the fields are read only when that size is exactly the layout's, in which
+    // case `task` is the strong reference the wrapper holds.
+    unsafe {
+        if (*ffi::Py_TYPE(p)).tp_basicsize as usize == std::mem::size_of::<StepWrapper>() {
+            let task = (*(p as *mut StepWrapper)).task;
+            return Bound::from_borrowed_ptr_or_opt(py, task);
+        }
+    }
+    wrapper.getattr(intern!(py, "__self__")).ok()
+}
+
+/// The Task whose step `callback` is, if it is one.
+pub fn task_owner<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    bound_self(callback).filter(is_task)
+}
+
+/// The key that names `callback`, and the object to keep alive for it.
+fn label_key<'py>(callback: &Bound<'py, PyAny>) -> (usize, Bound<'py, PyAny>) {
+    let py = callback.py();
+    let p = callback.as_ptr();
+    // SAFETY: as in `bound_self`; `PyCFunctionObject` is the layout of every PyCFunction, and
+    // the function accessors return borrowed references to live objects.
+    unsafe {
+        if ffi::PyCFunction_Check(p) != 0 {
+            let def = (*(p as *mut ffi::PyCFunctionObject)).m_ml;
+            return (def as usize, callback.clone());
+        }
+        let func = if ffi::Py_TYPE(p) == &raw mut PyMethod_Type {
+            PyMethod_Function(p)
+        } else {
+            p
+        };
+        if ffi::PyFunction_Check(func) != 0 {
+            let code = ffi::PyFunction_GetCode(func);
+            return (code as usize, Bound::from_borrowed_ptr(py, code));
+        }
+        let tp = callback.get_type().into_any();
+        (tp.as_ptr() as usize, tp)
+    }
+}
+
+/// Label ids (from 1) and their names.
+#[derive(Default)]
+pub struct LabelTable {
+    by_key: AddrMap<u32>,
+    names: Vec<Py<PyString>>,
+    keep: Vec<Py<PyAny>>,
+}
+
+impl LabelTable {
+    pub fn names(&self, py: Python<'_>) -> Vec<Py<PyString>> {
+        self.names.iter().map(|n| n.clone_ref(py)).collect()
+    }
+}
+
+fn lookup_or_add<'py>(
+    table: &GilCell<LabelTable>,
+    key: usize,
+    keep: Bound<'py, PyAny>,
+    name: impl FnOnce() -> PyResult<Bound<'py, PyString>>,
+) -> PyResult<u32> {
+    let py = keep.py();
+    if let Some(&id) = table.borrow(py).by_key.get(&key) {
+        return Ok(id);
+    }
+    let name = name()?.unbind();
+    let mut t = table.borrow_mut(py);
+    t.names.push(name);
+    t.keep.push(keep.unbind());
+    let id = t.names.len() as u32;
+    t.by_key.insert(key, id);
+    Ok(id)
+}
+
+/// The label id of `callback`.
+pub fn callback_label(table: &GilCell<LabelTable>, callback: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let (key, keep) = label_key(callback);
+    lookup_or_add(table, key, keep, || support::callback_label(callback))
+}
+
+/// The label for a step that ended in a bare yield (`await asyncio.sleep(0)`).
+pub fn bare_yield_label(table: &GilCell<LabelTable>, py: Python<'_>) -> PyResult<u32> {
+    // Key 1 is no object's address (addresses are aligned), so it cannot collide.
+    let keep = py.None().into_bound(py);
+    lookup_or_add(table, 1, keep, || Ok(PyString::new(py, "__bare_yield")))
+}
+
+/// The label of the innermost coroutine (or generator) `task` is suspended in.
+pub fn innermost_label(table: &GilCell<LabelTable>, task: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let py = task.py();
+    let mut frame_owner = task.getattr(intern!(py, "_coro"))?;
+    // SAFETY: type checks on a live object.
+    let (mut is_coro, is_gen) = unsafe {
+        (
+            ffi::PyCoro_CheckExact(frame_owner.as_ptr()) != 0,
+            ffi::PyGen_Check(frame_owner.as_ptr()) != 0,
+        )
+    };
+    if !is_coro && !is_gen {
+        // Some other awaitable object: name its type.
+        return callback_label(table, &frame_owner);
+    }
+    for _ in 0..64 {
+        let inner = if is_coro {
+            frame_owner.getattr(intern!(py, "cr_await"))?
+        } else {
+            frame_owner.getattr(intern!(py, "gi_yieldfrom"))?
+        };
+        // SAFETY: type checks on a live object.
+        let (inner_coro, inner_gen) = unsafe {
+            (
+                ffi::PyCoro_CheckExact(inner.as_ptr()) != 0,
+                ffi::PyGen_Check(inner.as_ptr()) != 0,
+            )
+        };
+        if !inner_coro && !inner_gen {
+            break;
+        }
+        frame_owner = inner;
+        is_coro = inner_coro;
+    }
+    let code = frame_owner.getattr(if is_coro {
+        intern!(py, "cr_code")
+    } else {
+        intern!(py, "gi_code")
+    })?;
+    let key = code.as_ptr() as usize;
+    lookup_or_add(table, key, code.clone(), || {
+        Ok(code
+            .getattr(intern!(py, "co_qualname"))?
+            .cast_into::<PyString>()?)
+    })
+}

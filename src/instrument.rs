@@ -1,0 +1,554 @@
+//! The loop's instruments: always-on statistics, and the hooks that run only while per-task
+//! statistics, the blocking detector or the trace are switched on.
+//!
+//! Loop thread with the GIL held (the statistics' atomics are also read by `loop.stats()` on
+//! any thread, and by the watchdog). When everything optional is off, the loop pays one flag
+//! read per iteration and per `call_soon`, and one integer add per counted event; the hooks in
+//! this file are called only when the flag says so. Instrumentation never fails a callback:
+//! its own errors are reported as unraisable.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefReference};
+
+use crate::blocking::{self, Watch};
+use crate::callback_identity::{self, LabelTable};
+use crate::clock::{monotonic_ns, to_ns};
+use crate::gil_cell::GilCell;
+use crate::poller::{Event, WAKER_TOKEN};
+use crate::stats::LoopStats;
+use crate::support;
+use crate::task_table::{self, TaskTable};
+use crate::trace::{IoKind, Kind, TraceEvent, TraceRing};
+
+/// Per-task statistics (and task identities).
+pub const TASKS: u8 = 1;
+/// The blocking detector.
+pub const BLOCKING: u8 = 2;
+/// The trace (implies per-task identities).
+pub const TRACE: u8 = 4;
+
+#[derive(Clone, Copy, Default)]
+struct Running {
+    handle: u64,
+    task: u32,
+}
+
+#[derive(Default)]
+pub struct Instruments {
+    flags: AtomicU8,
+    pub stats: LoopStats,
+    trace: GilCell<Option<TraceRing>>,
+    tasks: GilCell<TaskTable>,
+    labels: GilCell<LabelTable>,
+    running: GilCell<Running>,
+    watch: GilCell<Option<Arc<Watch>>>,
+    /// The label id of a bare yield, once made.
+    bare_yield: AtomicU32,
+    /// When the last instrumented callback of this iteration ended (0: none yet).
+    last_end: AtomicU64,
+}
+
+fn report<T>(py: Python<'_>, result: PyResult<T>) -> Option<T> {
+    result.map_err(|err| err.write_unraisable(py, None)).ok()
+}
+
+impl Instruments {
+    /// The optional instruments switched on (0: none).
+    #[inline]
+    pub fn flags(&self) -> u8 {
+        self.flags.load(Relaxed)
+    }
+
+    /// Whether tasks are followed (per-task statistics or the trace): `call_soon` then reports
+    /// each queued callback.
+    #[inline]
+    pub fn follows_tasks(&self) -> bool {
+        self.flags() & (TASKS | TRACE) != 0
+    }
+
+    fn set_flag(&self, flag: u8, on: bool) {
+        let flags = self.flags();
+        self.flags
+            .store(if on { flags | flag } else { flags & !flag }, Relaxed);
+    }
+
+    #[inline]
+    fn trace_event(&self, py: Python<'_>, event: TraceEvent) {
+        if let Some(ring) = self.trace.borrow_mut(py).as_mut() {
+            ring.push(event);
+        }
+    }
+
+    /// The id of `task`, recording it first if it is new (then it was just created, or
+    /// existed before instrumentation started).
+    fn task_id(&self, task: &Bound<'_, PyAny>, now_ns: u64) -> PyResult<u32> {
+        let py = task.py();
+        if let Some(id) = self.tasks.borrow(py).find(task) {
+            return Ok(id);
+        }
+        let identity = support::task_identity(task)?;
+        let weak = PyWeakrefReference::new(task)?.into_any();
+        let parent = self.running.borrow(py).task;
+        let id = self
+            .tasks
+            .borrow_mut(py)
+            .add(task, weak, identity, parent, now_ns);
+        if self.flags() & TRACE != 0 {
+            self.trace_event(
+                py,
+                TraceEvent {
+                    ts: now_ns,
+                    kind: Kind::TaskCreated as u8,
+                    task: id,
+                    b: u64::from(parent),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed).
+    pub fn on_call_soon(
+        &self,
+        handle: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        threadsafe: bool,
+    ) {
+        let py = handle.py();
+        let now = monotonic_ns();
+        let running = *self.running.borrow(py);
+        let task = match callback_identity::task_owner(callback) {
+            Some(task) => report(py, self.task_id(&task, now)).unwrap_or(0),
+            None => 0,
+        };
+        if task != 0 {
+            let by_itself = !threadsafe && running.task == task;
+            self.tasks.borrow_mut(py).woken(task, now, by_itself);
+        }
+        if self.flags() & TRACE != 0 {
+            let (kind, b) = if threadsafe {
+                // SAFETY: returns the calling thread's ident; no preconditions.
+                let ident = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
+                (Kind::Threadsafe, ident as u64)
+            } else {
+                (Kind::CallSoon, running.handle)
+            };
+            self.trace_event(
+                py,
+                TraceEvent {
+                    ts: now,
+                    kind: kind as u8,
+                    a: handle.as_ptr() as u64,
+                    b,
+                    task,
+                    label: 0,
+                },
+            );
+        }
+    }
+
+    /// A timer was scheduled (trace on).
+    pub fn on_timer_scheduled(&self, py: Python<'_>, handle: &Bound<'_, PyAny>, when: f64) {
+        {
+            self.trace_event(
+                py,
+                TraceEvent {
+                    ts: monotonic_ns(),
+                    kind: Kind::TimerScheduled as u8,
+                    a: handle.as_ptr() as u64,
+                    b: when.to_bits(),
+                    task: self.running.borrow(py).task,
+                    label: 0,
+                },
+            );
+        }
+    }
+
+    /// The poller waited from `start_ns` for `took_ns` and returned `events` (trace on):
+    /// the wait, then each fd's readiness.
+    pub fn on_poll(&self, py: Python<'_>, start_ns: u64, took_ns: u64, events: &[Event]) {
+        let end = start_ns + took_ns;
+        let mut ring = self.trace.borrow_mut(py);
+        let Some(ring) = ring.as_mut() else {
+            return;
+        };
+        ring.push(TraceEvent {
+            ts: start_ns,
+            kind: Kind::PollWait as u8,
+            a: took_ns,
+            b: events.len() as u64,
+            ..Default::default()
+        });
+        for ev in events.iter().filter(|ev| ev.token != WAKER_TOKEN) {
+            for (ready, kind) in [
+                (ev.readable, IoKind::Readable),
+                (ev.writable, IoKind::Writable),
+            ] {
+                if ready {
+                    let (kind, label) = (Kind::Io as u8, kind as u32);
+                    ring.push(TraceEvent {
+                        ts: end,
+                        kind,
+                        a: ev.token,
+                        label,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+
+    /// An iteration is about to run `depth` ready callbacks (instruments on).
+    pub fn on_iteration(&self, py: Python<'_>, depth: usize) {
+        if !self.tracing() {
+            self.last_end.store(0, Relaxed);
+            return;
+        }
+        let now = monotonic_ns();
+        self.last_end.store(now, Relaxed); // also the first callback's start
+        self.trace_event(
+            py,
+            TraceEvent {
+                ts: now,
+                kind: Kind::Iteration as u8,
+                a: depth as u64,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// A transport read or wrote `bytes` on `fd`, or changed its flow control.
+    #[inline]
+    pub fn on_io(&self, py: Python<'_>, kind: IoKind, fd: i32, bytes: usize) {
+        match kind {
+            IoKind::Read => self.stats.bytes_read.add(bytes as u64),
+            IoKind::Write => self.stats.bytes_written.add(bytes as u64),
+            _ => {}
+        }
+        if self.flags() & TRACE != 0 {
+            let task = self.running.borrow(py).task;
+            self.trace_event(
+                py,
+                TraceEvent {
+                    ts: monotonic_ns(),
+                    kind: Kind::Io as u8,
+                    a: fd as u64,
+                    b: bytes as u64,
+                    task,
+                    label: kind as u32,
+                },
+            );
+        }
+    }
+
+    /// Run one ready callback with the instruments that are on. `describe` gives what the
+    /// handle calls and a timer's due time; it is asked only when tasks or the trace need it.
+    pub fn run_callback<'py>(
+        &self,
+        event_loop: &Bound<'py, PyAny>,
+        handle: &Bound<'py, PyAny>,
+        describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
+        run: impl FnOnce() -> PyResult<()>,
+    ) -> PyResult<()> {
+        let py = handle.py();
+        let flags = self.flags();
+        if flags & (TASKS | TRACE) == 0 {
+            // The blocking detector alone: two stores before and after.
+            self.watch_begin(py, handle);
+            let result = run();
+            self.watch_end(event_loop, handle);
+            return result;
+        }
+        // The previous callback's end, when one just ended in this iteration: back-to-back
+        // callbacks share a clock read.
+        let start = match self.last_end.swap(0, Relaxed) {
+            0 => monotonic_ns(),
+            previous => previous,
+        };
+        let (callback, when) = describe()?;
+        let handle_id = handle.as_ptr() as u64;
+        let task_obj = callback_identity::task_owner(&callback);
+        let task = match &task_obj {
+            Some(t) => report(py, self.task_id(t, start)).unwrap_or(0),
+            None => 0,
+        };
+        if task != 0 {
+            self.tasks.borrow_mut(py).step_started(task, start);
+        }
+        if flags & TRACE != 0 {
+            // A task step is named after its task when the trace is written.
+            let label = if task != 0 {
+                0
+            } else {
+                report(
+                    py,
+                    callback_identity::callback_label(&self.labels, &callback),
+                )
+                .unwrap_or(0)
+            };
+            self.trace_event(
+                py,
+                TraceEvent {
+                    ts: start,
+                    kind: Kind::CallbackStart as u8,
+                    a: handle_id,
+                    b: when.map_or(0, f64::to_bits),
+                    task,
+                    label,
+                },
+            );
+        }
+        let outer = std::mem::replace(
+            &mut *self.running.borrow_mut(py),
+            Running {
+                handle: handle_id,
+                task,
+            },
+        );
+        let watched = flags & BLOCKING != 0;
+        if watched {
+            self.watch_begin(py, handle);
+        }
+        let result = run();
+        if watched {
+            self.watch_end(event_loop, handle);
+        }
+        let end = monotonic_ns();
+        self.last_end.store(end, Relaxed);
+        *self.running.borrow_mut(py) = outer;
+        match task_obj.filter(|_| task != 0) {
+            Some(task_obj) => self.after_step(&task_obj, task, handle_id, start, end, flags),
+            None if flags & TRACE != 0 => self.end_event(py, handle_id, end, 0, 0, 0),
+            None => {}
+        }
+        result
+    }
+
+    #[inline]
+    fn watch_begin(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) {
+        if let Some(w) = self.watch.borrow(py).as_ref() {
+            w.begin(handle.as_ptr());
+        }
+    }
+
+    /// The watched callback returned: if the watchdog reported it, report its end.
+    #[inline]
+    fn watch_end(&self, event_loop: &Bound<'_, PyAny>, handle: &Bound<'_, PyAny>) {
+        let py = handle.py();
+        let reported = self.watch.borrow(py).as_ref().and_then(|w| w.end());
+        if let Some(elapsed) = reported {
+            report(py, support::report_unblocked(event_loop, handle, elapsed));
+        }
+    }
+
+    fn after_step(
+        &self,
+        task_obj: &Bound<'_, PyAny>,
+        task: u32,
+        handle_id: u64,
+        start: u64,
+        end: u64,
+        flags: u8,
+    ) {
+        let py = task_obj.py();
+        let first_step = self.tasks.borrow_mut(py).stepped(task, start, end);
+        if first_step {
+            if let Some(name) = report(py, task_obj.call_method0(intern!(py, "get_name"))) {
+                let old = self.tasks.borrow_mut(py).rename(task, name.unbind());
+                drop(old);
+            }
+        }
+        // A task waiting on a future, or one whose step queued its next step (a bare
+        // yield such as sleep(0)), is pending: only otherwise ask the task.
+        let requeued = self.tasks.borrow(py).is_queued(task);
+        let waiter = if requeued {
+            None
+        } else {
+            report(py, task_obj.getattr(intern!(py, "_fut_waiter")))
+        };
+        let outcome = match &waiter {
+            _ if requeued => task_table::OUTCOME_PENDING,
+            Some(w) if !w.is_none() => task_table::OUTCOME_PENDING,
+            _ => report(py, task_outcome(task_obj)).unwrap_or(task_table::OUTCOME_PENDING),
+        };
+        if flags & TRACE != 0 {
+            let (label, awaited) = match waiter {
+                _ if requeued => (self.bare_yield_label(py), 0),
+                Some(w) if outcome == task_table::OUTCOME_PENDING => {
+                    report(py, self.awaited(task_obj, &w)).unwrap_or((0, 0))
+                }
+                _ => (0, 0),
+            };
+            self.end_event(py, handle_id, end, task, label, awaited);
+        }
+        if outcome != task_table::OUTCOME_PENDING {
+            self.tasks
+                .borrow_mut(py)
+                .finished(task, outcome, end, task_obj.as_ptr() as usize);
+            if flags & TRACE != 0 {
+                self.trace_event(
+                    py,
+                    TraceEvent {
+                        ts: end,
+                        kind: Kind::TaskDone as u8,
+                        a: u64::from(outcome),
+                        task,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+
+    /// What a task that just stepped waits on: the label of its innermost coroutine (a bare
+    /// yield gets `BARE_YIELD`, without walking the coroutines), and (the label of the awaited
+    /// future's type) << 32 | (the awaited task's id, if it is a task).
+    fn awaited(&self, task: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>) -> PyResult<(u32, u64)> {
+        if waiter.is_none() {
+            return Ok((self.bare_yield_label(task.py()), 0));
+        }
+        let label = callback_identity::innermost_label(&self.labels, task)?;
+        let waiter_type = callback_identity::callback_label(&self.labels, waiter)?;
+        let awaited_task = if callback_identity::is_task(waiter) {
+            self.tasks.borrow(task.py()).find(waiter).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok((
+            label,
+            u64::from(waiter_type) << 32 | u64::from(awaited_task),
+        ))
+    }
+
+    fn bare_yield_label(&self, py: Python<'_>) -> u32 {
+        let cached = self.bare_yield.load(Relaxed);
+        if cached != 0 {
+            return cached;
+        }
+        let label = report(py, callback_identity::bare_yield_label(&self.labels, py)).unwrap_or(0);
+        self.bare_yield.store(label, Relaxed);
+        label
+    }
+
+    /// The end of a callback (for a task step: what the task awaits now), for the trace.
+    fn end_event(&self, py: Python<'_>, handle_id: u64, end: u64, task: u32, label: u32, b: u64) {
+        let kind = Kind::CallbackEnd as u8;
+        let event = TraceEvent {
+            ts: end,
+            kind,
+            a: handle_id,
+            b,
+            task,
+            label,
+        };
+        self.trace_event(py, event);
+    }
+
+    // ---- switching instruments on and off, reading them (cold) ----
+
+    pub fn set_task_stats(&self, on: bool) {
+        self.set_flag(TASKS, on);
+    }
+
+    pub fn task_stats_enabled(&self) -> bool {
+        self.follows_tasks()
+    }
+
+    pub fn start_trace(&self, py: Python<'_>, capacity: usize) {
+        *self.trace.borrow_mut(py) = Some(TraceRing::new(capacity));
+        self.set_flag(TRACE, true);
+    }
+
+    /// Stop tracing; returns (events as bytes, dropped count) or None if it was not on.
+    pub fn stop_trace<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u64)> {
+        self.set_flag(TRACE, false);
+        let ring = self.trace.borrow_mut(py).take()?;
+        Some((PyBytes::new(py, &ring.to_bytes()), ring.dropped()))
+    }
+
+    pub fn tracing(&self) -> bool {
+        self.flags() & TRACE != 0
+    }
+
+    pub fn labels<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let names = self.labels.borrow(py).names(py);
+        PyList::new(py, names)
+    }
+
+    pub fn task_dicts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let dicts = self.tasks.borrow(py).to_dicts(py)?;
+        PyList::new(py, dicts)
+    }
+
+    pub fn clear_tasks(&self, py: Python<'_>) {
+        let records = self.tasks.borrow_mut(py).take_all();
+        drop(records);
+    }
+
+    /// Switch the blocking detector on (`threshold` seconds) or off (`None`).
+    pub fn set_blocking_threshold(
+        &self,
+        event_loop: &Bound<'_, PyAny>,
+        threshold: Option<f64>,
+    ) -> PyResult<()> {
+        let py = event_loop.py();
+        self.stop_watchdog(py);
+        let Some(threshold) = threshold else {
+            return Ok(());
+        };
+        let watch = Watch::new(to_ns(threshold).max(1));
+        let loop_ref = PyWeakrefReference::new(event_loop)?.into_any().unbind();
+        blocking::spawn(watch.clone(), loop_ref).map_err(crate::errors::os_error)?;
+        *self.watch.borrow_mut(py) = Some(watch);
+        self.set_flag(BLOCKING, true);
+        Ok(())
+    }
+
+    pub fn stop_watchdog(&self, py: Python<'_>) {
+        let watch = self.watch.borrow_mut(py).take();
+        if let Some(watch) = watch {
+            watch.stop();
+        }
+        self.set_flag(BLOCKING, false);
+    }
+
+    pub fn blocking_threshold(&self, py: Python<'_>) -> Option<f64> {
+        self.watch
+            .borrow(py)
+            .as_ref()
+            .map(|w| w.threshold_ns.load(Relaxed) as f64 * 1e-9)
+    }
+
+    pub fn stats_dict<'py>(
+        &self,
+        py: Python<'py>,
+        cancelled: &crate::stats::CancelCounts,
+        fds_watched: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        self.stats
+            .to_dict(py, cancelled, fds_watched, monotonic_ns())
+    }
+}
+
+/// After a step: still pending, or how it finished. Reads the exception without marking it
+/// retrieved (`exception()` would silence "Task exception was never retrieved").
+fn task_outcome(task: &Bound<'_, PyAny>) -> PyResult<u8> {
+    let py = task.py();
+    if !task.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return Ok(task_table::OUTCOME_PENDING);
+    }
+    if task.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+        return Ok(task_table::OUTCOME_CANCELLED);
+    }
+    let exception = task.getattr(intern!(py, "_exception"))?;
+    Ok(if exception.is_none() {
+        task_table::OUTCOME_RESULT
+    } else {
+        task_table::OUTCOME_EXCEPTION
+    })
+}

@@ -1,0 +1,199 @@
+//! Per-task records while instrumentation is on: who each Task is (name, coroutine, where it
+//! was created, by which task) and how it ran (steps, busy time, wake-to-run time, idle time,
+//! self-wakes, longest step, outcome) — the task list tokio-console shows.
+//!
+//! Loop thread, GIL held (lives in a `GilCell`). Tasks are found by address; the record holds
+//! a weak reference that confirms the address still is that task, so a task that died pending
+//! and whose memory was reused is not mistaken for the new one. Ids start at 1; 0 is "none".
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::callback_identity::AddrMap;
+
+pub const OUTCOME_PENDING: u8 = 0;
+pub const OUTCOME_RESULT: u8 = 1;
+pub const OUTCOME_CANCELLED: u8 = 2;
+pub const OUTCOME_EXCEPTION: u8 = 3;
+
+pub struct TaskRecord {
+    weak: Py<PyAny>,
+    name: Py<PyAny>,
+    coro: Py<PyAny>,
+    site: Py<PyAny>,
+    parent: u32,
+    created_ns: u64,
+    done_ns: u64,
+    outcome: u8,
+    steps: u64,
+    busy_ns: u64,
+    wake_wait_ns: u64,
+    idle_ns: u64,
+    max_step_ns: u64,
+    self_wakes: u64,
+    /// When its next step was queued (0: not queued).
+    woken_ns: u64,
+    last_end_ns: u64,
+}
+
+#[derive(Default)]
+pub struct TaskTable {
+    by_addr: AddrMap<u32>,
+    records: Vec<TaskRecord>,
+    /// Ids handed out before the last `take_all`: ids are never reused, so an id still held
+    /// by a running callback when the table was cleared finds nothing instead of a stranger.
+    base: u32,
+}
+
+impl TaskTable {
+    /// The id of `task` if it is recorded (and still alive at that address).
+    pub fn find(&self, task: &Bound<'_, PyAny>) -> Option<u32> {
+        let id = *self.by_addr.get(&(task.as_ptr() as usize))?;
+        let weak = self.get(id)?.weak.as_ptr();
+        // SAFETY: `weak` is a live weak reference object this record owns (made by
+        // `PyWeakrefReference::new`); `wr_object` is its referent, or None once that died.
+        let referent = unsafe { (*(weak as *mut ffi::PyWeakReference)).wr_object };
+        (referent == task.as_ptr()).then_some(id)
+    }
+
+    /// Whether the task's next step is queued (it woke itself during this step).
+    pub fn is_queued(&self, id: u32) -> bool {
+        self.get(id).is_some_and(|r| r.woken_ns != 0)
+    }
+
+    fn get(&self, id: u32) -> Option<&TaskRecord> {
+        self.records.get(id.checked_sub(self.base + 1)? as usize)
+    }
+
+    /// Record a new task; `identity` is (name, coroutine qualname, creation site).
+    pub fn add(
+        &mut self,
+        task: &Bound<'_, PyAny>,
+        weak: Bound<'_, PyAny>,
+        identity: (Py<PyAny>, Py<PyAny>, Py<PyAny>),
+        parent: u32,
+        now_ns: u64,
+    ) -> u32 {
+        let (name, coro, site) = identity;
+        self.records.push(TaskRecord {
+            weak: weak.unbind(),
+            name,
+            coro,
+            site,
+            parent,
+            created_ns: now_ns,
+            done_ns: 0,
+            outcome: OUTCOME_PENDING,
+            steps: 0,
+            busy_ns: 0,
+            wake_wait_ns: 0,
+            idle_ns: 0,
+            max_step_ns: 0,
+            self_wakes: 0,
+            woken_ns: 0,
+            last_end_ns: now_ns,
+        });
+        let id = self.base + self.records.len() as u32;
+        self.by_addr.insert(task.as_ptr() as usize, id);
+        id
+    }
+
+    fn record(&mut self, id: u32) -> Option<&mut TaskRecord> {
+        self.records
+            .get_mut(id.checked_sub(self.base + 1)? as usize)
+    }
+
+    /// Its next step was queued at `now_ns`; `by_itself` when the task's own step queued it.
+    pub fn woken(&mut self, id: u32, now_ns: u64, by_itself: bool) {
+        let Some(r) = self.record(id) else {
+            return;
+        };
+        if r.woken_ns == 0 {
+            r.woken_ns = now_ns;
+            if !by_itself {
+                // Idle from the end of its last step; a task that wakes itself never idles.
+                r.idle_ns += now_ns.saturating_sub(r.last_end_ns);
+            }
+        }
+        if by_itself {
+            r.self_wakes += 1;
+        }
+    }
+
+    /// A step begins: the wait since its wake-up ends.
+    pub fn step_started(&mut self, id: u32, start_ns: u64) {
+        let Some(r) = self.record(id) else {
+            return;
+        };
+        if r.woken_ns != 0 {
+            r.wake_wait_ns += start_ns.saturating_sub(r.woken_ns);
+            r.woken_ns = 0;
+        }
+    }
+
+    /// Record a finished step; returns true for the task's first one.
+    pub fn stepped(&mut self, id: u32, start_ns: u64, end_ns: u64) -> bool {
+        let Some(r) = self.record(id) else {
+            return false;
+        };
+        let took = end_ns.saturating_sub(start_ns);
+        r.steps += 1;
+        r.busy_ns += took;
+        r.max_step_ns = r.max_step_ns.max(took);
+        r.last_end_ns = end_ns;
+        r.steps == 1
+    }
+
+    /// The task's name as it is now (`create_task(name=...)` may set it after the task has
+    /// queued its first step).
+    pub fn rename(&mut self, id: u32, name: Py<PyAny>) -> Option<Py<PyAny>> {
+        Some(std::mem::replace(&mut self.record(id)?.name, name))
+    }
+
+    pub fn finished(&mut self, id: u32, outcome: u8, now_ns: u64, addr: usize) {
+        let Some(r) = self.record(id) else {
+            return;
+        };
+        r.outcome = outcome;
+        r.done_ns = now_ns;
+        if self.by_addr.get(&addr) == Some(&id) {
+            self.by_addr.remove(&addr);
+        }
+    }
+
+    /// One dict per task, in creation order.
+    pub fn to_dicts<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let secs = |ns: u64| ns as f64 * 1e-9;
+        let mut out = Vec::with_capacity(self.records.len());
+        for (i, r) in self.records.iter().enumerate() {
+            let d = PyDict::new(py);
+            d.set_item("id", self.base as usize + i + 1)?;
+            d.set_item("name", r.name.bind(py))?;
+            d.set_item("coro", r.coro.bind(py))?;
+            d.set_item("created_at", r.site.bind(py))?;
+            d.set_item("parent", r.parent)?;
+            d.set_item("task", r.weak.bind(py).call0()?)?;
+            d.set_item(
+                "state",
+                ["pending", "done", "cancelled", "raised"][r.outcome as usize],
+            )?;
+            d.set_item("created_ns", r.created_ns)?;
+            d.set_item("done_ns", r.done_ns)?;
+            d.set_item("steps", r.steps)?;
+            d.set_item("busy_seconds", secs(r.busy_ns))?;
+            d.set_item("wake_to_run_seconds", secs(r.wake_wait_ns))?;
+            d.set_item("idle_seconds", secs(r.idle_ns))?;
+            d.set_item("max_step_seconds", secs(r.max_step_ns))?;
+            d.set_item("self_wakes", r.self_wakes)?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    pub fn take_all(&mut self) -> Vec<TaskRecord> {
+        self.by_addr.clear();
+        self.base += self.records.len() as u32;
+        std::mem::take(&mut self.records)
+    }
+}

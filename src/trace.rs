@@ -1,0 +1,257 @@
+//! The trace buffer: fixed-size events in a bounded ring, in pure Rust.
+//!
+//! The loop appends an event (kind, timestamp, two payload words, task id, label id) at each
+//! point worth seeing; nothing is named here. Ids become names only when the trace is written
+//! (`python/ferroloop/_trace.py`). When the ring is full the oldest event is overwritten and
+//! counted as dropped, so a long-running server keeps its most recent history in bounded
+//! memory. Used on the loop thread with the GIL held (it lives in a `GilCell`).
+//!
+//! ```
+//! use _core::trace::{Kind, TraceEvent, TraceRing};
+//! let mut ring = TraceRing::new(2);
+//! for ts in 1..=3 {
+//!     ring.push(TraceEvent { ts, kind: Kind::CallbackStart as u8, ..Default::default() });
+//! }
+//! assert_eq!(ring.dropped(), 1);
+//! assert_eq!(ring.ordered().map(|e| e.ts).collect::<Vec<_>>(), vec![2, 3]);
+//! ```
+
+/// What an event records; the payload words `a` and `b` per kind are listed in
+/// `python/ferroloop/_trace.py`, which reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// a: handle id, b: timer `when` (f64 bits) or 0; label: the callback.
+    CallbackStart = 1,
+    /// a: handle id, b: awaited future's type label << 32 | awaited task id (task steps);
+    /// label: the innermost coroutine the task is suspended in.
+    CallbackEnd = 2,
+    /// a: new handle id, b: the handle running when it was queued (0: none); task: target.
+    CallSoon = 3,
+    /// As `CallSoon`, queued from another thread; b: that thread's ident.
+    Threadsafe = 4,
+    /// a: timer handle id, b: `when` (f64 bits).
+    TimerScheduled = 5,
+    /// task: the new task, b: the task that created it (0: none).
+    TaskCreated = 6,
+    /// task: the task, a: 1 result, 2 cancelled, 3 exception.
+    TaskDone = 7,
+    /// ts: wait start, a: duration ns, b: number of events.
+    PollWait = 8,
+    /// a: ready-queue depth when the iteration began running callbacks.
+    Iteration = 9,
+    /// a: fd, b: bytes; label: the I/O kind (see `IoKind`).
+    Io = 10,
+}
+
+/// What an `Io` event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum IoKind {
+    Read = 1,
+    Write = 2,
+    PauseReading = 3,
+    ResumeReading = 4,
+    PauseWriting = 5,
+    ResumeWriting = 6,
+    /// The poller reported the fd readable (b unused).
+    Readable = 7,
+    /// The poller reported the fd writable (b unused).
+    Writable = 8,
+}
+
+pub const KIND_NAMES: [(&str, Kind); 10] = [
+    ("callback_start", Kind::CallbackStart),
+    ("callback_end", Kind::CallbackEnd),
+    ("call_soon", Kind::CallSoon),
+    ("threadsafe", Kind::Threadsafe),
+    ("timer_scheduled", Kind::TimerScheduled),
+    ("task_created", Kind::TaskCreated),
+    ("task_done", Kind::TaskDone),
+    ("poll_wait", Kind::PollWait),
+    ("iteration", Kind::Iteration),
+    ("io", Kind::Io),
+];
+
+pub const IO_NAMES: [(&str, IoKind); 8] = [
+    ("read", IoKind::Read),
+    ("write", IoKind::Write),
+    ("pause_reading", IoKind::PauseReading),
+    ("resume_reading", IoKind::ResumeReading),
+    ("pause_writing", IoKind::PauseWriting),
+    ("resume_writing", IoKind::ResumeWriting),
+    ("readable", IoKind::Readable),
+    ("writable", IoKind::Writable),
+];
+
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// Monotonic clock, ns.
+    pub ts: u64,
+    pub a: u64,
+    pub b: u64,
+    pub task: u32,
+    /// Label ids are kept below 2^24 (`LABEL_MASK`): the kind shares their word.
+    pub label: u32,
+    pub kind: u8,
+}
+
+pub const LABEL_MASK: u32 = 0x00FF_FFFF;
+
+/// An event as the ring stores it: 32 bytes, the kind in the label word's top byte.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Stored {
+    ts: u64,
+    a: u64,
+    b: u64,
+    task: u32,
+    kind_label: u32,
+}
+
+impl Stored {
+    fn pack(e: TraceEvent) -> Stored {
+        Stored {
+            ts: e.ts,
+            a: e.a,
+            b: e.b,
+            task: e.task,
+            kind_label: (e.label & LABEL_MASK) | u32::from(e.kind) << 24,
+        }
+    }
+
+    fn unpack(&self) -> TraceEvent {
+        TraceEvent {
+            ts: self.ts,
+            a: self.a,
+            b: self.b,
+            task: self.task,
+            label: self.kind_label & LABEL_MASK,
+            kind: (self.kind_label >> 24) as u8,
+        }
+    }
+}
+
+/// Bytes per event in `TraceRing::to_bytes` (`struct` format `<QQQII`: ts, a, b, task, and
+/// the label with the kind in its top byte).
+pub const EVENT_BYTES: usize = 32;
+
+pub struct TraceRing {
+    /// Reserved at full capacity up front (the kernel maps pages only as events reach them),
+    /// so the ring never moves while it fills.
+    events: Vec<Stored>,
+    capacity: usize,
+    /// Where the next event goes once the ring is full (its oldest event).
+    oldest: usize,
+    dropped: u64,
+}
+
+impl TraceRing {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        TraceRing {
+            events: Vec::with_capacity(capacity),
+            capacity,
+            oldest: 0,
+            dropped: 0,
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, event: TraceEvent) {
+        let stored = Stored::pack(event);
+        if self.events.len() < self.capacity {
+            self.events.push(stored);
+        } else {
+            self.events[self.oldest] = stored;
+            self.oldest = (self.oldest + 1) % self.capacity;
+            self.dropped += 1;
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Oldest first.
+    pub fn ordered(&self) -> impl Iterator<Item = TraceEvent> + '_ {
+        let (newer, older) = self.events.split_at(self.oldest);
+        older.iter().chain(newer).map(Stored::unpack)
+    }
+
+    /// The events oldest first, little-endian, `EVENT_BYTES` each.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.events.len() * EVENT_BYTES];
+        let (newer, older) = self.events.split_at(self.oldest);
+        for (e, record) in older
+            .iter()
+            .chain(newer)
+            .zip(out.chunks_exact_mut(EVENT_BYTES))
+        {
+            record[0..8].copy_from_slice(&e.ts.to_le_bytes());
+            record[8..16].copy_from_slice(&e.a.to_le_bytes());
+            record[16..24].copy_from_slice(&e.b.to_le_bytes());
+            record[24..28].copy_from_slice(&e.task.to_le_bytes());
+            record[28..32].copy_from_slice(&e.kind_label.to_le_bytes());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ts: u64) -> TraceEvent {
+        TraceEvent {
+            ts,
+            kind: Kind::Io as u8,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_capacity_events_in_order() {
+        let mut ring = TraceRing::new(3);
+        for ts in 0..10 {
+            ring.push(event(ts));
+        }
+        assert_eq!(ring.len(), 3);
+        assert_eq!(ring.dropped(), 7);
+        let ts: Vec<u64> = ring.ordered().map(|e| e.ts).collect();
+        assert_eq!(ts, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn bytes_are_fixed_size_records() {
+        let mut ring = TraceRing::new(4);
+        ring.push(TraceEvent {
+            ts: 1,
+            a: 2,
+            b: 3,
+            task: 4,
+            label: 5,
+            kind: 6,
+        });
+        let bytes = ring.to_bytes();
+        assert_eq!(bytes.len(), EVENT_BYTES);
+        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[8], 2);
+        assert_eq!(bytes[16], 3);
+        assert_eq!(bytes[24], 4);
+        assert_eq!(bytes[28], 5);
+        assert_eq!(bytes[31], 6);
+        assert_eq!(
+            ring.ordered().next().map(|e| (e.label, e.kind)),
+            Some((5, 6))
+        );
+    }
+}
