@@ -70,7 +70,7 @@ pub fn is_task(obj: &Bound<'_, PyAny>) -> bool {
         unsafe {
             ffi::PyType_IsSubtype(
                 ffi::Py_TYPE(obj.as_ptr()),
-                ty.as_ptr() as *mut ffi::PyTypeObject,
+                ty.as_ptr().cast::<ffi::PyTypeObject>(),
             ) != 0
         }
     };
@@ -137,7 +137,7 @@ fn step_wrapper_task<'py>(wrapper: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAn
     // case `task` is the strong reference the wrapper holds.
     unsafe {
         if (*ffi::Py_TYPE(p)).tp_basicsize as usize == std::mem::size_of::<StepWrapper>() {
-            let task = (*(p as *mut StepWrapper)).task;
+            let task = (*(p.cast::<StepWrapper>())).task;
             return Bound::from_borrowed_ptr_or_opt(py, task);
         }
     }
@@ -157,7 +157,7 @@ fn label_key<'py>(callback: &Bound<'py, PyAny>) -> (usize, Bound<'py, PyAny>) {
     // the function accessors return borrowed references to live objects.
     unsafe {
         if ffi::PyCFunction_Check(p) != 0 {
-            let def = (*(p as *mut ffi::PyCFunctionObject)).m_ml;
+            let def = (*(p.cast::<ffi::PyCFunctionObject>())).m_ml;
             return (def as usize, callback.clone());
         }
         let func = if ffi::Py_TYPE(p) == &raw mut PyMethod_Type {

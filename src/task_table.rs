@@ -53,7 +53,7 @@ impl TaskTable {
         let weak = self.get(id)?.weak.as_ptr();
         // SAFETY: `weak` is a live weak reference object this record owns (made by
         // `PyWeakrefReference::new`); `wr_object` is its referent, or None once that died.
-        let referent = unsafe { (*(weak as *mut ffi::PyWeakReference)).wr_object };
+        let referent = unsafe { (*(weak.cast::<ffi::PyWeakReference>())).wr_object };
         (referent == task.as_ptr()).then_some(id)
     }
 
