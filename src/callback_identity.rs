@@ -78,7 +78,9 @@ pub fn is_task(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 /// `_asyncio.TaskStepMethWrapper`, remembered the first time one is met (the type is not
-/// exported); static types live as long as the interpreter.
+/// exported). A static type up to 3.11, named `TaskStepMethWrapper`; a heap type of the
+/// `_asyncio` module from 3.12, named `_asyncio.TaskStepMethWrapper`, which lives as long as
+/// that module (loaded once, never unloaded).
 static STEP_WRAPPER_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
 
 fn is_step_wrapper(obj: &Bound<'_, PyAny>) -> bool {
@@ -90,7 +92,8 @@ fn is_step_wrapper(obj: &Bound<'_, PyAny>) -> bool {
     }
     // SAFETY: as above.
     let name = unsafe { CStr::from_ptr((*tp).tp_name) };
-    if name == c"TaskStepMethWrapper" {
+    let name = name.to_bytes();
+    if name == b"TaskStepMethWrapper" || name == b"_asyncio.TaskStepMethWrapper" {
         STEP_WRAPPER_TYPE.store(tp, Relaxed);
         return true;
     }
