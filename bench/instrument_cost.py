@@ -167,7 +167,7 @@ def callgrind(size: int) -> dict[tuple[str, str], float]:
 
 
 def report(values: dict[tuple[str, str], float], unit: str) -> str:
-    lines = [f"| workload | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+    lines = ["| workload | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
     for workload in WORKLOADS:
         base = values[(workload, "off")]
         cells = [f"{values[(workload, m)]:.4g} {unit} ({values[(workload, m)] / base - 1:+.1%})" if m != "off"

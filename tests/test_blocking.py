@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import ferroloop
+import pytest
 from ferro_helpers import run_python
 
 
@@ -65,7 +64,8 @@ def test_the_report_comes_while_the_callback_still_runs(loop: ferroloop.Loop) ->
     loop.run_forever()
     assert [r["event"] for r in reports] == ["blocked", "returned"]
     assert seen_at[0] < returned_at[0]  # reported before the callback returned
-    assert reports[0]["what"] == "callback test_the_report_comes_while_the_callback_still_runs.<locals>.blocking_callback"
+    what = "callback test_the_report_comes_while_the_callback_still_runs.<locals>.blocking_callback"
+    assert reports[0]["what"] == what
     assert 0.05 <= reports[0]["elapsed"] < 0.3
     assert reports[1]["elapsed"] >= 0.2
     assert "time.sleep(0.3)" in reports[0]["stack"]

@@ -11,9 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import ferroloop
+import pytest
 from ferro_helpers import run_python
 
 

@@ -13,9 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import ferroloop
+import pytest
 from ferro_helpers import run_python
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

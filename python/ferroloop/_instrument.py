@@ -14,7 +14,8 @@ import sys
 import traceback
 import types
 from asyncio.log import logger
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from ._loop import Loop

@@ -29,8 +29,9 @@ import os
 import struct
 import weakref
 from asyncio import events
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._instrument import DEFAULT_TRACE_EVENTS, runner
@@ -369,7 +370,8 @@ def svg_timeline(tl: Timeline, width: int = 1100) -> str:
             last_label = x(start)
     for start, end in axis.gaps:
         mid = (axis.x(start) + axis.x(end)) / 2
-        parts.append(f'<rect x="{axis.x(start) + 2:.1f}" y="{top}" width="{max(0.0, axis.x(end) - axis.x(start) - 4):.1f}" '
+        band = max(0.0, axis.x(end) - axis.x(start) - 4)
+        parts.append(f'<rect x="{axis.x(start) + 2:.1f}" y="{top}" width="{band:.1f}" '
                      f'height="{axis_y - top}" fill="#eee" opacity="0.6"><title>{_fmt_us(end - start)} '
                      'with nothing to run: cut out of the time axis</title></rect>')
         parts.append(f'<text x="{mid:.1f}" y="{top - 4}" text-anchor="middle" fill="#888" font-size="9">'
@@ -572,7 +574,7 @@ class TraceSession:
         runner.trace_session = self
         running = events._get_running_loop()
         if isinstance(running, _core.LoopCore):
-            self.attach(running)  # type: ignore[arg-type]
+            self.attach(running)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
