@@ -100,15 +100,16 @@ impl Watch {
 }
 
 /// Start the watchdog for the loop `loop_ref` (a weak reference, so the thread never keeps
-/// the loop alive). The thread ends once `watch.stop()` is called, the loop is gone or the
-/// interpreter is finalizing.
+/// the loop alive). The thread ends once `watch.stop()` is called, the loop has dropped its
+/// `Watch`, the loop is gone or the interpreter is finalizing.
 pub fn spawn(watch: Arc<Watch>, loop_ref: Py<PyAny>) -> std::io::Result<()> {
     thread::Builder::new()
         .name("ferroloop-watchdog".into())
         .spawn(move || {
             let mut loop_ref = Some(loop_ref);
             let mut seen = Sighting::default();
-            while !watch.stop.load(Relaxed) {
+            // A loop dropped without being closed leaves this thread the only owner.
+            while !watch.stop.load(Relaxed) && Arc::strong_count(&watch) > 1 {
                 thread::sleep(watch.period());
                 let Some((seq, since)) = watch.tick(&mut seen, monotonic_ns()) else {
                     continue;

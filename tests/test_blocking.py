@@ -6,7 +6,9 @@ rejects bad values clearly."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -142,3 +144,30 @@ def test_a_bad_environment_variable_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "FERROLOOP_BLOCKING_THRESHOLD must be a number of seconds, not 'soon'" in result.stderr
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def wait_for_threads(count: int) -> int:
+    deadline = time.monotonic() + 5
+    while os_threads() != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os_threads()
+
+
+def test_the_watchdog_thread_ends_with_its_loop() -> None:
+    before = os_threads()
+    closed = ferroloop.new_event_loop()
+    closed.set_blocking_threshold(0.01)
+    assert wait_for_threads(before + 1) == before + 1
+    closed.close()
+    assert wait_for_threads(before) == before
+    dropped = ferroloop.new_event_loop()
+    dropped.set_blocking_threshold(0.01)
+    assert wait_for_threads(before + 1) == before + 1
+    with pytest.warns(ResourceWarning):
+        del dropped
+        gc.collect()
+    assert wait_for_threads(before) == before
