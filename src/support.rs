@@ -128,3 +128,16 @@ pub fn report_unblocked(
         .call1((event_loop, handle, elapsed))?;
     Ok(())
 }
+
+/// Whether the interpreter's socket transport, when a closing transport's buffer drains,
+/// counts the connection as lost before calling `_call_connection_lost` (gh-156512, 3.14+).
+pub fn stdlib_counts_lost_on_drained_close(py: Python<'_>) -> PyResult<bool> {
+    static COUNTS: PyOnceLock<bool> = PyOnceLock::new();
+    COUNTS
+        .get_or_try_init(py, || {
+            helper!(py, "stdlib_counts_lost_on_drained_close")?
+                .call0()?
+                .extract()
+        })
+        .copied()
+}

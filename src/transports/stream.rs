@@ -520,6 +520,21 @@ fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
+/// Whether the interpreter's socket transport has a `writelines` of its own (3.12+), which
+/// returns at once for an empty (or any falsy) argument, `None` included; before, the base
+/// class's joined the items first and so raised TypeError for `None`.
+fn stdlib_writelines_skips_empty(py: Python<'_>) -> PyResult<bool> {
+    static SKIPS: PyOnceLock<bool> = PyOnceLock::new();
+    SKIPS
+        .get_or_try_init(py, || -> PyResult<bool> {
+            let cls = py
+                .import("asyncio.selector_events")?
+                .getattr("_SelectorSocketTransport")?;
+            cls.getattr("__dict__")?.contains("writelines")
+        })
+        .copied()
+}
+
 #[pymethods]
 impl StreamCore {
     #[new]
@@ -639,6 +654,16 @@ impl StreamCore {
                 .call_method1(intern!(py, "set_result"), (py.None(),))?;
         }
         if closing {
+            // gh-156512 (3.14+): the drained close counts the connection as lost first, so
+            // connection_lost runs once and what the protocol writes from it is dropped;
+            // earlier releases call it with the count still 0.
+            if support::stdlib_counts_lost_on_drained_close(py)? {
+                let mut st = self.state.borrow_mut(py);
+                if st.conn_lost.is_lost() {
+                    return Ok(());
+                }
+                st.conn_lost.record();
+            }
             if let Some(transport) = self.transport(py) {
                 transport
                     .bind(py)
@@ -676,6 +701,13 @@ impl StreamCore {
         let py = slf.py();
         let this = slf.get();
         this.check_writable(py, "writelines")?;
+        // 3.12+'s own writelines returns for a falsy argument, then drops (and counts) the
+        // call on a lost connection before looking at the items; 3.11's joined them first and
+        // passed the result to write(), which ignores b"" before counting.
+        let own_writelines = stdlib_writelines_skips_empty(py)?;
+        if own_writelines && (!list_of_data.is_truthy()? || this.drop_write_if_lost(py)?) {
+            return Ok(());
+        }
         let mut views = Vec::new();
         for (i, item) in list_of_data.try_iter()?.enumerate() {
             let item = item?;
@@ -693,7 +725,7 @@ impl StreamCore {
                 views.push(view);
             }
         }
-        if views.is_empty() || this.drop_write_if_lost(py)? {
+        if views.is_empty() || (!own_writelines && this.drop_write_if_lost(py)?) {
             return Ok(());
         }
         Self::send_or_buffer(slf, &views)
