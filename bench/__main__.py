@@ -43,16 +43,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated workloads (of {workload_names})")
     parser.add_argument("--loops", default=",".join(KNOWN_LOOPS), help="comma-separated loops")
     parser.add_argument("--cpu", type=int, default=0, help="CPU for single-process workloads")
-    parser.add_argument(
-        "--scale", type=float, default=1.0, help="multiply every workload's size by this"
-    )
-    parser.add_argument(
-        "--gc", action="store_true", help="keep the cyclic GC on while workloads run"
-    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every workload's size by this")
+    parser.add_argument("--gc", action="store_true", help="keep the cyclic GC on while workloads run")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per measurement")
-    parser.add_argument(
-        "--output", type=Path, help="markdown report path (the chart and raw JSON go beside it)"
-    )
+    parser.add_argument("--output", type=Path, help="markdown report path (the chart and raw JSON go beside it)")
     parser.add_argument(
         "--ferroloop-from",
         choices=("auto", "tree", "installed"),
@@ -173,10 +167,7 @@ def measure_once(
 
 
 def summarise_notes(worker_notes: dict[str, int], rounds: int) -> list[str]:
-    return [
-        f"{note} ({count} of {rounds} rounds)" if rounds > 1 else note
-        for note, count in worker_notes.items()
-    ]
+    return [f"{note} ({count} of {rounds} rounds)" if rounds > 1 else note for note, count in worker_notes.items()]
 
 
 def main() -> None:
@@ -188,10 +179,7 @@ def main() -> None:
     workloads = select_workloads(args.only, notes)
     if not loops or not workloads:
         sys.exit("nothing to measure")
-    sizes = {
-        w.name: max(1, int((w.quick_size if args.quick else w.size) * args.scale))
-        for w in workloads
-    }
+    sizes = {w.name: max(1, int((w.quick_size if args.quick else w.size) * args.scale)) for w in workloads}
     samples = Samples()
     worker_notes: dict[str, int] = {}  # note -> rounds it came up in
     unsupported: set[tuple[str, str]] = set()  # (workload, loop) not measured after round 1
@@ -204,9 +192,7 @@ def main() -> None:
                 if (workload.name, loop) in unsupported:
                     continue
                 try:
-                    ops_per_sec, found = measure_once(
-                        workload, loop, sizes[workload.name], args, env
-                    )
+                    ops_per_sec, found = measure_once(workload, loop, sizes[workload.name], args, env)
                 except Unsupported as exc:
                     note = f"{workload.name} on {loop}: not measured, unsupported: {exc}"
                     print(note, file=sys.stderr)

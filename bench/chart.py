@@ -81,8 +81,7 @@ def write_chart(
     axes.invert_yaxis()  # first workload at the top, as in the table
     axes.grid(axis="x", which="major", alpha=0.3)
     axes.set_xlabel(f"throughput ratio (right of 1×: {SUBJECT} faster)")
-    axes.set_title(f"{SUBJECT} throughput relative to {' and '.join(baselines)}\n{subtitle}",
-                   fontsize=10)
+    axes.set_title(f"{SUBJECT} throughput relative to {' and '.join(baselines)}\n{subtitle}", fontsize=10)
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -138,11 +138,15 @@ def timed(rounds: int, size: int, cpu: int | None) -> dict[tuple[str, str], list
     samples: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
         for workload in WORKLOADS:
-            order = MODES[r % len(MODES):] + MODES[: r % len(MODES)]
+            order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
             for mode in order:
                 out = subprocess.run(
-                    _worker_cmd(workload, mode, size, cpu), capture_output=True, text=True,
-                    env=_env(), cwd=ROOT, check=True,
+                    _worker_cmd(workload, mode, size, cpu),
+                    capture_output=True,
+                    text=True,
+                    env=_env(),
+                    cwd=ROOT,
+                    check=True,
                 ).stdout
                 samples.setdefault((workload, mode), []).append(json.loads(out)["seconds"] / size)
     return samples
@@ -157,9 +161,17 @@ def callgrind(size: int) -> dict[tuple[str, str], float]:
                 counts = []
                 for n in (size, 2 * size):
                     proc = subprocess.run(
-                        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
-                         *_worker_cmd(workload, mode, n, None)],
-                        capture_output=True, text=True, env=_env(), cwd=ROOT, check=True,
+                        [
+                            "valgrind",
+                            "--tool=callgrind",
+                            f"--callgrind-out-file={tmp}/cg.out",
+                            *_worker_cmd(workload, mode, n, None),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        env=_env(),
+                        cwd=ROOT,
+                        check=True,
                     )
                     counts.append(int(re.search(r"Collected : (\d+)", proc.stderr).group(1)))  # type: ignore[union-attr]
                 result[(workload, mode)] = (counts[1] - counts[0]) / size
@@ -170,8 +182,12 @@ def report(values: dict[tuple[str, str], float], unit: str) -> str:
     lines = ["| workload | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
     for workload in WORKLOADS:
         base = values[(workload, "off")]
-        cells = [f"{values[(workload, m)]:.4g} {unit} ({values[(workload, m)] / base - 1:+.1%})" if m != "off"
-                 else f"{base:.4g} {unit}" for m in MODES]
+        cells = [
+            f"{values[(workload, m)]:.4g} {unit} ({values[(workload, m)] / base - 1:+.1%})"
+            if m != "off"
+            else f"{base:.4g} {unit}"
+            for m in MODES
+        ]
         lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -12,8 +12,9 @@ import importlib
 import importlib.metadata
 import platform
 import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Callable, Coroutine, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -54,10 +55,7 @@ def unsupported_reason(error: NotImplementedError) -> str:
         return "NotImplementedError"
     where = frames[-1]
     source = Path(where.filename)
-    return (
-        f"{where.name}() raised NotImplementedError "
-        f"({source.parent.name}/{source.name}:{where.lineno})"
-    )
+    return f"{where.name}() raised NotImplementedError ({source.parent.name}/{source.name}:{where.lineno})"
 
 
 def run_on(name: str, main: Callable[[], Coroutine[object, object, T]]) -> T:

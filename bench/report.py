@@ -61,7 +61,7 @@ def machine() -> str:
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def rate(value: float | None) -> str:
@@ -154,16 +154,14 @@ def render(
         f"- Operations per measurement: {size_list}",
         f"- Cyclic GC: {gc_state}",
         "",
-        "Throughput, median over rounds (higher is better). A ratio above 1.00 means "
-        f"{SUBJECT} is faster.",
+        f"Throughput, median over rounds (higher is better). A ratio above 1.00 means {SUBJECT} is faster.",
         "",
         table(samples, workloads, loops),
         "",
     ]
     if any(w.bytes_per_op for w in workloads):
         parts += [
-            "Echo payload throughput, MB/s (requests/s × message size; as much again flows "
-            "back):",
+            "Echo payload throughput, MB/s (requests/s × message size; as much again flows back):",
             "",
             megabytes_table(samples, workloads, loops),
             "",
@@ -227,8 +225,6 @@ def replace_readme_section(readme: str, section: str) -> str:
     start = next((i for i, line in enumerate(lines) if line.rstrip() == README_HEADING), None)
     if start is None:
         return readme.rstrip("\n") + "\n\n" + section
-    end = next(
-        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-    )
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     following = "".join(lines[end:])
     return "".join(lines[:start]) + section + ("\n" + following if following else "")

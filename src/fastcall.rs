@@ -197,13 +197,13 @@ pub fn install(loop_core: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
         loop_core,
         c"call_soon",
         call_soon,
-        c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in `context` (a copy of the current context by default). Returns a Handle.",
+        c"call_soon($self, callback, /, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in `context` (a copy of the current context by default). Returns a Handle.",
     )?;
     install_method(
         loop_core,
         c"call_soon_threadsafe",
         call_soon_threadsafe,
-        c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon, from any thread: also wakes the loop if it is waiting for I/O. Returns a Handle.",
+        c"call_soon_threadsafe($self, callback, /, *args, context=None)\n--\n\nLike call_soon, from any thread: also wakes the loop if it is waiting for I/O. Returns a Handle.",
     )
 }
 

@@ -30,6 +30,4 @@ def measure(loop_name: str, size: int) -> Timing:
     return Timing(size, run_on(loop_name, main))
 
 
-WORKLOAD = Workload(
-    name="call_soon", unit="callbacks", size=1_000_000, quick_size=50_000, measure=measure
-)
+WORKLOAD = Workload(name="call_soon", unit="callbacks", size=1_000_000, quick_size=50_000, measure=measure)

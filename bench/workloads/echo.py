@@ -25,7 +25,8 @@ import ssl
 import subprocess
 import sys
 import time
-from typing import Awaitable, Callable, Coroutine, cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import cast
 
 from ..loops import run_on, unsupported_reason
 from ..pinning import pin_to
@@ -138,9 +139,7 @@ class EchoServerProtocol(asyncio.Protocol):
         self.on_lost()
 
 
-async def serve_protocol(
-    connections: int, message_size: int, ssl_context: ssl.SSLContext | None = None
-) -> None:
+async def serve_protocol(connections: int, message_size: int, ssl_context: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     all_closed = loop.create_future()
     closed = 0
@@ -231,9 +230,7 @@ async def streams_round_trips(
         await reader.readexactly(len(message))
 
 
-async def drive_streams(
-    port: int, message: bytes, per_connection: int, notes: list[str]
-) -> float:
+async def drive_streams(port: int, message: bytes, per_connection: int, notes: list[str]) -> float:
     pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CONNECTIONS)]
     try:
         warm_ups = (streams_round_trips(r, w, message, WARM_UP_ROUND_TRIPS) for r, w in pairs)
@@ -405,9 +402,7 @@ def make_workload(style: str, message_size: int) -> Workload:
     )
 
 
-def echo_workload(
-    name: str, message_size: int, round_trips: int, measure: Callable[[str, int], Timing]
-) -> Workload:
+def echo_workload(name: str, message_size: int, round_trips: int, measure: Callable[[str, int], Timing]) -> Workload:
     """An echo at `message_size` timing `round_trips` round trips in a full run; the client
     warms its own connections and pins its own processes."""
     return Workload(

@@ -34,10 +34,7 @@ WARM_UP_SECONDS = 1
 SERVER_DEADLINE_SECONDS = 300.0
 BODY = b"Hello, World!"
 RESPONSE = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: text/plain\r\n"
-    b"Content-Length: " + str(len(BODY)).encode() + b"\r\n"
-    b"\r\n" + BODY
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
 )
 CLOSING_RESPONSE = RESPONSE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -129,9 +126,7 @@ def parse_wrk(output: str) -> Timing:
 
 
 def measure(loop_name: str, size: int) -> Timing:
-    server = subprocess.Popen(
-        [sys.executable, "-m", __name__, loop_name], stdout=subprocess.PIPE, text=True
-    )
+    server = subprocess.Popen([sys.executable, "-m", __name__, loop_name], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         port_line = server.stdout.readline()
@@ -155,10 +150,7 @@ def unavailable() -> str | None:
         missing.append("httptools")
     if not missing:
         return None
-    return (
-        f"http_keepalive skipped: {', '.join(missing)} not found "
-        "(apt-get install wrk; pip install httptools)"
-    )
+    return f"http_keepalive skipped: {', '.join(missing)} not found (apt-get install wrk; pip install httptools)"
 
 
 WORKLOAD = Workload(

@@ -30,6 +30,4 @@ def measure(loop_name: str, size: int) -> Timing:
     return Timing(per_task * TASKS, run_on(loop_name, main))
 
 
-WORKLOAD = Workload(
-    name="sleep0_pingpong", unit="switches", size=500_000, quick_size=20_000, measure=measure
-)
+WORKLOAD = Workload(name="sleep0_pingpong", unit="switches", size=500_000, quick_size=20_000, measure=measure)

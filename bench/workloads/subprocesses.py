@@ -23,7 +23,7 @@ import asyncio
 import os
 import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..loops import run_on
 from ..pinning import pin_to
@@ -74,9 +74,7 @@ def measure_spawn(loop_name: str, size: int) -> Timing:
 
 
 async def pipe_through_cat(cat: str, cat_cpu: int | None, total_bytes: int) -> float:
-    process = await asyncio.create_subprocess_exec(
-        cat, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-    )
+    process = await asyncio.create_subprocess_exec(cat, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     stdin, stdout = process.stdin, process.stdout
     assert stdin is not None and stdout is not None
     if cat_cpu is not None:

@@ -45,6 +45,4 @@ def measure(loop_name: str, size: int) -> Timing:
     return Timing(total, run_on(loop_name, main))
 
 
-WORKLOAD = Workload(
-    name="threadsafe_4threads", unit="callbacks", size=800_000, quick_size=40_000, measure=measure
-)
+WORKLOAD = Workload(name="threadsafe_4threads", unit="callbacks", size=800_000, quick_size=40_000, measure=measure)

@@ -77,9 +77,7 @@ def measure(message_size: int, loop_name: str, size: int) -> Timing:
             server_arguments,
             f"TLS echo server on {loop_name}",
             loop_name,
-            lambda port, notes: drive_protocol(
-                port, message, per_connection, notes, client_context, SERVER_HOSTNAME
-            ),
+            lambda port, notes: drive_protocol(port, message, per_connection, notes, client_context, SERVER_HOSTNAME),
             per_connection * CONNECTIONS,
         )
 

@@ -18,7 +18,8 @@ import os
 import sys
 import warnings
 from asyncio import events, unix_events
-from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _stdlib
 
@@ -56,7 +57,7 @@ _T = TypeVar("_T")
 _BasePolicy: type = (
     getattr(unix_events, "_UnixDefaultEventLoopPolicy", None)
     or getattr(events, "BaseDefaultEventLoopPolicy", None)
-    or getattr(events, "_BaseDefaultEventLoopPolicy")
+    or events._BaseDefaultEventLoopPolicy  # type: ignore[attr-defined]
 )
 
 

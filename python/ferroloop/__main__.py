@@ -65,12 +65,24 @@ def _trace_parser() -> argparse.ArgumentParser:
         prog="python -m ferroloop trace",
         description="Run an asyncio program on ferroloop and record what its loop did.",
     )
-    p.add_argument("--output", "-o", default="ferroloop-trace.json",
-                   help="trace file (Chrome trace-event JSON); the HTML page goes beside it")
-    p.add_argument("--buffer-size", type=_positive_int, default=DEFAULT_TRACE_EVENTS,
-                   help="events kept per loop; when full, the oldest are dropped (and counted)")
-    p.add_argument("--duration", type=_positive_seconds, default=None,
-                   help="stop recording this many seconds after each loop starts being traced")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="ferroloop-trace.json",
+        help="trace file (Chrome trace-event JSON); the HTML page goes beside it",
+    )
+    p.add_argument(
+        "--buffer-size",
+        type=_positive_int,
+        default=DEFAULT_TRACE_EVENTS,
+        help="events kept per loop; when full, the oldest are dropped (and counted)",
+    )
+    p.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        default=None,
+        help="stop recording this many seconds after each loop starts being traced",
+    )
     p.add_argument("--no-html", action="store_true", help="write only the JSON trace")
     p.add_argument("--stats", action="store_true", help="also print statistics at loop close")
     p.add_argument("target", nargs=argparse.REMAINDER, help="script.py [args...] | -m module [args...]")

@@ -6,15 +6,24 @@ internal interface, used by `ferroloop.Loop` and by the standard-library methods
 
 import asyncio
 import socket
-from _typeshed import FileDescriptorLike
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextvars import Context
 from traceback import StackSummary
 from typing import Any, Self, TypeVar, TypeVarTuple, Unpack, final
 
+from _typeshed import FileDescriptorLike
 from typing_extensions import disjoint_base
 
-__all__ = ["LoopCore", "Handle", "TimerHandle", "RecvWaiter", "StreamCore", "ReadPipeCore", "WritePipeCore"]
+__all__ = [
+    "LoopCore",
+    "Handle",
+    "TimerHandle",
+    "RecvWaiter",
+    "StreamCore",
+    "ReadPipeCore",
+    "WritePipeCore",
+    "TlsRecords",
+]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -61,8 +70,9 @@ class TimerHandle(Handle):
 class RecvWaiter:
     """The reader callback of a `sock_recv` that had to wait (made by `_sock_recv_wait`)."""
 
-    def __call__(self) -> None: ...
+    def __call__(self, *args: object, **kwargs: object) -> None: ...
 
+@final
 class StreamCore:
     """The per-event half of a stream transport (`SocketTransport` wraps it)."""
 
@@ -110,6 +120,7 @@ class StreamCore:
     @property
     def _protocol_connected(self) -> bool: ...
 
+@final
 class ReadPipeCore:
     """The per-event half of a read pipe transport (`ReadPipeTransport` wraps it)."""
 
@@ -130,6 +141,7 @@ class ReadPipeCore:
     @property
     def _paused(self) -> bool: ...
 
+@final
 class WritePipeCore:
     """The per-event half of a write pipe transport (`WritePipeTransport` wraps it)."""
 
@@ -159,14 +171,13 @@ class WritePipeCore:
     @property
     def _protocol_paused(self) -> bool: ...
 
-@disjoint_base
 class TlsRecords:
     """Base of `ferroloop._tls.TlsProtocol`: the per-record methods of the standard library's
     `asyncio.sslproto.SSLProtocol`, in Rust. Holds no state; the instance's attributes (set by
     `SSLProtocol.__init__`) are the state."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
-    def get_buffer(self, n: int) -> memoryview: ...
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> Self: ...
+    def get_buffer(self, _n: int) -> memoryview: ...
     def buffer_updated(self, nbytes: int) -> None: ...
     def _do_read(self) -> None: ...
     def _do_read__copied(self) -> None: ...
@@ -176,6 +187,7 @@ class TlsRecords:
     def _control_app_writing(self) -> None: ...
     def _control_ssl_reading(self) -> None: ...
 
+@disjoint_base
 class LoopCore:
     """The ready queue, the timer heap, the fd table, the poller and `run_once`."""
 
@@ -212,27 +224,29 @@ class LoopCore:
     def call_soon(
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        /,
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def call_soon_threadsafe(
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        /,
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def call_later(
         self,
         delay: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> TimerHandle: ...
     def call_at(
         self,
         when: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> TimerHandle: ...
     def _add_callback(self, handle: Handle | asyncio.Handle) -> None:
@@ -269,14 +283,14 @@ class LoopCore:
         self,
         fd: FileDescriptorLike,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def _add_writer(
         self,
         fd: FileDescriptorLike,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def _remove_reader(self, fd: FileDescriptorLike) -> bool: ...

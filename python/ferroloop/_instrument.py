@@ -117,8 +117,7 @@ def report_blocked(loop: Loop, handle: Any, elapsed: float) -> None:
     _deliver(
         loop,
         report,
-        "%s has been blocking the event loop for %.3f s (threshold %.3f s); "
-        "the loop thread is at:\n%s",
+        "%s has been blocking the event loop for %.3f s (threshold %.3f s); the loop thread is at:\n%s",
         what,
         elapsed,
         report["threshold"],
@@ -171,14 +170,10 @@ def task_warnings(tasks: list[dict[str, Any]], long_step: float) -> list[str]:
         label = f"task {t['name']!r} ({t['coro']}(), created at {t['created_at']})"
         if t["steps"] >= SELF_WAKE_MIN_STEPS and t["self_wakes"] * 2 > t["steps"]:
             warnings.append(
-                f"{label} woke itself in {t['self_wakes']} of {t['steps']} steps: "
-                "a busy loop around sleep(0)?"
+                f"{label} woke itself in {t['self_wakes']} of {t['steps']} steps: a busy loop around sleep(0)?"
             )
         if t["max_step_seconds"] >= long_step:
-            warnings.append(
-                f"{label} ran {t['max_step_seconds']:.3f} s in one step without yielding "
-                "to the loop"
-            )
+            warnings.append(f"{label} ran {t['max_step_seconds']:.3f} s in one step without yielding to the loop")
     return warnings
 
 

@@ -22,15 +22,18 @@ import warnings
 import weakref
 from asyncio import base_events, constants, coroutines, events, selector_events, unix_events
 from asyncio.log import logger
-from typing import TYPE_CHECKING, Any, Callable, TypeVarTuple, Unpack
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVarTuple, Unpack
 
 from . import _core, _instrument, _stdlib
-from ._subprocess import ChildReaper, make_subprocess_transport
 from ._pipes import ReadPipeTransport, WritePipeTransport
-from ._tls import TlsProtocol, start_tls as _start_tls
+from ._subprocess import ChildReaper, make_subprocess_transport
+from ._tls import TlsProtocol
+from ._tls import start_tls as _start_tls
 from ._transports import SocketTransport
 
 _Ts = TypeVarTuple("_Ts")
+
 
 def _borrow(namespace: dict[str, Any]) -> None:
     """Copy the standard library loop methods listed in `_stdlib.BORROWED_LOOP_METHODS` into the
@@ -203,9 +206,9 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
                 self.remove_signal_handler(sig)
         elif self._signal_handlers:
             warnings.warn(
-                f"Closing the loop {self!r} on interpreter shutdown "
-                f"stage, skipping signal handlers removal",
+                f"Closing the loop {self!r} on interpreter shutdown stage, skipping signal handlers removal",
                 ResourceWarning,
+                stacklevel=2,
                 source=self,
             )
             self._signal_handlers.clear()
@@ -311,7 +314,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 
     # -- file descriptors --------------------------------------------------------------
 
-    def add_reader(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
+    def add_reader(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts) -> None:
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)
 
@@ -319,7 +322,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         self._ensure_fd_no_transport(fd)
         return self._remove_reader(fd)
 
-    def add_writer(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
+    def add_writer(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts) -> None:
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)
 
@@ -347,7 +350,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         fut = self.create_future()
         handle = self._sock_recv_wait(sock, fd, n, fut)
         try:
-            return await fut
+            received: bytes = await fut
+            return received
         finally:
             # Done or not, a waiter whose handle is still installed is ours to remove.
             if not handle.cancelled():
@@ -371,7 +375,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
     # The standard library's add_signal_handler writes signal numbers to `_csock` through
     # signal.set_wakeup_fd; we read them from `_ssock` and dispatch with `_handle_signal`.
 
-    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts) -> None:
         # Same checks, in the same order, as the borrowed implementation; the wake-up pipe is
         # opened only once they pass, because that implementation needs it.
         if not (coroutines.iscoroutine(callback) or _iscoroutinefunction(callback)):
@@ -427,7 +431,7 @@ _DatagramTransport: type = selector_events._SelectorDatagramTransport  # type: i
 if not issubclass(_DatagramTransport, asyncio.DatagramTransport):
 
     class _DatagramTransport(  # type: ignore[no-redef]
-        selector_events._SelectorDatagramTransport,  # type: ignore[name-defined]
+        selector_events._SelectorDatagramTransport,  # type: ignore[name-defined, misc]
         asyncio.DatagramTransport,
     ):
         pass

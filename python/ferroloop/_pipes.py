@@ -13,7 +13,8 @@ import os
 import stat
 import warnings
 from asyncio import futures, transports
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 from ._core_backed import CoreBacked, ReadSide, WriteSide, bind_core

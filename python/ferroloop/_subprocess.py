@@ -24,7 +24,8 @@ import signal
 import threading
 from asyncio import unix_events
 from asyncio.log import logger
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._loop import Loop

@@ -93,6 +93,7 @@ def write_type_error(data: Any) -> TypeError:
 def stdlib_counts_lost_on_drained_close() -> bool:
     """gh-156512 (3.14+): the socket transport's drained close sets `_conn_lost` before calling
     `_call_connection_lost`, which the fix reads in `_write_sendmsg`; earlier releases do not."""
-    write_sendmsg = getattr(selector_events._SelectorSocketTransport, "_write_sendmsg", None)
+    transport_class = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+    write_sendmsg = getattr(transport_class, "_write_sendmsg", None)
     code = getattr(write_sendmsg, "__code__", None)
     return code is not None and "_conn_lost" in code.co_names

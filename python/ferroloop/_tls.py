@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import types
 from asyncio import base_events, sslproto
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._core import TlsRecords
 

@@ -219,9 +219,7 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
         elif kind == _K.task_done:
             instants.append(Instant(track_of(task), _OUTCOMES.get(a, "done"), t))
         elif kind == _K.poll_wait:
-            slices.append(
-                Slice(TRACK_POLLER, f"poll: {b} events", t, a / 1000.0, "poll", {"events": b})
-            )
+            slices.append(Slice(TRACK_POLLER, f"poll: {b} events", t, a / 1000.0, "poll", {"events": b}))
         elif kind == _K.iteration:
             depth.append((t, a))
         elif kind == _K.io:
@@ -237,9 +235,7 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
         slices.append(_callback_slice(open_cb, end, us, label, tasks, track_of, step_delay))
         end_ts = max(last_ts, open_cb[0])
         slices[-1].dur = us(end_ts) - slices[-1].start
-    return Timeline(
-        rec.title, tracks, slices, flows, instants, depth, rec.dropped, us(last_ts)
-    )
+    return Timeline(rec.title, tracks, slices, flows, instants, depth, rec.dropped, us(last_ts))
 
 
 def _callback_slice(start_ev, end_ev, us, label, tasks, track_of, step_delay) -> Slice:  # type: ignore[no-untyped-def]
@@ -253,8 +249,11 @@ def _callback_slice(start_ev, end_ev, us, label, tasks, track_of, step_delay) ->
         kind = "step"
         if awaited:
             args["awaits"] = _awaits(
-                label(awaited), info["coro"], label(awaited_task >> 32) if awaited_task >> 32 else "",
-                tasks.get(awaited_task & 0xFFFFFFFF), step_delay,
+                label(awaited),
+                info["coro"],
+                label(awaited_task >> 32) if awaited_task >> 32 else "",
+                tasks.get(awaited_task & 0xFFFFFFFF),
+                step_delay,
             )
     elif when_bits:
         when = _f64(when_bits)
@@ -299,24 +298,59 @@ def chrome_trace(timelines: list[Timeline]) -> dict[str, Any]:
             out.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
         if tl.dropped:
             out.append(
-                {"ph": "i", "s": "p", "name": f"{tl.dropped} older events dropped (buffer full)",
-                 "pid": pid, "tid": TRACK_CALLBACKS, "ts": 0}
+                {
+                    "ph": "i",
+                    "s": "p",
+                    "name": f"{tl.dropped} older events dropped (buffer full)",
+                    "pid": pid,
+                    "tid": TRACK_CALLBACKS,
+                    "ts": 0,
+                }
             )
         for s in tl.slices:
-            out.append({"ph": "X", "name": s.name, "cat": s.kind, "pid": pid, "tid": s.track,
-                        "ts": round(s.start, 3), "dur": round(s.dur, 3), "args": s.args})
+            out.append(
+                {
+                    "ph": "X",
+                    "name": s.name,
+                    "cat": s.kind,
+                    "pid": pid,
+                    "tid": s.track,
+                    "ts": round(s.start, 3),
+                    "dur": round(s.dur, 3),
+                    "args": s.args,
+                }
+            )
         for i in tl.instants:
-            out.append({"ph": "i", "s": "t", "name": i.name, "pid": pid, "tid": i.track,
-                        "ts": round(i.ts, 3), "args": i.args})
+            out.append(
+                {"ph": "i", "s": "t", "name": i.name, "pid": pid, "tid": i.track, "ts": round(i.ts, 3), "args": i.args}
+            )
         for f in tl.flows:
             flow_id += 1
-            out.append({"ph": "s", "id": flow_id, "name": "wakes", "cat": "wakeup", "pid": pid,
-                        "tid": f.from_track, "ts": round(f.from_ts, 3)})
-            out.append({"ph": "f", "bp": "e", "id": flow_id, "name": "wakes", "cat": "wakeup",
-                        "pid": pid, "tid": f.to_track, "ts": round(f.to_ts, 3)})
+            out.append(
+                {
+                    "ph": "s",
+                    "id": flow_id,
+                    "name": "wakes",
+                    "cat": "wakeup",
+                    "pid": pid,
+                    "tid": f.from_track,
+                    "ts": round(f.from_ts, 3),
+                }
+            )
+            out.append(
+                {
+                    "ph": "f",
+                    "bp": "e",
+                    "id": flow_id,
+                    "name": "wakes",
+                    "cat": "wakeup",
+                    "pid": pid,
+                    "tid": f.to_track,
+                    "ts": round(f.to_ts, 3),
+                }
+            )
         for ts, depth in tl.ready_depth:
-            out.append({"ph": "C", "name": "ready queue", "pid": pid, "ts": round(ts, 3),
-                        "args": {"callbacks": depth}})
+            out.append({"ph": "C", "name": "ready queue", "pid": pid, "ts": round(ts, 3), "args": {"callbacks": depth}})
     return {
         "traceEvents": out,
         "displayTimeUnit": "ms",
@@ -337,7 +371,10 @@ def svg_timeline(tl: Timeline, width: int = 1100) -> str:
     """The timeline as one SVG: a row per task and per loop track, time to the right, flow
     arrows from the callback that woke a task to the step it woke."""
     rows = [tid for tid in sorted(tl.tracks) if tid >= TASK_TRACK_BASE] + [
-        TRACK_TIMERS, TRACK_CALLBACKS, TRACK_POLLER, TRACK_IO
+        TRACK_TIMERS,
+        TRACK_CALLBACKS,
+        TRACK_POLLER,
+        TRACK_IO,
     ]
     rows = [r for r in rows if any(s.track == r for s in tl.slices) or any(i.track == r for i in tl.instants)]
     label_w, row_h, top = 230, 26, 34
@@ -357,8 +394,10 @@ def svg_timeline(tl: Timeline, width: int = 1100) -> str:
     ]
     for tid in rows:
         y = y_of[tid]
-        parts.append(f'<rect x="0" y="{y}" width="{width}" height="{row_h}" '
-                     f'fill="{"#f7f7f7" if rows.index(tid) % 2 else "white"}"/>')
+        parts.append(
+            f'<rect x="0" y="{y}" width="{width}" height="{row_h}" '
+            f'fill="{"#f7f7f7" if rows.index(tid) % 2 else "white"}"/>'
+        )
         parts.append(f'<text x="8" y="{y + row_h * 0.65:.1f}">{html.escape(tl.tracks[tid][:36])}</text>')
     axis_y = top + row_h * len(rows) + 4
     last_label = -1e9
@@ -371,24 +410,33 @@ def svg_timeline(tl: Timeline, width: int = 1100) -> str:
     for start, end in axis.gaps:
         mid = (axis.x(start) + axis.x(end)) / 2
         band = max(0.0, axis.x(end) - axis.x(start) - 4)
-        parts.append(f'<rect x="{axis.x(start) + 2:.1f}" y="{top}" width="{band:.1f}" '
-                     f'height="{axis_y - top}" fill="#eee" opacity="0.6"><title>{_fmt_us(end - start)} '
-                     'with nothing to run: cut out of the time axis</title></rect>')
-        parts.append(f'<text x="{mid:.1f}" y="{top - 4}" text-anchor="middle" fill="#888" font-size="9">'
-                     f'{_fmt_us(end - start)}</text>')
+        parts.append(
+            f'<rect x="{axis.x(start) + 2:.1f}" y="{top}" width="{band:.1f}" '
+            f'height="{axis_y - top}" fill="#eee" opacity="0.6"><title>{_fmt_us(end - start)} '
+            "with nothing to run: cut out of the time axis</title></rect>"
+        )
+        parts.append(
+            f'<text x="{mid:.1f}" y="{top - 4}" text-anchor="middle" fill="#888" font-size="9">'
+            f"{_fmt_us(end - start)}</text>"
+        )
     if axis.gaps:
-        parts.append(f'<text x="{width - 8}" y="18" text-anchor="end" fill="#888">grey bands: idle time '
-                     "cut out of the axis (their length above them)</text>")
+        parts.append(
+            f'<text x="{width - 8}" y="18" text-anchor="end" fill="#888">grey bands: idle time '
+            "cut out of the axis (their length above them)</text>"
+        )
     drawn = tl.slices[:MAX_DRAWN_SLICES]
     for s in drawn:
         if s.track not in y_of:
             continue
         y = y_of[s.track] + 4
         w = max(1.0, x(s.start + s.dur) - x(s.start))
-        tip = html.escape(f"{s.name} — {_fmt_us(s.dur)} at {_fmt_us(s.start)}"
-                          + "".join(f"\n{k}: {v}" for k, v in s.args.items()))
-        parts.append(f'<rect x="{x(s.start):.2f}" y="{y}" width="{w:.2f}" height="{row_h - 8}" '
-                     f'fill="{_COLORS[s.kind]}"><title>{tip}</title></rect>')
+        tip = html.escape(
+            f"{s.name} — {_fmt_us(s.dur)} at {_fmt_us(s.start)}" + "".join(f"\n{k}: {v}" for k, v in s.args.items())
+        )
+        parts.append(
+            f'<rect x="{x(s.start):.2f}" y="{y}" width="{w:.2f}" height="{row_h - 8}" '
+            f'fill="{_COLORS[s.kind]}"><title>{tip}</title></rect>'
+        )
     for i in tl.instants[:MAX_DRAWN_SLICES]:
         if i.track not in y_of:
             continue
@@ -405,9 +453,14 @@ def svg_timeline(tl: Timeline, width: int = 1100) -> str:
         )
     legend_y = height - 8
     lx = label_w
-    for kind, color in (("task step", _COLORS["step"]), ("timer callback", _COLORS["timer"]),
-                        ("other callback", _COLORS["callback"]), ("poller wait", _COLORS["poll"]),
-                        ("wake-up", "#e15759"), ("event", "#76b7b2")):
+    for kind, color in (
+        ("task step", _COLORS["step"]),
+        ("timer callback", _COLORS["timer"]),
+        ("other callback", _COLORS["callback"]),
+        ("poller wait", _COLORS["poll"]),
+        ("wake-up", "#e15759"),
+        ("event", "#76b7b2"),
+    ):
         parts.append(f'<rect x="{lx}" y="{legend_y - 9}" width="10" height="10" fill="{color}"/>')
         parts.append(f'<text x="{lx + 14}" y="{legend_y}">{kind}</text>')
         lx += 120
@@ -427,8 +480,7 @@ class _CompressedAxis:
 
     def __init__(self, tl: Timeline, left: float, width: float) -> None:
         spans = sorted(
-            [(s.start, s.start + s.dur) for s in tl.slices if s.kind != "poll"]
-            + [(i.ts, i.ts) for i in tl.instants]
+            [(s.start, s.start + s.dur) for s in tl.slices if s.kind != "poll"] + [(i.ts, i.ts) for i in tl.instants]
         ) or [(0.0, max(tl.end, 1.0))]
         total = max(spans[-1][1] - spans[0][0], 1.0)
         gaps: list[tuple[float, float]] = []
@@ -490,8 +542,7 @@ def html_page(timelines: list[Timeline], json_name: str) -> str:
             if s.track >= TASK_TRACK_BASE:
                 steps.setdefault(s.track, []).append(s)
         body.append(svg_timeline(tl))
-        body.append(f"<p>{len(tl.slices)} slices, {len(tl.flows)} wake-ups, "
-                    f"{tl.dropped} events dropped.</p>")
+        body.append(f"<p>{len(tl.slices)} slices, {len(tl.flows)} wake-ups, {tl.dropped} events dropped.</p>")
         body.append("<table><tr><th>task</th><th>steps</th><th>busy</th><th>awaits (last step)</th></tr>")
         for tid, ss in sorted(steps.items()):
             busy = sum(s.dur for s in ss)

@@ -13,7 +13,8 @@ import inspect
 import socket
 import warnings
 from asyncio import base_events, constants, futures, transports, trsock
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 from ._core_backed import ReadSide, WriteSide, bind_core

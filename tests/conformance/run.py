@@ -270,8 +270,7 @@ class ModuleRun:
 
 
 _WORKER_BOOT = (
-    "import sys; sys.path.append(sys.argv.pop(1)); "
-    "from conformance.worker import main; sys.exit(main(sys.argv[1:]))"
+    "import sys; sys.path.append(sys.argv.pop(1)); from conformance.worker import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
@@ -288,9 +287,22 @@ def run_module(suite: Suite, loop: str, match: str | None, test_timeout: float) 
             log = workdir / f"log-{attempt}.txt"
             exclude = workdir / f"exclude-{attempt}.txt"
             exclude.write_text("".join(f"{i}\n" for i in sorted(skip_ids)))
-            cmd = [sys.executable, "-c", _WORKER_BOOT, str(HERE.parent), "--module", suite.module,
-                   "--loop", loop, "--out", str(out), "--exclude", str(exclude),
-                   "--test-timeout", str(test_timeout)]
+            cmd = [
+                sys.executable,
+                "-c",
+                _WORKER_BOOT,
+                str(HERE.parent),
+                "--module",
+                suite.module,
+                "--loop",
+                loop,
+                "--out",
+                str(out),
+                "--exclude",
+                str(exclude),
+                "--test-timeout",
+                str(test_timeout),
+            ]
             if match:
                 cmd += ["--match", match]
             returncode = _run_worker(cmd, workdir, log, deadline - time.monotonic())
@@ -299,11 +311,9 @@ def run_module(suite: Suite, loop: str, match: str | None, test_timeout: float) 
                 run.results.setdefault(test_id, Result("error", False, "never ran"))
             if done:
                 if returncode not in (0, None):
-                    run.problems.append(f"worker exited with {returncode} after its last test"
-                                        f"\n{_tail(log)}")
+                    run.problems.append(f"worker exited with {returncode} after its last test\n{_tail(log)}")
                 break
-            why = ("timed out (module budget spent)" if returncode is None
-                   else f"worker exited with {returncode}")
+            why = "timed out (module budget spent)" if returncode is None else f"worker exited with {returncode}"
             if pending is None:
                 run.problems.append(f"{why} outside any test\n{_tail(log)}")
                 break
@@ -330,9 +340,15 @@ def _run_worker(cmd: list[str], cwd: Path, log: Path, budget: float) -> int | No
         # SIGINT at its default in the worker, as from a terminal: the suites' Ctrl-C tests
         # need the interpreter's KeyboardInterrupt handler, which Python does not install
         # when it starts with SIGINT ignored (as a shell starts background jobs).
-        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_default_sigint)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
         try:
             return proc.wait(timeout=max(budget, 1.0))
         except subprocess.TimeoutExpired:
@@ -363,8 +379,7 @@ def _read_records(path: Path, run: ModuleRun) -> tuple[list[str], set[str], str 
         elif "start" in record:
             pending = record["start"]
         elif "outcome" in record:
-            run.results[record["id"]] = Result(record["outcome"], record["on_loop"],
-                                               record["detail"])
+            run.results[record["id"]] = Result(record["outcome"], record["on_loop"], record["detail"])
             finished.add(record["id"])
             if record["id"] == pending:
                 pending = None
@@ -410,8 +425,7 @@ class Comparison:
     off_loop_here: list[str] = field(default_factory=list)
 
 
-def compare(module: str, ferro: ModuleRun, stdlib: ModuleRun | None,
-            known: dict[str, str]) -> Comparison:
+def compare(module: str, ferro: ModuleRun, stdlib: ModuleRun | None, known: dict[str, str]) -> Comparison:
     """Without a stdlib run, any ferroloop failure counts as a regression. A worker problem
     (say, a crash at exit) that only the ferroloop run had counts as one too."""
     cmp = Comparison()
@@ -456,9 +470,11 @@ def compare(module: str, ferro: ModuleRun, stdlib: ModuleRun | None,
 
 def _row(module: str, run: ModuleRun) -> str:
     c = run.counts()
-    return (f"{module:<20} {run.loop:<10}{len(run.results):>6}"
-            + "".join(f"{c[o]:>6}" for o in OUTCOMES)
-            + f"{run.on_loop():>8}{sum(run.deselected.values()):>11}{run.seconds:>7.1f}s")
+    return (
+        f"{module:<20} {run.loop:<10}{len(run.results):>6}"
+        + "".join(f"{c[o]:>6}" for o in OUTCOMES)
+        + f"{run.on_loop():>8}{sum(run.deselected.values()):>11}{run.seconds:>7.1f}s"
+    )
 
 
 def _indent(text: str, lines: int | None) -> str:
@@ -468,11 +484,13 @@ def _indent(text: str, lines: int | None) -> str:
     return "\n".join("      " + line for line in body)
 
 
-def report(runs: dict[str, dict[str, ModuleRun]], comparisons: dict[str, Comparison],
-           verbose: bool) -> None:
+def report(runs: dict[str, dict[str, ModuleRun]], comparisons: dict[str, Comparison], verbose: bool) -> None:
     print()
-    print(f"{'module':<20} {'loop':<10}{'tests':>6}" + "".join(f"{o:>6}" for o in OUTCOMES)
-          + f"{'on-loop':>8}{'deselected':>11}{'time':>8}")
+    print(
+        f"{'module':<20} {'loop':<10}{'tests':>6}"
+        + "".join(f"{o:>6}" for o in OUTCOMES)
+        + f"{'on-loop':>8}{'deselected':>11}{'time':>8}"
+    )
     for module, by_loop in runs.items():
         for i, loop in enumerate(LOOPS):
             if loop in by_loop:
@@ -485,22 +503,38 @@ def report(runs: dict[str, dict[str, ModuleRun]], comparisons: dict[str, Compari
             for problem in run.problems:
                 print(f"PROBLEM {module} [{loop}]: {problem}")
     sections: list[tuple[str, list[str]]] = [
-        ("REGRESSIONS: pass on the standard loop, not on ferroloop", [
-            f"  {i}: {r.outcome}\n{_indent(r.detail, None if verbose else 20)}"
-            for c in comparisons.values() for i, r in c.regressions]),
-        ("known failures (known_failures)", [
-            f"  {i}: {r.outcome} -- {reason}" for c in comparisons.values()
-            for i, r, reason in c.known]),
-        ("WARNING stale known_failures entries: these now pass on ferroloop", [
-            f"  {i}  # {reason}" for c in comparisons.values() for i, reason in c.stale]),
-        ("skipped on ferroloop, pass on the standard loop", [
-            f"  {i}: {r.detail}" for c in comparisons.values() for i, r in c.skipped_only_here]),
-        ("pass on ferroloop, fail on the standard loop", [
-            f"  {i}" for c in comparisons.values() for i in c.passes_only_here]),
-        ("fail on both loops (not counted against ferroloop)", [
-            f"  {i}" for c in comparisons.values() for i in c.fail_on_both]),
-        ("built asyncio's own loop in the ferroloop run (the test names the loop class)", [
-            f"  {i}" for c in comparisons.values() for i in c.off_loop_here]),
+        (
+            "REGRESSIONS: pass on the standard loop, not on ferroloop",
+            [
+                f"  {i}: {r.outcome}\n{_indent(r.detail, None if verbose else 20)}"
+                for c in comparisons.values()
+                for i, r in c.regressions
+            ],
+        ),
+        (
+            "known failures (known_failures)",
+            [f"  {i}: {r.outcome} -- {reason}" for c in comparisons.values() for i, r, reason in c.known],
+        ),
+        (
+            "WARNING stale known_failures entries: these now pass on ferroloop",
+            [f"  {i}  # {reason}" for c in comparisons.values() for i, reason in c.stale],
+        ),
+        (
+            "skipped on ferroloop, pass on the standard loop",
+            [f"  {i}: {r.detail}" for c in comparisons.values() for i, r in c.skipped_only_here],
+        ),
+        (
+            "pass on ferroloop, fail on the standard loop",
+            [f"  {i}" for c in comparisons.values() for i in c.passes_only_here],
+        ),
+        (
+            "fail on both loops (not counted against ferroloop)",
+            [f"  {i}" for c in comparisons.values() for i in c.fail_on_both],
+        ),
+        (
+            "built asyncio's own loop in the ferroloop run (the test names the loop class)",
+            [f"  {i}" for c in comparisons.values() for i in c.off_loop_here],
+        ),
     ]
     for title, lines in sections:
         if lines:
@@ -517,19 +551,20 @@ def summary_line(runs: dict[str, dict[str, ModuleRun]], comparisons: dict[str, C
     regressions = sum(len(c.regressions) for c in comparisons.values())
     known = sum(len(c.known) for c in comparisons.values())
     stale = sum(len(c.stale) for c in comparisons.values())
-    parts = [f"{loop} " + " ".join(f"{t[o]} {o}" for o in OUTCOMES)
-             for loop, t in totals.items() if t]
+    parts = [f"{loop} " + " ".join(f"{t[o]} {o}" for o in OUTCOMES) for loop, t in totals.items() if t]
     verdict = "OK" if regressions == 0 else f"FAILED ({regressions} regressions)"
-    return (f"conformance {verdict}: {len(runs)} modules; " + "; ".join(parts)
-            + f"; {known} known failures, {stale} stale")
+    return (
+        f"conformance {verdict}: {len(runs)} modules; " + "; ".join(parts) + f"; {known} known failures, {stale} stale"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conformance.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("modules", nargs="*", help="modules to run (default: all in SUITES)")
     parser.add_argument("-k", dest="match", help="only test ids matching this regex")
     parser.add_argument("--loop", choices=("both", *LOOPS), default="both")
@@ -548,13 +583,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # The suites come with the interpreter (some distributions package `test` separately).
     probe = subprocess.run(
-        [sys.executable, "-c",
-         "import test.test_asyncio, ferroloop, sys; print(ferroloop.__file__, sys.version)"],
-        capture_output=True, text=True)
+        [sys.executable, "-c", "import test.test_asyncio, ferroloop, sys; print(ferroloop.__file__, sys.version)"],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
         print(probe.stderr, file=sys.stderr)
-        print("conformance FAILED: cannot import ferroloop or test.test_asyncio",
-              file=sys.stderr)
+        print("conformance FAILED: cannot import ferroloop or test.test_asyncio", file=sys.stderr)
         return 1
     print(f"conformance: ferroloop {probe.stdout.strip()}", flush=True)
 
@@ -567,11 +602,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {suite.module} [{loop}] ...", end=" ", flush=True)
             run = by_loop[loop] = run_module(suite, loop, args.match, args.test_timeout)
             c = run.counts()
-            print(", ".join(f"{c[o]} {o}" for o in OUTCOMES) + f" ({run.seconds:.1f}s)",
-                  flush=True)
+            print(", ".join(f"{c[o]} {o}" for o in OUTCOMES) + f" ({run.seconds:.1f}s)", flush=True)
         if "ferroloop" in by_loop:
-            comparisons[suite.module] = compare(suite.module, by_loop["ferroloop"],
-                                             by_loop.get("stdlib"), known)
+            comparisons[suite.module] = compare(suite.module, by_loop["ferroloop"], by_loop.get("stdlib"), known)
 
     report(runs, comparisons, args.verbose)
     print(summary_line(runs, comparisons))

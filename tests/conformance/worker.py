@@ -44,7 +44,7 @@ class LoopCounter:
 
     def __init__(self, loop_class: type) -> None:
         self.count = 0
-        original_init: Callable[..., None] = getattr(loop_class, "__init__")
+        original_init: Callable[..., None] = loop_class.__init__
 
         def counting_init(loop: Any, *args: Any, **kwargs: Any) -> None:
             self.count += 1
@@ -146,8 +146,11 @@ def _generated_class(module: ModuleType, name: str, mixin: str, new_loop: LoopFa
     def create_event_loop(self: unittest.TestCase) -> asyncio.AbstractEventLoop:
         return new_loop()
 
-    namespace: dict[str, Any] = {"create_event_loop": create_event_loop,
-                                 "__module__": module.__name__, "__qualname__": name}
+    namespace: dict[str, Any] = {
+        "create_event_loop": create_event_loop,
+        "__module__": module.__name__,
+        "__qualname__": name,
+    }
     mixin_class = getattr(module, mixin)
     if not hasattr(mixin_class, "setUp"):
         # A mixin written to sit next to the one that builds `self.loop` (test_events'
@@ -183,11 +186,11 @@ def _flatten(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
             yield item
 
 
-def select_tests(suite: Suite, module: ModuleType, new_loop: LoopFactory, exclude: set[str],
-                 match: re.Pattern[str] | None) -> tuple[list[unittest.TestCase], Counter[str]]:
+def select_tests(
+    suite: Suite, module: ModuleType, new_loop: LoopFactory, exclude: set[str], match: re.Pattern[str] | None
+) -> tuple[list[unittest.TestCase], Counter[str]]:
     loader = unittest.TestLoader()
-    candidates = [t for t in _flatten(loader.loadTestsFromModule(module))
-                  if type(t).__name__ not in suite.superseded]
+    candidates = [t for t in _flatten(loader.loadTestsFromModule(module)) if type(t).__name__ not in suite.superseded]
     for name, mixin in suite.mixins.items():
         cls = _generated_class(module, name, mixin, new_loop)
         candidates.extend(_flatten(loader.loadTestsFromTestCase(cls)))
@@ -244,17 +247,29 @@ class StreamingResult(unittest.TestResult):
 
     def stopTest(self, test: unittest.TestCase) -> None:
         faulthandler.cancel_dump_traceback_later()
-        self.emit({"id": short_id(test.id()), "outcome": self._outcome,
-                   "on_loop": self._counter.count > self._loops_before,
-                   "seconds": round(time.monotonic() - self._started, 3),
-                   "detail": "\n".join(self._details)})
+        self.emit(
+            {
+                "id": short_id(test.id()),
+                "outcome": self._outcome,
+                "on_loop": self._counter.count > self._loops_before,
+                "seconds": round(time.monotonic() - self._started, 3),
+                "detail": "\n".join(self._details),
+            }
+        )
         super().stopTest(test)
 
     def addError(self, test: unittest.TestCase, err: ExcInfo) -> None:  # type: ignore[override]
         if not isinstance(test, unittest.TestCase):
             # A setUpModule/setUpClass/tearDown… fixture: it has no start/stop of its own.
-            self.emit({"id": short_id(test.id()), "outcome": "error", "on_loop": False,
-                       "seconds": 0.0, "detail": _format(err)})
+            self.emit(
+                {
+                    "id": short_id(test.id()),
+                    "outcome": "error",
+                    "on_loop": False,
+                    "seconds": 0.0,
+                    "detail": _format(err),
+                }
+            )
             return
         self._note("error", _format(err))
 
@@ -270,8 +285,7 @@ class StreamingResult(unittest.TestResult):
     def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:
         self._note("fail", "unexpected success (the test is marked expectedFailure)")
 
-    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase,
-                   err: ExcInfo | None) -> None:  # type: ignore[override]
+    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase, err: ExcInfo | None) -> None:  # type: ignore[override]
         if err is None:
             return
         kind = "fail" if issubclass(err[0], test.failureException) else "error"
@@ -318,8 +332,7 @@ def main(argv: list[str]) -> int:
             if hasattr(module, class_name):  # not every interpreter's suite has every class
                 patch_selector_loop_site(getattr(module, class_name), method_name, new_loop)
         tests, deselected = select_tests(suite, module, new_loop, exclude, match)
-        result.emit({"plan": [short_id(t.id()) for t in tests], "deselected": deselected,
-                     "module_skipped": None})
+        result.emit({"plan": [short_id(t.id()) for t in tests], "deselected": deselected, "module_skipped": None})
         unittest.TestSuite(tests).run(result)
         result.emit({"done": True})
     # Threads or loops a test left behind must not hold the process forever.
