@@ -725,6 +725,27 @@ impl StreamCore {
                 views.push(view);
             }
         }
+        if own_writelines && !this.state.borrow(py).buffer.is_empty() {
+            // 3.12+ appends to what is already buffered and tries to send it all now.
+            {
+                let mut st = this.state.borrow_mut(py);
+                for view in &views {
+                    st.buffer.push(view.as_slice());
+                }
+            }
+            this._write_ready(py)?;
+            let (pending, installed) = {
+                let st = this.state.borrow(py);
+                (!st.buffer.is_empty(), st.writer_installed)
+            };
+            if pending {
+                if !installed {
+                    Self::add_writer(slf)?;
+                }
+                this.maybe_pause_protocol(py)?;
+            }
+            return Ok(());
+        }
         if views.is_empty() || (!own_writelines && this.drop_write_if_lost(py)?) {
             return Ok(());
         }
