@@ -520,6 +520,81 @@ fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
+impl StreamCore {
+    /// `_write_ready`: send what the buffer holds, then drain bookkeeping (waiter, close, EOF).
+    fn flush_buffer(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).conn_lost.is_lost() {
+            return Ok(());
+        }
+        let outcome = self.owned_fd(py).and_then(|fd| {
+            let st = self.state.borrow(py);
+            socket_io::send_vectored(fd, &st.buffer.front_slices(64)).map_err(os_error)
+        });
+        match outcome {
+            Err(err) => {
+                let waiter = {
+                    let mut st = self.state.borrow_mut(py);
+                    st.buffer.clear();
+                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
+                };
+                self.remove_writer(py)?;
+                let exc = err.clone_ref(py).into_value(py);
+                self.fatal_error(py, err, "Fatal write error on socket transport")?;
+                if let Some(waiter) = waiter {
+                    waiter
+                        .bind(py)
+                        .call_method1(intern!(py, "set_exception"), (exc,))?;
+                }
+                return Ok(());
+            }
+            Ok(None) => {}
+            Ok(Some(n)) => {
+                self.io_event(py, IoKind::Write, n);
+                self.state.borrow_mut(py).buffer.consume(n);
+            }
+        }
+        self.maybe_resume_protocol(py)?; // may write more
+        let (drained, waiter, closing, eof) = {
+            let st = self.state.borrow(py);
+            (
+                st.buffer.is_empty(),
+                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                st.closing,
+                st.eof,
+            )
+        };
+        if !drained {
+            return Ok(());
+        }
+        self.remove_writer(py)?;
+        if let Some(waiter) = waiter {
+            waiter
+                .bind(py)
+                .call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        if closing {
+            // gh-156512 (3.14+): the drained close counts the connection as lost first, so
+            // connection_lost runs once and what the protocol writes from it is dropped;
+            // earlier releases call it with the count still 0.
+            if support::stdlib_counts_lost_on_drained_close(py)? {
+                let mut st = self.state.borrow_mut(py);
+                if st.conn_lost.is_lost() {
+                    return Ok(());
+                }
+                st.conn_lost.record();
+            }
+            if let Some(transport) = self.transport(py) {
+                transport
+                    .bind(py)
+                    .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+            }
+        } else if eof {
+            socket_io::shutdown_write(self.owned_fd(py)?).map_err(os_error)?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether the interpreter's socket transport has a `writelines` of its own (3.12+), which
 /// returns at once for an empty (or any falsy) argument, `None` included; before, the base
 /// class's joined the items first and so raised TypeError for `None`.
@@ -604,75 +679,7 @@ impl StreamCore {
     }
 
     fn _write_ready(&self, py: Python<'_>) -> PyResult<()> {
-        if self.state.borrow(py).conn_lost.is_lost() {
-            return Ok(());
-        }
-        let outcome = self.owned_fd(py).and_then(|fd| {
-            let st = self.state.borrow(py);
-            socket_io::send_vectored(fd, &st.buffer.front_slices(64)).map_err(os_error)
-        });
-        match outcome {
-            Err(err) => {
-                let waiter = {
-                    let mut st = self.state.borrow_mut(py);
-                    st.buffer.clear();
-                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
-                };
-                self.remove_writer(py)?;
-                let exc = err.clone_ref(py).into_value(py);
-                self.fatal_error(py, err, "Fatal write error on socket transport")?;
-                if let Some(waiter) = waiter {
-                    waiter
-                        .bind(py)
-                        .call_method1(intern!(py, "set_exception"), (exc,))?;
-                }
-                return Ok(());
-            }
-            Ok(None) => {}
-            Ok(Some(n)) => {
-                self.io_event(py, IoKind::Write, n);
-                self.state.borrow_mut(py).buffer.consume(n);
-            }
-        }
-        self.maybe_resume_protocol(py)?; // may write more
-        let (drained, waiter, closing, eof) = {
-            let st = self.state.borrow(py);
-            (
-                st.buffer.is_empty(),
-                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-                st.closing,
-                st.eof,
-            )
-        };
-        if !drained {
-            return Ok(());
-        }
-        self.remove_writer(py)?;
-        if let Some(waiter) = waiter {
-            waiter
-                .bind(py)
-                .call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
-        if closing {
-            // gh-156512 (3.14+): the drained close counts the connection as lost first, so
-            // connection_lost runs once and what the protocol writes from it is dropped;
-            // earlier releases call it with the count still 0.
-            if support::stdlib_counts_lost_on_drained_close(py)? {
-                let mut st = self.state.borrow_mut(py);
-                if st.conn_lost.is_lost() {
-                    return Ok(());
-                }
-                st.conn_lost.record();
-            }
-            if let Some(transport) = self.transport(py) {
-                transport
-                    .bind(py)
-                    .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
-            }
-        } else if eof {
-            socket_io::shutdown_write(self.owned_fd(py)?).map_err(os_error)?;
-        }
-        Ok(())
+        self.flush_buffer(py)
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -733,7 +740,7 @@ impl StreamCore {
                     st.buffer.push(view.as_slice());
                 }
             }
-            this._write_ready(py)?;
+            this.flush_buffer(py)?;
             let (pending, installed) = {
                 let st = this.state.borrow(py);
                 (!st.buffer.is_empty(), st.writer_installed)
