@@ -91,9 +91,15 @@ def write_type_error(data: Any) -> TypeError:
 
 
 def stdlib_counts_lost_on_drained_close() -> bool:
-    """gh-156512 (3.14+): the socket transport's drained close sets `_conn_lost` before calling
-    `_call_connection_lost`, which the fix reads in `_write_sendmsg`; earlier releases do not."""
+    """gh-156512 (in 3.14.x and 3.15, not in 3.13.18): the socket transport's drained close
+    checks and sets `_conn_lost` before calling `_call_connection_lost`. Read from its source,
+    since `_write_sendmsg` uses `_conn_lost` elsewhere on every release."""
     transport_class = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
     write_sendmsg = getattr(transport_class, "_write_sendmsg", None)
-    code = getattr(write_sendmsg, "__code__", None)
-    return code is not None and "_conn_lost" in code.co_names
+    if write_sendmsg is None:
+        return False
+    try:
+        source = inspect.getsource(write_sendmsg)
+    except (OSError, TypeError):
+        return False
+    return "self._closing and not self._conn_lost" in source
