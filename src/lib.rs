@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod buffers;
 pub mod callback_identity;
 pub mod clock;
+pub mod datagram_io;
 pub mod errors;
 pub mod event_loop;
 pub mod fastcall;
@@ -42,6 +43,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock_ops::RecvWaiter>()?;
     m.add_class::<transports::stream::StreamCore>()?;
     m.add_class::<transports::pipe::ReadPipeCore>()?;
+    m.add_class::<transports::datagram::DatagramCore>()?;
     m.add_class::<transports::pipe::WritePipeCore>()?;
     m.add_class::<tls_records::TlsRecords>()?;
     Ok(())

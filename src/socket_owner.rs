@@ -86,6 +86,12 @@ impl SocketOwner {
         }
     }
 
+    /// The socket object, for what only its own methods do (the socket module's address
+    /// conversions).
+    pub fn object<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        self.sock.bind(py)
+    }
+
     /// The number the socket had when it was handed over (to unregister it).
     pub fn raw_fd(&self) -> RawFd {
         self.fd

@@ -30,6 +30,7 @@ from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._subprocess import ChildReaper, make_subprocess_transport
 from ._tls import TlsProtocol
 from ._tls import start_tls as _start_tls
+from ._datagram import DatagramSocketTransport
 from ._transports import SocketTransport
 
 _Ts = TypeVarTuple("_Ts")
@@ -244,8 +245,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 
     def _make_datagram_transport(
         self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
-    ) -> Any:
-        return _DatagramTransport(self, sock, protocol, address, waiter, extra)
+    ) -> DatagramSocketTransport:
+        return DatagramSocketTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_read_pipe_transport(
         self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
@@ -424,14 +425,3 @@ _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or coro
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
 _SELECTOR_SOCK_SENDALL = selector_events.BaseSelectorEventLoop.sock_sendall
 _SELECTOR_STOP_SERVING = vars(selector_events.BaseSelectorEventLoop)["_stop_serving"]
-
-# The standard library's datagram transport, for now; it is an asyncio.DatagramTransport (which
-# libraries check) only from 3.12 on, so on 3.11 a subclass adds the missing base.
-_DatagramTransport: type = selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
-if not issubclass(_DatagramTransport, asyncio.DatagramTransport):
-
-    class _DatagramTransport(  # type: ignore[no-redef]
-        selector_events._SelectorDatagramTransport,  # type: ignore[name-defined, misc]
-        asyncio.DatagramTransport,
-    ):
-        pass

@@ -3,5 +3,6 @@
 //! `isinstance(transport, asyncio.Transport)` holds as libraries expect.
 
 pub mod common;
+pub mod datagram;
 pub mod pipe;
 pub mod stream;

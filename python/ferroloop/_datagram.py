@@ -1,0 +1,155 @@
+"""`DatagramSocketTransport`: what `create_datagram_endpoint` makes (UDP, Unix datagrams).
+
+An `asyncio.DatagramTransport` (and, as the standard library's `_SelectorDatagramTransport`,
+an `asyncio.Transport` with `_FlowControlMixin`), whose per-datagram work — receiving,
+`datagram_received`/`error_received`, `sendto` and its buffer, flow control, closing — is the
+Rust `DatagramCore`, bound straight onto each instance. What runs once per endpoint (extra
+info, closing the socket, repr) is here. Two behaviours differ between releases and are read
+from the interpreter's own transport: whether `sendto(b'')` sends an empty datagram (3.12+)
+and the per-datagram overhead flow control counts (`_header_size`, 3.12+).
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import warnings
+from asyncio import futures, selector_events, transports, trsock
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+from ._core_backed import CoreMethod, ReadSide, bind_core
+
+_STDLIB_TRANSPORT: Any = selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
+
+
+def _stdlib_sends_empty_datagrams() -> bool:
+    """3.12 dropped the `if not data: return` at the top of `sendto`."""
+    try:
+        source = inspect.getsource(_STDLIB_TRANSPORT.sendto)
+    except (OSError, TypeError):
+        return True
+    return "if not data:" not in source
+
+
+_HEADER_SIZE: int = getattr(_STDLIB_TRANSPORT, "_header_size", 0)
+_SENDS_EMPTY = _stdlib_sends_empty_datagrams()
+
+
+class DatagramSocketTransport(ReadSide, transports._FlowControlMixin, transports.DatagramTransport):
+    max_size = 256 * 1024  # what one read takes, as the standard transport's
+    _extra: dict[str, Any]
+
+    BOUND = ReadSide.BOUND + (
+        "sendto",
+        "abort",
+        "get_write_buffer_size",
+        "get_write_buffer_limits",
+        "set_write_buffer_limits",
+    )
+    sendto = CoreMethod()
+    abort = CoreMethod()
+    get_write_buffer_size = CoreMethod()
+    get_write_buffer_limits = CoreMethod()
+    set_write_buffer_limits = CoreMethod()
+
+    if TYPE_CHECKING:
+
+        def sendto(self, data: Any, addr: Any = None) -> None: ...  # type: ignore[no-redef]
+        def abort(self) -> None: ...  # type: ignore[no-redef]
+        def get_write_buffer_size(self) -> int: ...  # type: ignore[no-redef]
+        def get_write_buffer_limits(self) -> tuple[int, int]: ...  # type: ignore[no-redef]
+        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...  # type: ignore[no-redef]
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: Any,
+        address: Any = None,
+        waiter: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        transports.Transport.__init__(self, extra)  # the flow-control state is the core's
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._sock_fd = sock.fileno()
+        self._address = address
+        core = _core.DatagramCore(
+            loop,
+            sock,
+            self,
+            protocol,
+            sock.family,
+            bool(self._extra["peername"]),
+            address if address else None,
+            _HEADER_SIZE,
+            _SENDS_EMPTY,
+        )
+        self._core = core
+        bind_core(self, self.BOUND)
+        loop._transports[self._sock_fd] = self
+        loop.call_soon(protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    @property
+    def _paused(self) -> bool:
+        return bool(self._core._paused)
+
+    @property
+    def _conn_lost(self) -> int:
+        return int(self._core._conn_lost)
+
+    @property
+    def _buffer_size(self) -> int:
+        return int(self._core.get_write_buffer_size())
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        self._core._fatal_error(exc, message)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._core._connection_lost(exc)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            self._loop = None
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            reading = loop._has_watcher(self._sock_fd)
+            info.append("read=polling" if reading else "read=idle")
+            writing = "polling" if loop._has_watcher(self._sock_fd, True) else "idle"
+            info.append(f"write=<{writing}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        sock = getattr(self, "_sock", None)  # None too if __init__ failed part way
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()

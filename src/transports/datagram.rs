@@ -1,0 +1,779 @@
+//! `DatagramCore`: the Rust half of the datagram transport that `create_datagram_endpoint`
+//! makes (UDP over IPv4/IPv6, Unix datagram sockets), with the standard library's
+//! `_SelectorDatagramTransport` semantics: one datagram per readable event, to
+//! `datagram_received(data, addr)`; `sendto` tries the socket first and buffers
+//! `(bytes(data), addr)` only when it would block; OS errors of either direction go to
+//! `error_received` and leave the endpoint open; anything else is fatal; flow control counts
+//! each buffered datagram's size plus the release's `_header_size`.
+//!
+//! Loop thread, GIL held. Datagrams are received into the loop's scratch buffer and copied
+//! into a `bytes` of their size; the sender's address object is reused while datagrams come
+//! from the same sender, and the address last sent to is converted once while the caller
+//! passes the same object (the echo pattern `sendto(data, addr)`). Addresses the socket
+//! module must convert itself (host names, Unix paths) and sockets of other families go
+//! through the socket object's own `sendto`/`recvfrom`. The Python wrapper is
+//! `python/ferroloop/_datagram.py`.
+
+use std::collections::VecDeque;
+
+use pyo3::exceptions::{
+    PyAttributeError, PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError,
+    PyValueError,
+};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+
+use crate::buffers::ByteView;
+use crate::datagram_io::{self, SockAddr};
+use crate::errors::os_error;
+use crate::event_loop::LoopCore;
+use crate::fd_watchers::Direction;
+use crate::gil_cell::GilCell;
+use crate::socket_owner::SocketOwner;
+use crate::support;
+use crate::trace::IoKind;
+
+use super::common::{self, is_fatal_to_loop, ConnLost, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+
+/// `_SelectorTransport.max_size`: the most one read takes (the loop's scratch buffer).
+const MAX_SIZE: usize = crate::transports::stream::MAX_READ;
+
+/// Where a datagram goes.
+enum Dest {
+    /// The connected peer: `send`.
+    Peer,
+    /// An address converted here: `sendto`.
+    Raw(SockAddr),
+    /// An address only the socket module converts: `sock.sendto(data, addr)`.
+    Python(Py<PyAny>),
+}
+
+struct Outgoing {
+    data: Box<[u8]>,
+    dest: Dest,
+}
+
+struct DatagramState {
+    transport: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    closing: bool,
+    paused: bool,
+    conn_lost: ConnLost,
+    /// `_call_connection_lost` ran: the socket is closed, the transport spent.
+    released: bool,
+    buffer: VecDeque<Outgoing>,
+    buffer_size: usize,
+    writer_installed: bool,
+    flow: FlowControl,
+    /// The last sender and the address object made for it.
+    last_from: Option<(SockAddr, Py<PyAny>)>,
+    /// The last address object sent to and what it converted to.
+    last_to: Option<(Py<PyAny>, SockAddr)>,
+}
+
+/// How a send ended, in the terms of the stdlib's `try`/`except` around `sock.sendto`.
+enum Sent {
+    Done,
+    WouldBlock,
+    Failed(PyErr),
+}
+
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct DatagramCore {
+    event_loop: Py<LoopCore>,
+    sock: SocketOwner,
+    /// AF_INET, AF_INET6 or AF_UNIX: received addresses are converted here.
+    native_family: Option<i32>,
+    family: i32,
+    /// `self._extra['peername']` was truthy: every send is `send(data)`.
+    connected: bool,
+    /// `self._address`, when truthy: the only address `sendto` accepts.
+    address: Option<Py<PyAny>>,
+    /// `_header_size` (3.12+: 8), counted per buffered datagram.
+    header_size: usize,
+    /// 3.12+ sends an empty datagram; 3.11 drops `sendto(b'')`.
+    sends_empty: bool,
+    state: GilCell<DatagramState>,
+}
+
+fn clone_opt(py: Python<'_>, obj: Option<&Py<PyAny>>) -> Option<Py<PyAny>> {
+    obj.map(|o| o.clone_ref(py))
+}
+
+impl DatagramCore {
+    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
+        self.event_loop.bind(py)
+    }
+
+    fn refs(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
+        let st = self.state.borrow(py);
+        (
+            clone_opt(py, st.transport.as_ref()),
+            clone_opt(py, st.protocol.as_ref()),
+        )
+    }
+
+    fn io_event(&self, py: Python<'_>, kind: IoKind, bytes: usize) {
+        self.event_loop(py)
+            .get()
+            .instruments()
+            .on_io(py, kind, self.sock.raw_fd(), bytes);
+    }
+
+    fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        common::watch(
+            this.event_loop(py),
+            this.sock.raw_fd(),
+            Direction::Read,
+            slf.as_any(),
+            intern!(py, "_read_ready"),
+            None,
+        )
+    }
+
+    fn add_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        common::watch(
+            this.event_loop(py),
+            this.sock.raw_fd(),
+            Direction::Write,
+            slf.as_any(),
+            intern!(py, "_sendto_ready"),
+            None,
+        )?;
+        this.state.borrow_mut(py).writer_installed = true;
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>, dir: Direction) -> PyResult<()> {
+        if dir == Direction::Write {
+            self.state.borrow_mut(py).writer_installed = false;
+        }
+        common::unwatch(self.event_loop(py), self.sock.raw_fd(), dir)
+    }
+
+    fn is_reading_now(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.closing && !st.paused
+    }
+
+    /// `_SelectorTransport._fatal_error`: OS errors are only logged in debug mode, anything
+    /// else goes to the exception handler; then `_force_close(exc)`.
+    fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
+        if is_fatal_to_loop(py, &err) {
+            return Err(err);
+        }
+        let exc = err.into_value(py).into_any();
+        let exc = exc.bind(py);
+        let (transport, protocol) = self.refs(py);
+        if exc.is_instance_of::<PyOSError>() {
+            if self.event_loop(py).get().debug_enabled() {
+                if let Some(t) = &transport {
+                    support::log_transport_error(t.bind(py), message, exc)?;
+                }
+            }
+        } else {
+            common::report(self.event_loop(py), message, exc, transport, protocol)?;
+        }
+        self.force_close(py, exc.clone().unbind())
+    }
+
+    /// `_force_close(exc)`: drop what is buffered, stop watching, schedule `connection_lost`.
+    fn force_close(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
+        let (had_buffer, was_closing, transport) = {
+            let mut st = self.state.borrow_mut(py);
+            if st.conn_lost.is_lost() {
+                return Ok(());
+            }
+            let had_buffer = !st.buffer.is_empty();
+            st.buffer.clear();
+            st.buffer_size = 0;
+            let was_closing = st.closing;
+            st.closing = true;
+            st.conn_lost.record();
+            (had_buffer, was_closing, clone_opt(py, st.transport.as_ref()))
+        };
+        if had_buffer {
+            self.unwatch(py, Direction::Write)?;
+        }
+        if !was_closing {
+            self.unwatch(py, Direction::Read)?;
+        }
+        common::schedule_connection_lost(self.event_loop(py), transport, exc, None)
+    }
+
+    /// `self._protocol.error_received(exc)`: its exceptions are the caller's.
+    fn error_received(&self, py: Python<'_>, err: PyErr) -> PyResult<()> {
+        let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        protocol
+            .bind(py)
+            .call_method1(intern!(py, "error_received"), (err.into_value(py),))?;
+        Ok(())
+    }
+
+    /// The outcome of a send, as the stdlib's handlers take it: would-block is buffered, an
+    /// `OSError` goes to `error_received`, anything else is fatal.
+    fn after_failed_send(&self, py: Python<'_>, err: PyErr) -> PyResult<()> {
+        if err.is_instance_of::<PyOSError>(py) {
+            self.error_received(py, err)
+        } else {
+            self.fatal_error(py, err, "Fatal write error on datagram transport")
+        }
+    }
+
+    /// Where `addr` is, for this socket (the caller checked it against `_address`).
+    fn dest_for(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> Dest {
+        if self.connected {
+            return Dest::Peer;
+        }
+        {
+            let st = self.state.borrow(py);
+            if let Some((last, raw)) = &st.last_to {
+                if last.is(addr) {
+                    return Dest::Raw(*raw);
+                }
+            }
+        }
+        match SockAddr::from_python(addr, self.family) {
+            Some(raw) => {
+                let old = self
+                    .state
+                    .borrow_mut(py)
+                    .last_to
+                    .replace((addr.clone().unbind(), raw));
+                drop(old);
+                Dest::Raw(raw)
+            }
+            None => Dest::Python(addr.clone().unbind()),
+        }
+    }
+
+    /// One send of `data` (`original`: the caller's object, when there is one) to `dest`.
+    fn send(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        original: Option<&Bound<'_, PyAny>>,
+        dest: &Dest,
+    ) -> Sent {
+        let raw = match dest {
+            Dest::Peer => None,
+            Dest::Raw(raw) => Some(raw),
+            Dest::Python(addr) => return self.send_through_socket(py, data, original, addr),
+        };
+        let fd = match self.sock.fd(py) {
+            Ok(fd) => fd,
+            Err(err) => return Sent::Failed(err),
+        };
+        match datagram_io::send_to(fd, data, raw) {
+            Ok(Some(n)) => {
+                self.io_event(py, IoKind::Write, n);
+                Sent::Done
+            }
+            Ok(None) => Sent::WouldBlock,
+            Err(err) => Sent::Failed(os_error(err)),
+        }
+    }
+
+    /// `self._sock.sendto(data, addr)`, for addresses only the socket module converts.
+    fn send_through_socket(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        original: Option<&Bound<'_, PyAny>>,
+        addr: &Py<PyAny>,
+    ) -> Sent {
+        let sock = self.sock.object(py);
+        let result = match original {
+            Some(obj) => sock.call_method1(intern!(py, "sendto"), (obj, addr)),
+            None => sock.call_method1(intern!(py, "sendto"), (PyBytes::new(py, data), addr)),
+        };
+        match result {
+            Ok(_) => {
+                self.io_event(py, IoKind::Write, data.len());
+                Sent::Done
+            }
+            Err(err)
+                if err.is_instance_of::<PyBlockingIOError>(py)
+                    || err.is_instance_of::<PyInterruptedError>(py) =>
+            {
+                Sent::WouldBlock
+            }
+            Err(err) => Sent::Failed(err),
+        }
+    }
+
+    /// `self._sock.recvfrom(self.max_size)`, through the socket object (other families).
+    fn receive_through_socket<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        match self
+            .sock
+            .object(py)
+            .call_method1(intern!(py, "recvfrom"), (MAX_SIZE,))
+        {
+            Ok(pair) => {
+                let (data, addr): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair.extract()?;
+                Ok(Some((data, addr)))
+            }
+            Err(err)
+                if err.is_instance_of::<PyBlockingIOError>(py)
+                    || err.is_instance_of::<PyInterruptedError>(py) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// One datagram from the socket: (data, sender) or None if there was none; errors are
+    /// those `sock.recvfrom` would raise.
+    fn receive<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        if self.native_family.is_none() {
+            return self.receive_through_socket(py);
+        }
+        let fd = self.sock.fd(py)?;
+        let (data, from) = {
+            let mut buf = self.event_loop(py).get().read_buffer(py);
+            match datagram_io::recv_from(fd, &mut buf[..MAX_SIZE]) {
+                Ok(None) => return Ok(None),
+                Err(err) => return Err(os_error(err)),
+                Ok(Some((n, from))) => (PyBytes::new(py, &buf[..n]), from),
+            }
+        };
+        self.io_event(py, IoKind::Read, data.as_bytes().len());
+        let mut st = self.state.borrow_mut(py);
+        if let Some((last, addr)) = &st.last_from {
+            if last.same_as(&from) {
+                return Ok(Some((data.into_any(), addr.bind(py).clone())));
+            }
+        }
+        let addr = from.to_python(py)?;
+        st.last_from = Some((from, addr.clone().unbind()));
+        Ok(Some((data.into_any(), addr)))
+    }
+
+    fn notify_flow(&self, py: Python<'_>, pause: bool) -> PyResult<()> {
+        let (transport, protocol) = self.refs(py);
+        let (method, message, kind) = if pause {
+            (
+                intern!(py, "pause_writing"),
+                "protocol.pause_writing() failed",
+                IoKind::PauseWriting,
+            )
+        } else {
+            (
+                intern!(py, "resume_writing"),
+                "protocol.resume_writing() failed",
+                IoKind::ResumeWriting,
+            )
+        };
+        self.io_event(py, kind, 0);
+        common::notify_flow(self.event_loop(py), method, message, transport, protocol)
+    }
+
+    fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut st = self.state.borrow_mut(py);
+            let size = st.buffer_size;
+            if !st.flow.should_pause(size) {
+                return Ok(());
+            }
+        }
+        self.notify_flow(py, true)
+    }
+
+    fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut st = self.state.borrow_mut(py);
+            let size = st.buffer_size;
+            if !st.flow.should_resume(size) {
+                return Ok(());
+            }
+        }
+        self.notify_flow(py, false)
+    }
+
+    /// The address `sendto(data, addr)` sends to: `addr`, or `_address` for an endpoint made
+    /// with `remote_addr` (ValueError for any other).
+    fn checked_address<'py>(
+        &self,
+        py: Python<'py>,
+        addr: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(address) = &self.address else {
+            return Ok(addr);
+        };
+        let address = address.bind(py);
+        // `addr not in (None, self._address)`
+        if !(addr.is_none() || addr.is(address) || addr.eq(address)?) {
+            return Err(PyValueError::new_err(format!(
+                "Invalid address: must be None or {}",
+                address.str()?
+            )));
+        }
+        Ok(address.clone())
+    }
+}
+
+#[pymethods]
+impl DatagramCore {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (event_loop, sock, transport, protocol, family, connected, address, header_size, sends_empty))]
+    fn new(
+        event_loop: Bound<'_, LoopCore>,
+        sock: Bound<'_, PyAny>,
+        transport: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        family: i32,
+        connected: bool,
+        address: Option<Bound<'_, PyAny>>,
+        header_size: usize,
+        sends_empty: bool,
+    ) -> PyResult<Self> {
+        let fd: i32 = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
+        let native_family =
+            [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family).then_some(family);
+        Ok(DatagramCore {
+            event_loop: event_loop.unbind(),
+            sock: SocketOwner::new(sock, fd)?,
+            native_family,
+            family,
+            connected,
+            address: address.map(Bound::unbind),
+            header_size,
+            sends_empty,
+            state: GilCell::new(DatagramState {
+                transport: Some(transport.unbind()),
+                protocol: Some(protocol.unbind()),
+                closing: false,
+                paused: false,
+                conn_lost: ConnLost::default(),
+                released: false,
+                buffer: VecDeque::new(),
+                buffer_size: 0,
+                writer_installed: false,
+                flow: FlowControl::default(),
+                last_from: None,
+                last_to: None,
+            }),
+        })
+    }
+
+    /// Scheduled right after `connection_made`: start reading (unless paused or closing).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().is_reading_now(slf.py()) {
+            Self::add_reader(slf)?;
+        }
+        Ok(())
+    }
+
+    fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).conn_lost.is_lost() {
+            return Ok(());
+        }
+        match self.receive(py) {
+            Ok(None) => Ok(()),
+            Ok(Some((data, addr))) => {
+                let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
+                if let Some(protocol) = protocol {
+                    protocol
+                        .bind(py)
+                        .call_method1(intern!(py, "datagram_received"), (data, addr))?;
+                }
+                Ok(())
+            }
+            Err(err) if err.is_instance_of::<PyOSError>(py) => self.error_received(py, err),
+            Err(err) => self.fatal_error(py, err, "Fatal read error on datagram transport"),
+        }
+    }
+
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            let name = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                name.repr()?
+            )));
+        }
+        if !this.sends_empty && !data.is_truthy()? {
+            return Ok(());
+        }
+        let addr = this.checked_address(py, addr.unwrap_or_else(|| py.None().into_bound(py)))?;
+        let buffer_empty = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost.is_lost() && this.address.is_some() {
+                let warn = st.conn_lost.count() >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn_lost.record();
+                drop(st);
+                if warn {
+                    support::log_warning(py, "socket.send() raised exception.")?;
+                }
+                return Ok(());
+            }
+            if st.released {
+                // The stdlib's transport has dropped its socket by now and fails the same way.
+                return Err(PyAttributeError::new_err(
+                    "'NoneType' object has no attribute 'sendto'",
+                ));
+            }
+            st.buffer.is_empty()
+        };
+        // A memoryview that is not C-contiguous: the socket's BufferError, fatal as there.
+        let view = match ByteView::new(data) {
+            Ok(view) => view,
+            Err(err) => {
+                return this.fatal_error(py, err, "Fatal write error on datagram transport")
+            }
+        };
+        let dest = this.dest_for(py, &addr);
+        if buffer_empty {
+            match this.send(py, view.as_slice(), Some(data), &dest) {
+                Sent::Done => return Ok(()),
+                Sent::Failed(err) => return this.after_failed_send(py, err),
+                Sent::WouldBlock => Self::add_writer(slf)?,
+            }
+        }
+        {
+            let mut st = this.state.borrow_mut(py);
+            st.buffer.push_back(Outgoing {
+                data: view.as_slice().into(),
+                dest,
+            });
+            st.buffer_size += view.len() + this.header_size;
+        }
+        this.maybe_pause_protocol(py)
+    }
+
+    fn _sendto_ready(&self, py: Python<'_>) -> PyResult<()> {
+        loop {
+            let Some(item) = self.state.borrow_mut(py).buffer.pop_front() else {
+                break;
+            };
+            match self.send(py, &item.data, None, &item.dest) {
+                Sent::Done => {
+                    self.state.borrow_mut(py).buffer_size -= item.data.len() + self.header_size;
+                }
+                Sent::WouldBlock => {
+                    self.state.borrow_mut(py).buffer.push_front(item);
+                    break;
+                }
+                Sent::Failed(err) => {
+                    self.state.borrow_mut(py).buffer_size -= item.data.len() + self.header_size;
+                    return self.after_failed_send(py, err);
+                }
+            }
+        }
+        self.maybe_resume_protocol(py)?; // may append to the buffer
+        let (drained, closing, transport) = {
+            let st = self.state.borrow(py);
+            (
+                st.buffer.is_empty(),
+                st.closing,
+                clone_opt(py, st.transport.as_ref()),
+            )
+        };
+        if drained {
+            self.unwatch(py, Direction::Write)?;
+            if closing {
+                if let Some(t) = transport {
+                    t.bind(py)
+                        .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        self.is_reading_now(py)
+    }
+
+    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.is_reading_now(py) {
+            return Ok(());
+        }
+        self.state.borrow_mut(py).paused = true;
+        self.unwatch(py, Direction::Read)?;
+        self.io_event(py, IoKind::PauseReading, 0);
+        if self.event_loop(py).get().debug_enabled() {
+            if let Some(t) = clone_opt(py, self.state.borrow(py).transport.as_ref()) {
+                support::log_transport_debug(t.bind(py), "pauses reading")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::add_reader(slf)?;
+        this.io_event(py, IoKind::ResumeReading, 0);
+        if this.event_loop(py).get().debug_enabled() {
+            if let Some(t) = clone_opt(py, this.state.borrow(py).transport.as_ref()) {
+                support::log_transport_debug(t.bind(py), "resumes reading")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let (drained, transport) = {
+            let mut st = self.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let drained = st.buffer.is_empty();
+            if drained {
+                st.conn_lost.record();
+            }
+            (drained, clone_opt(py, st.transport.as_ref()))
+        };
+        self.unwatch(py, Direction::Read)?;
+        if drained {
+            self.unwatch(py, Direction::Write)?;
+            common::schedule_connection_lost(self.event_loop(py), transport, py.None(), None)?;
+        }
+        Ok(())
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        self.force_close(py, py.None())
+    }
+
+    fn _force_close(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
+        self.force_close(py, exc)
+    }
+
+    #[pyo3(signature = (exc, message="Fatal error on transport"))]
+    fn _fatal_error(&self, py: Python<'_>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        self.fatal_error(py, PyErr::from_value(exc), message)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) {
+        let old = self
+            .state
+            .borrow_mut(py)
+            .protocol
+            .replace(protocol.unbind());
+        drop(old);
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_opt(py, self.state.borrow(py).protocol.as_ref())
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffer_size
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        self.state.borrow(py).flow.limits()
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let limits = common::write_buffer_limits(py, high, low)?;
+        self.state.borrow_mut(py).flow.set_limits(limits);
+        self.maybe_pause_protocol(py)
+    }
+
+    /// Deliver `connection_lost(exc)` and let go of the protocol and the transport; the
+    /// Python side closes the socket.
+    fn _connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
+        let result = common::deliver_connection_lost(protocol, &exc);
+        let released = {
+            let mut st = self.state.borrow_mut(py);
+            st.released = true;
+            st.closing = true;
+            st.conn_lost.mark();
+            st.last_from = None;
+            st.last_to = None;
+            (st.protocol.take(), st.transport.take())
+        };
+        drop(released);
+        result
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).paused
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.borrow(py).conn_lost.count()
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).flow.paused()
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        self.sock.traverse(&visit)?;
+        visit.call(&self.address)?;
+        if let Some(st) = self.state.try_borrow_unchecked() {
+            visit.call(&st.transport)?;
+            visit.call(&st.protocol)?;
+            if let Some((_, addr)) = &st.last_from {
+                visit.call(addr)?;
+            }
+            if let Some((addr, _)) = &st.last_to {
+                visit.call(addr)?;
+            }
+            for item in &st.buffer {
+                if let Dest::Python(addr) = &item.dest {
+                    visit.call(addr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
