@@ -55,7 +55,10 @@ fn retry(mut call: impl FnMut() -> isize) -> io::Result<Option<usize>> {
 /// `sendto(fd, buf, addr)`; `addr` None: `send` on a connected socket.
 pub fn send_to(fd: RawFd, buf: &[u8], addr: Option<&SockAddr>) -> io::Result<Option<usize>> {
     let (name, len) = match addr {
-        Some(a) => (std::ptr::from_ref(&a.storage).cast::<libc::sockaddr>(), a.len),
+        Some(a) => (
+            std::ptr::from_ref(&a.storage).cast::<libc::sockaddr>(),
+            a.len,
+        ),
         None => (std::ptr::null(), 0),
     };
     // SAFETY: `buf` is a valid slice for the call and only read; `name` is null with length
@@ -197,9 +200,8 @@ impl SockAddr {
         match self.family() {
             libc::AF_INET => {
                 // SAFETY: the kernel wrote an AF_INET address, a sockaddr_in.
-                let sin = unsafe {
-                    &*std::ptr::from_ref(&self.storage).cast::<libc::sockaddr_in>()
-                };
+                let sin =
+                    unsafe { &*std::ptr::from_ref(&self.storage).cast::<libc::sockaddr_in>() };
                 let host = ntop(libc::AF_INET, std::ptr::from_ref(&sin.sin_addr).cast())?;
                 Ok((host, u16::from_be(sin.sin_port))
                     .into_pyobject(py)?
@@ -207,9 +209,8 @@ impl SockAddr {
             }
             libc::AF_INET6 => {
                 // SAFETY: the kernel wrote an AF_INET6 address, a sockaddr_in6.
-                let sin6 = unsafe {
-                    &*std::ptr::from_ref(&self.storage).cast::<libc::sockaddr_in6>()
-                };
+                let sin6 =
+                    unsafe { &*std::ptr::from_ref(&self.storage).cast::<libc::sockaddr_in6>() };
                 let host = ntop(libc::AF_INET6, std::ptr::from_ref(&sin6.sin6_addr).cast())?;
                 Ok((
                     host,
@@ -274,18 +275,13 @@ mod tests {
         assert!(fd >= 0);
         let mut addr = SockAddr::empty();
         // SAFETY: storage is big enough for a sockaddr_in.
-        let sin = unsafe { &mut *std::ptr::from_mut(&mut addr.storage).cast::<libc::sockaddr_in>() };
+        let sin =
+            unsafe { &mut *std::ptr::from_mut(&mut addr.storage).cast::<libc::sockaddr_in>() };
         sin.sin_family = libc::AF_INET as libc::sa_family_t;
         sin.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
         addr.len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: `addr` holds a valid sockaddr_in of `len` bytes.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                std::ptr::from_ref(&addr.storage).cast(),
-                addr.len,
-            )
-        };
+        let rc = unsafe { libc::bind(fd, std::ptr::from_ref(&addr.storage).cast(), addr.len) };
         assert_eq!(rc, 0);
         fd
     }

@@ -48,19 +48,20 @@ class DatagramSocketTransport(ReadSide, transports._FlowControlMixin, transports
         "get_write_buffer_limits",
         "set_write_buffer_limits",
     )
-    sendto = CoreMethod()
-    abort = CoreMethod()
-    get_write_buffer_size = CoreMethod()
-    get_write_buffer_limits = CoreMethod()
-    set_write_buffer_limits = CoreMethod()
-
     if TYPE_CHECKING:
 
-        def sendto(self, data: Any, addr: Any = None) -> None: ...  # type: ignore[no-redef]
-        def abort(self) -> None: ...  # type: ignore[no-redef]
-        def get_write_buffer_size(self) -> int: ...  # type: ignore[no-redef]
-        def get_write_buffer_limits(self) -> tuple[int, int]: ...  # type: ignore[no-redef]
-        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...  # type: ignore[no-redef]
+        def sendto(self, data: Any, addr: Any = None) -> None: ...
+        def abort(self) -> None: ...
+        def get_write_buffer_size(self) -> int: ...
+        def get_write_buffer_limits(self) -> tuple[int, int]: ...
+        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+    else:
+        sendto = CoreMethod()
+        abort = CoreMethod()
+        get_write_buffer_size = CoreMethod()
+        get_write_buffer_limits = CoreMethod()
+        set_write_buffer_limits = CoreMethod()
 
     def __init__(
         self,

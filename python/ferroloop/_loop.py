@@ -26,11 +26,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVarTuple, Unpack
 
 from . import _core, _instrument, _stdlib
+from ._datagram import DatagramSocketTransport
 from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._subprocess import ChildReaper, make_subprocess_transport
 from ._tls import TlsProtocol
 from ._tls import start_tls as _start_tls
-from ._datagram import DatagramSocketTransport
 from ._transports import SocketTransport
 
 _Ts = TypeVarTuple("_Ts")

@@ -17,8 +17,7 @@
 use std::collections::VecDeque;
 
 use pyo3::exceptions::{
-    PyAttributeError, PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError,
-    PyValueError,
+    PyAttributeError, PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -34,7 +33,9 @@ use crate::socket_owner::SocketOwner;
 use crate::support;
 use crate::trace::IoKind;
 
-use super::common::{self, is_fatal_to_loop, ConnLost, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use super::common::{
+    self, is_fatal_to_loop, ConnLost, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 
 /// `_SelectorTransport.max_size`: the most one read takes (the loop's scratch buffer).
 const MAX_SIZE: usize = crate::transports::stream::MAX_READ;
@@ -195,7 +196,11 @@ impl DatagramCore {
             let was_closing = st.closing;
             st.closing = true;
             st.conn_lost.record();
-            (had_buffer, was_closing, clone_opt(py, st.transport.as_ref()))
+            (
+                had_buffer,
+                was_closing,
+                clone_opt(py, st.transport.as_ref()),
+            )
         };
         if had_buffer {
             self.unwatch(py, Direction::Write)?;
@@ -444,8 +449,9 @@ impl DatagramCore {
         sends_empty: bool,
     ) -> PyResult<Self> {
         let fd: i32 = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
-        let native_family =
-            [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family).then_some(family);
+        let native_family = [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX]
+            .contains(&family)
+            .then_some(family);
         Ok(DatagramCore {
             event_loop: event_loop.unbind(),
             sock: SocketOwner::new(sock, fd)?,
