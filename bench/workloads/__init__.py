@@ -48,6 +48,7 @@ class Workload:
 def all_workloads() -> dict[str, Workload]:
     from . import (
         call_soon,
+        datagram_echo,
         echo,
         echo_native,
         gather,
@@ -64,6 +65,7 @@ def all_workloads() -> dict[str, Workload]:
     ordered += echo.WORKLOADS
     ordered += echo_native.WORKLOADS
     ordered += tls_echo.WORKLOADS
+    ordered += datagram_echo.WORKLOADS
     ordered.append(http_keepalive.WORKLOAD)
     ordered += subprocesses.WORKLOADS
     return {workload.name: workload for workload in ordered}
