@@ -198,7 +198,8 @@ def test_send_errors_match_asyncio() -> None:
         return run(event_loop, errors())
 
     asyncio_result, ferroloop_result = on_both_loops(scenario)
-    assert asyncio_result[0] == ("PermissionError", False, [])
+    # EACCES here; a host without a route for the limited broadcast says ENETUNREACH.
+    assert asyncio_result[0] in (("PermissionError", False, []), ("OSError", False, []))
     assert asyncio_result[1] == "TypeError"
     assert ferroloop_result == asyncio_result
 

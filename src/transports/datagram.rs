@@ -185,23 +185,21 @@ impl DatagramCore {
 
     /// `_force_close(exc)`: drop what is buffered, stop watching, schedule `connection_lost`.
     fn force_close(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
-        let (had_buffer, was_closing, transport) = {
+        let (dropped, was_closing, transport) = {
             let mut st = self.state.borrow_mut(py);
             if st.conn_lost.is_lost() {
                 return Ok(());
             }
-            let had_buffer = !st.buffer.is_empty();
-            st.buffer.clear();
+            let dropped = std::mem::take(&mut st.buffer);
             st.buffer_size = 0;
             let was_closing = st.closing;
             st.closing = true;
             st.conn_lost.record();
-            (
-                had_buffer,
-                was_closing,
-                clone_opt(py, st.transport.as_ref()),
-            )
+            (dropped, was_closing, clone_opt(py, st.transport.as_ref()))
         };
+        // Dropped outside the borrow: an address object's finalizer may call the transport.
+        let had_buffer = !dropped.is_empty();
+        drop(dropped);
         if had_buffer {
             self.unwatch(py, Direction::Write)?;
         }
@@ -358,14 +356,19 @@ impl DatagramCore {
             }
         };
         self.io_event(py, IoKind::Read, data.as_bytes().len());
-        let mut st = self.state.borrow_mut(py);
-        if let Some((last, addr)) = &st.last_from {
+        if let Some((last, addr)) = &self.state.borrow(py).last_from {
             if last.same_as(&from) {
                 return Ok(Some((data.into_any(), addr.bind(py).clone())));
             }
         }
+        // Not under a borrow: allocating the address may run the GC, and finalizers with it.
         let addr = from.to_python(py)?;
-        st.last_from = Some((from, addr.clone().unbind()));
+        let old = self
+            .state
+            .borrow_mut(py)
+            .last_from
+            .replace((from, addr.clone().unbind()));
+        drop(old);
         Ok(Some((data.into_any(), addr)))
     }
 
