@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import inspect
 import socket
-import warnings
 from asyncio import futures, selector_events, transports, trsock
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._core_backed import CoreMethod, ReadSide, bind_core
+from ._transports import SocketTransport
 
 _STDLIB_TRANSPORT: Any = selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
 
@@ -134,23 +133,6 @@ class DatagramSocketTransport(ReadSide, transports._FlowControlMixin, transports
                 self._sock = None
             self._loop = None
 
-    def __repr__(self) -> str:
-        info = [type(self).__name__]
-        if self._sock is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._sock_fd}")
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            reading = loop._has_watcher(self._sock_fd)
-            info.append("read=polling" if reading else "read=idle")
-            writing = "polling" if loop._has_watcher(self._sock_fd, True) else "idle"
-            info.append(f"write=<{writing}, bufsize={self.get_write_buffer_size()}>")
-        return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        sock = getattr(self, "_sock", None)  # None too if __init__ failed part way
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
+    # The same repr and unclosed-transport warning as the stream transport's (same attributes).
+    __repr__ = SocketTransport.__repr__
+    __del__ = SocketTransport.__del__
