@@ -8,6 +8,7 @@ non-fatal send errors, and pausing reading. Each runs on asyncio's loop and on f
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from asyncio import selector_events
 from collections.abc import Coroutine
@@ -245,3 +246,43 @@ def test_datagrams_up_to_the_udp_maximum(any_loop: asyncio.AbstractEventLoop) ->
         await b_protocol.lost
 
     run(any_loop, scenario())
+
+
+def test_socket_closed_behind_the_transport_is_not_reused() -> None:
+    """The application closes the endpoint's socket and the next socket gets its number:
+    sendto reports EBADF to error_received, as asyncio's does, and sends nothing from the
+    socket that now has that number."""
+
+    def scenario(event_loop: asyncio.AbstractEventLoop) -> Any:
+        async def reuse() -> Any:
+            loop = asyncio.get_running_loop()
+            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sink.bind(("127.0.0.1", 0))
+            sink.setblocking(False)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            transport, protocol = await loop.create_datagram_endpoint(Recorder, sock=sock)
+            await asyncio.sleep(0)
+            number = sock.fileno()
+            loop._remove_reader(number)  # type: ignore[attr-defined]  # as closing it via the loop would
+            sock.close()
+            newcomer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                assert newcomer.fileno() == number
+                transport.sendto(b"must not leave", sink.getsockname())
+                await asyncio.sleep(0.05)
+                with pytest.raises(BlockingIOError):
+                    sink.recv(100)
+                errnos = [getattr(e, "errno", None) for e in protocol.errors]
+                return errnos, transport.is_closing()
+            finally:
+                transport.abort()
+                await protocol.lost
+                newcomer.close()
+                sink.close()
+
+        return run(event_loop, reuse())
+
+    asyncio_result, ferroloop_result = on_both_loops(scenario)
+    assert asyncio_result == ([errno.EBADF], False)
+    assert ferroloop_result == asyncio_result
