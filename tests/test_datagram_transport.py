@@ -60,8 +60,8 @@ async def unix_sender(tmp_path: Path) -> tuple[socket.socket, asyncio.DatagramTr
     receiver.bind(str(tmp_path / "receiver"))
     receiver.setblocking(False)
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        Recorder, family=socket.AF_UNIX, local_addr=str(tmp_path / "sender"),
-        remote_addr=str(tmp_path / "receiver"))
+        Recorder, family=socket.AF_UNIX, local_addr=str(tmp_path / "sender"), remote_addr=str(tmp_path / "receiver")
+    )
     return receiver, transport, protocol  # type: ignore[return-value]
 
 
@@ -167,10 +167,9 @@ def test_host_names_and_alternating_peers(any_loop: asyncio.AbstractEventLoop) -
                 assert addr == peer.get_extra_info("sockname")
                 hub.sendto(b"back " + data, addr)
                 hub.sendto(b"copy " + data, tuple(addr))
-        for i, (peer, peer_protocol) in enumerate(peers):
+        for i, (_, peer_protocol) in enumerate(peers):
             got = [(await asyncio.wait_for(peer_protocol.received.get(), 5)) for _ in range(6)]
-            assert [d for d, _ in got] == [
-                f"{kind} {r}:{i}".encode() for r in range(3) for kind in ("back", "copy")]
+            assert [d for d, _ in got] == [f"{kind} {r}:{i}".encode() for r in range(3) for kind in ("back", "copy")]
             assert {a for _, a in got} == {hub.get_extra_info("sockname")}
         for transport, protocol in [(hub, hub_protocol), *peers]:
             transport.close()
@@ -188,8 +187,7 @@ def test_send_errors_match_asyncio() -> None:
         async def errors() -> Any:
             handled: list[str] = []
             event_loop.set_exception_handler(lambda _, context: handled.append(context["message"]))
-            transport, protocol = await event_loop.create_datagram_endpoint(
-                Recorder, local_addr=("127.0.0.1", 0))
+            transport, protocol = await event_loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
             transport.sendto(b"to everyone", ("255.255.255.255", 9))
             after_oserror = (type(protocol.errors[0]).__name__, transport.is_closing(), list(handled))
             transport.sendto(b"nowhere", 12345)  # not an address
@@ -209,8 +207,7 @@ def test_pause_and_resume_reading(any_loop: asyncio.AbstractEventLoop) -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         a, a_protocol = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
-        b, b_protocol = await loop.create_datagram_endpoint(
-            Recorder, remote_addr=a.get_extra_info("sockname"))
+        b, b_protocol = await loop.create_datagram_endpoint(Recorder, remote_addr=a.get_extra_info("sockname"))
         await asyncio.sleep(0)
         assert a.is_reading()  # type: ignore[attr-defined]
         a.pause_reading()  # type: ignore[attr-defined]
@@ -233,8 +230,7 @@ def test_datagrams_up_to_the_udp_maximum(any_loop: asyncio.AbstractEventLoop) ->
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         a, a_protocol = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
-        b, b_protocol = await loop.create_datagram_endpoint(
-            Recorder, remote_addr=a.get_extra_info("sockname"))
+        b, b_protocol = await loop.create_datagram_endpoint(Recorder, remote_addr=a.get_extra_info("sockname"))
         for size in (1, 1024, 8192, 65507):
             payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
             b.sendto(memoryview(bytearray(payload)))
