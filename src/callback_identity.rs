@@ -63,6 +63,11 @@ pub fn is_task(obj: &Bound<'_, PyAny>) -> bool {
     }) else {
         return false;
     };
+    // SAFETY: `obj` is live.
+    let tp = unsafe { ffi::Py_TYPE(obj.as_ptr()) };
+    if std::ptr::eq(tp.cast::<ffi::PyObject>(), c_task.as_ptr()) {
+        return true;
+    }
     // A subtype check, not isinstance(): Task has no __instancecheck__ to honour, and this
     // runs for every callback's bound object while tasks are followed.
     let is_subtype = |ty: &Py<PyAny>| {
@@ -177,12 +182,34 @@ fn label_key<'py>(callback: &Bound<'py, PyAny>) -> (usize, Bound<'py, PyAny>) {
     }
 }
 
+/// Slots of `LabelTable::recent`: enough for the callbacks of a busy iteration.
+const RECENT_SLOTS: usize = 64;
+
 /// Label ids (from 1) and their names.
-#[derive(Default)]
 pub struct LabelTable {
     by_key: AddrMap<u32>,
+    /// (key, id) of keys seen lately, by a hash of the key: most callbacks repeat, and this
+    /// answers them without the map. A key is never reused for another name (the table keeps
+    /// its object alive), so a slot is never stale, only overwritten.
+    recent: [(usize, u32); RECENT_SLOTS],
     names: Vec<Py<PyString>>,
     keep: Vec<Py<PyAny>>,
+}
+
+impl Default for LabelTable {
+    fn default() -> Self {
+        LabelTable {
+            by_key: AddrMap::default(),
+            recent: [(0, 0); RECENT_SLOTS],
+            names: Vec::new(),
+            keep: Vec::new(),
+        }
+    }
+}
+
+#[inline]
+fn recent_slot(key: usize) -> usize {
+    (key >> 4).wrapping_mul(0x9E37_79B9) >> 7 & (RECENT_SLOTS - 1)
 }
 
 impl LabelTable {
@@ -198,8 +225,17 @@ fn lookup_or_add<'py>(
     name: impl FnOnce() -> PyResult<Bound<'py, PyString>>,
 ) -> PyResult<u32> {
     let py = keep.py();
-    if let Some(&id) = table.borrow(py).by_key.get(&key) {
-        return Ok(id);
+    let slot = recent_slot(key);
+    {
+        let mut t = table.borrow_mut(py);
+        let (recent_key, recent_id) = t.recent[slot];
+        if recent_key == key {
+            return Ok(recent_id);
+        }
+        if let Some(&id) = t.by_key.get(&key) {
+            t.recent[slot] = (key, id);
+            return Ok(id);
+        }
     }
     let name = name()?.unbind();
     let mut t = table.borrow_mut(py);
@@ -207,6 +243,7 @@ fn lookup_or_add<'py>(
     t.keep.push(keep.unbind());
     let id = t.names.len() as u32;
     t.by_key.insert(key, id);
+    t.recent[slot] = (key, id);
     Ok(id)
 }
 

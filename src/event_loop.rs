@@ -26,6 +26,7 @@ use crate::fork_guard;
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::instrument::Instruments;
+use crate::trace::Overflow;
 use crate::poller::{Event, Interest, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
 use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
@@ -1036,19 +1037,26 @@ impl LoopCore {
         self.instruments.task_dicts(py)
     }
 
-    /// Start recording into a ring of `capacity` events (a new, empty one).
-    fn _trace_start(&self, py: Python<'_>, capacity: usize) -> PyResult<()> {
+    /// Start recording into a ring of `capacity` events (a new, empty one); when it is full,
+    /// drop the newest events if `drop_newest`, else the oldest.
+    #[pyo3(signature = (capacity, drop_newest = false))]
+    fn _trace_start(&self, py: Python<'_>, capacity: usize, drop_newest: bool) -> PyResult<()> {
         if capacity == 0 {
             return Err(PyValueError::new_err(
                 "the trace buffer needs room for at least one event",
             ));
         }
-        self.instruments.start_trace(py, capacity);
+        let overflow = if drop_newest {
+            Overflow::DropNewest
+        } else {
+            Overflow::DropOldest
+        };
+        self.instruments.start_trace(py, capacity, overflow);
         Ok(())
     }
 
     /// Stop recording: (events as bytes, dropped count), or None if no trace was running.
-    fn _trace_stop<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u64)> {
+    fn _trace_stop<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
         self.instruments.stop_trace(py)
     }
 

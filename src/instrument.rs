@@ -22,7 +22,7 @@ use crate::poller::{Event, WAKER_TOKEN};
 use crate::stats::LoopStats;
 use crate::support;
 use crate::task_table::{self, TaskTable};
-use crate::trace::{IoKind, Kind, TraceEvent, TraceRing};
+use crate::trace::{IoKind, Kind, Overflow, TraceEvent, TraceRing};
 
 /// Per-task statistics (and task identities).
 pub const TASKS: u8 = 1;
@@ -76,7 +76,7 @@ impl Instruments {
             .store(if on { flags | flag } else { flags & !flag }, Relaxed);
     }
 
-    #[inline]
+    #[inline(always)]
     fn trace_event(&self, py: Python<'_>, event: TraceEvent) {
         if let Some(ring) = self.trace.borrow_mut(py).as_mut() {
             ring.push(event);
@@ -459,16 +459,29 @@ impl Instruments {
         self.follows_tasks()
     }
 
-    pub fn start_trace(&self, py: Python<'_>, capacity: usize) {
-        *self.trace.borrow_mut(py) = Some(TraceRing::new(capacity));
+    pub fn start_trace(&self, py: Python<'_>, capacity: usize, overflow: Overflow) {
+        *self.trace.borrow_mut(py) = Some(TraceRing::new(capacity, overflow));
         self.set_flag(TRACE, true);
     }
 
     /// Stop tracing; returns (events as bytes, dropped count) or None if it was not on.
-    pub fn stop_trace<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u64)> {
+    pub fn stop_trace<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
         self.set_flag(TRACE, false);
-        let ring = self.trace.borrow_mut(py).take()?;
-        Some((PyBytes::new(py, &ring.to_bytes()), ring.dropped()))
+        let Some(ring) = self.trace.borrow_mut(py).take() else {
+            return Ok(None);
+        };
+        let bytes = uninit_bytes(py, ring.len() * crate::trace::EVENT_BYTES)?;
+        // SAFETY: `bytes` is a new bytes object of exactly that size that nothing else has
+        // seen yet, so writing its buffer before handing it out is allowed; every byte of it
+        // is written here.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>(),
+                bytes.as_bytes().len(),
+            )
+        };
+        ring.write_bytes(out);
+        Ok(Some((bytes, ring.dropped())))
     }
 
     pub fn tracing(&self) -> bool {
@@ -532,6 +545,19 @@ impl Instruments {
     ) -> PyResult<Bound<'py, PyDict>> {
         self.stats
             .to_dict(py, cancelled, fds_watched, monotonic_ns())
+    }
+}
+
+/// A new bytes object of `size` bytes, not zeroed (the caller fills it; zeroing a trace's
+/// megabytes first would cost more than copying them).
+fn uninit_bytes(py: Python<'_>, size: usize) -> PyResult<Bound<'_, PyBytes>> {
+    let size = pyo3::ffi::Py_ssize_t::try_from(size)
+        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("trace too large"))?;
+    // SAFETY: a NULL source asks CPython for an uninitialised bytes object of that size; the
+    // result is a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size))
+            .map(|b| b.cast_into_unchecked())
     }
 }
 

@@ -304,7 +304,7 @@ class LoopCore:
     def _task_stats_enabled(self) -> bool: ...
     def _task_records(self) -> list[dict[str, Any]]:
         """One dict per task seen while per-task statistics or the trace were on."""
-    def _trace_start(self, capacity: int) -> None:
+    def _trace_start(self, capacity: int, drop_newest: bool = False) -> None:
         """Record into a new ring of `capacity` events (ValueError for 0)."""
     def _trace_stop(self) -> tuple[bytes, int] | None:
         """Stop recording: (events, 32 bytes each, oldest first; dropped count), or None."""
