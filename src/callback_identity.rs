@@ -68,18 +68,38 @@ pub fn is_task(obj: &Bound<'_, PyAny>) -> bool {
     if std::ptr::eq(tp.cast::<ffi::PyObject>(), c_task.as_ptr()) {
         return true;
     }
+    if std::ptr::eq(tp, LAST_NOT_A_TASK.load(Relaxed)) {
+        return false;
+    }
     // A subtype check, not isinstance(): Task has no __instancecheck__ to honour, and this
     // runs for every callback's bound object while tasks are followed.
     let is_subtype = |ty: &Py<PyAny>| {
         // SAFETY: both are live type objects (`ty` was imported as a class).
-        unsafe {
-            ffi::PyType_IsSubtype(
-                ffi::Py_TYPE(obj.as_ptr()),
-                ty.as_ptr().cast::<ffi::PyTypeObject>(),
-            ) != 0
-        }
+        unsafe { ffi::PyType_IsSubtype(tp, ty.as_ptr().cast::<ffi::PyTypeObject>()) != 0 }
     };
-    is_subtype(c_task) || py_task.as_ref().is_some_and(is_subtype)
+    let task = is_subtype(c_task) || py_task.as_ref().is_some_and(is_subtype);
+    if !task {
+        remember_not_a_task(tp);
+    }
+    task
+}
+
+/// The type last found not to be a Task (a strong reference, so its address cannot be
+/// reused by another type while it is remembered): the objects a program's callbacks are
+/// bound to are mostly of one or two types, and the subtype check walks the MRO.
+static LAST_NOT_A_TASK: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+
+fn remember_not_a_task(tp: *mut ffi::PyTypeObject) {
+    // SAFETY: `tp` is a live type (an object's type), and the caller holds the GIL: the new
+    // reference is taken before it is stored, the old one is released after it is replaced,
+    // and only threads holding the GIL touch the slot.
+    unsafe {
+        ffi::Py_IncRef(tp.cast());
+        let old = LAST_NOT_A_TASK.swap(tp, Relaxed);
+        if !old.is_null() {
+            ffi::Py_DecRef(old.cast());
+        }
+    }
 }
 
 /// `_asyncio.TaskStepMethWrapper`, remembered the first time one is met (the type is not
@@ -110,14 +130,18 @@ fn bound_self<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let py = callback.py();
     let p = callback.as_ptr();
     // SAFETY: `p` is a live object; the type checks come before the accessors they guard, and
-    // both accessors return borrowed references (NULL for an unbound builtin).
+    // both accessors return borrowed references (NULL for an unbound builtin). The exact type
+    // checks come first: `PyCFunction_Check` walks the MRO of any other type.
     unsafe {
-        let owner = if ffi::PyCFunction_Check(p) != 0 {
+        let tp = ffi::Py_TYPE(p);
+        let owner = if tp == &raw mut ffi::PyCFunction_Type {
             ffi::PyCFunction_GetSelf(p)
-        } else if ffi::Py_TYPE(p) == &raw mut PyMethod_Type {
+        } else if tp == &raw mut PyMethod_Type {
             PyMethod_Self(p)
         } else if is_step_wrapper(callback) {
             return step_wrapper_task(callback);
+        } else if ffi::PyCFunction_Check(p) != 0 {
+            ffi::PyCFunction_GetSelf(p)
         } else {
             return None;
         };

@@ -26,7 +26,6 @@ use crate::fork_guard;
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::instrument::Instruments;
-use crate::trace::Overflow;
 use crate::poller::{Event, Interest, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
 use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
@@ -35,6 +34,7 @@ use crate::stats::CancelCounts;
 use crate::support;
 use crate::task_factory;
 use crate::timers::TimerHeap;
+use crate::trace::Overflow;
 
 /// Below this many scheduled timers the heap is never compacted (stdlib: 100).
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
@@ -160,10 +160,7 @@ impl LoopCore {
             this.new_handle(py, callback, args, context)?
         };
         if this.instruments.follows_tasks() {
-            let bound = handle.bind(py);
-            let callback = bound.get().callback(py);
-            this.instruments
-                .on_call_soon(bound.as_any(), &callback, threadsafe);
+            this.instruments.on_call_soon(handle.bind(py), threadsafe);
         }
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         Ok(handle)
@@ -250,6 +247,7 @@ impl LoopCore {
         let stats = &self.instruments.stats;
         let tracing = self.instruments.tracing();
         let mut wait_started = 0;
+        let mut waited = None;
         let result = if timeout == Some(0.0) {
             if tracing {
                 wait_started = monotonic_ns();
@@ -286,14 +284,16 @@ impl LoopCore {
             let r = py.detach(|| io.poller.wait(&mut events, timeout));
             self.polling.store(false, Relaxed);
             self.woken.store(false, Relaxed);
+            let took = monotonic_ns() - wait_started;
             stats.poll_waits.add(1);
-            stats.poll_wait_ns.add(monotonic_ns() - wait_started);
+            stats.poll_wait_ns.add(took);
+            waited = Some(took);
             r
         };
         stats.poll_calls.add(1);
         stats.poll_events.add(events.len() as u64);
         if tracing {
-            let took = monotonic_ns() - wait_started;
+            let took = waited.unwrap_or_else(|| monotonic_ns() - wait_started);
             self.instruments.on_poll(py, wait_started, took, &events);
         }
         if let Err(err) = result {
@@ -431,7 +431,14 @@ impl LoopCore {
                             };
                             Ok((handle.get().callback(py), when))
                         };
-                        instruments.run_callback(event_loop, handle.as_any(), describe, run)?;
+                        let native = Some(handle.get());
+                        instruments.run_callback(
+                            event_loop,
+                            handle.as_any(),
+                            native,
+                            describe,
+                            run,
+                        )?;
                     } else if debug {
                         run()?;
                     } else {
@@ -455,7 +462,7 @@ impl LoopCore {
                     };
                     if instrumented {
                         let describe = || Ok((handle.getattr(intern!(py, "_callback"))?, None));
-                        instruments.run_callback(event_loop, &handle, describe, run)?;
+                        instruments.run_callback(event_loop, &handle, None, describe, run)?;
                     } else {
                         run()?;
                     }

@@ -18,6 +18,7 @@ use crate::blocking::{self, Watch};
 use crate::callback_identity::{self, LabelTable};
 use crate::clock::{monotonic_ns, to_ns};
 use crate::gil_cell::GilCell;
+use crate::handles::Handle;
 use crate::poller::{Event, WAKER_TOKEN};
 use crate::stats::LoopStats;
 use crate::support;
@@ -30,6 +31,12 @@ pub const TASKS: u8 = 1;
 pub const BLOCKING: u8 = 2;
 /// The trace (implies per-task identities).
 pub const TRACE: u8 = 4;
+
+/// A handle's `instrument_tag`: 0 when nothing is known yet; the id of the Task it steps; or
+/// `NOT_A_TASK` with the label of its callback in the low bits (0: not named yet). A handle's
+/// callback never changes, so neither does what its tag says; a task id whose task has gone
+/// (or whose record was cleared) finds nothing, and the handle is looked at afresh.
+const NOT_A_TASK: u32 = 1 << 31;
 
 #[derive(Clone, Copy, Default)]
 struct Running {
@@ -113,19 +120,17 @@ impl Instruments {
     }
 
     /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed).
-    pub fn on_call_soon(
-        &self,
-        handle: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        threadsafe: bool,
-    ) {
+    pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
         let now = monotonic_ns();
         let running = *self.running.borrow(py);
-        let task = match callback_identity::task_owner(callback) {
+        let callback = handle.get().callback(py);
+        let task = match callback_identity::task_owner(&callback) {
             Some(task) => report(py, self.task_id(&task, now)).unwrap_or(0),
             None => 0,
         };
+        let tag = if task == 0 { NOT_A_TASK } else { task };
+        handle.get().instrument_tag.store(tag, Relaxed);
         if task != 0 {
             let by_itself = !threadsafe && running.task == task;
             self.tasks.borrow_mut(py).woken(task, now, by_itself);
@@ -246,12 +251,14 @@ impl Instruments {
         }
     }
 
-    /// Run one ready callback with the instruments that are on. `describe` gives what the
-    /// handle calls and a timer's due time; it is asked only when tasks or the trace need it.
+    /// Run one ready callback with the instruments that are on. `native` is the handle when it
+    /// is one of ferroloop's (its tag saves looking at the callback again); `describe` gives
+    /// what the handle calls and a timer's due time, and is asked only when that is needed.
     pub fn run_callback<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
         handle: &Bound<'py, PyAny>,
+        native: Option<&Handle>,
         describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
         run: impl FnOnce() -> PyResult<()>,
     ) -> PyResult<()> {
@@ -270,27 +277,13 @@ impl Instruments {
             0 => monotonic_ns(),
             previous => previous,
         };
-        let (callback, when) = describe()?;
         let handle_id = handle.as_ptr() as u64;
-        let task_obj = callback_identity::task_owner(&callback);
-        let task = match &task_obj {
-            Some(t) => report(py, self.task_id(t, start)).unwrap_or(0),
-            None => 0,
-        };
+        let (task_obj, task, label, when) = self.identify(handle, native, describe, start)?;
         if task != 0 {
             self.tasks.borrow_mut(py).step_started(task, start);
         }
         if flags & TRACE != 0 {
             // A task step is named after its task when the trace is written.
-            let label = if task != 0 {
-                0
-            } else {
-                report(
-                    py,
-                    callback_identity::callback_label(&self.labels, &callback),
-                )
-                .unwrap_or(0)
-            };
             self.trace_event(
                 py,
                 TraceEvent {
@@ -327,6 +320,52 @@ impl Instruments {
             None => {}
         }
         result
+    }
+
+    /// The task a callback about to run steps (object and id, or None and 0), the label of
+    /// its callback when it is not a task step and the trace is on (else 0), and a timer's
+    /// due time. What the handle's tag already says is not looked up again; what is looked
+    /// up is written to the tag.
+    #[allow(clippy::type_complexity)]
+    fn identify<'py>(
+        &self,
+        handle: &Bound<'py, PyAny>,
+        native: Option<&Handle>,
+        describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
+        now: u64,
+    ) -> PyResult<(Option<Bound<'py, PyAny>>, u32, u32, Option<f64>)> {
+        let py = handle.py();
+        let tracing = self.flags() & TRACE != 0;
+        let tag = native.map_or(0, |h| h.instrument_tag.load(Relaxed));
+        if tag & NOT_A_TASK != 0 && (!tracing || tag != NOT_A_TASK) {
+            let label = if tracing { tag & !NOT_A_TASK } else { 0 };
+            return Ok((None, 0, label, None));
+        }
+        if tag != 0 && tag & NOT_A_TASK == 0 {
+            if let Some(task) = self.tasks.borrow(py).object(py, tag) {
+                return Ok((Some(task), tag, 0, None));
+            }
+        }
+        let (callback, when) = describe()?;
+        let task_obj = callback_identity::task_owner(&callback);
+        let task = match &task_obj {
+            Some(t) => report(py, self.task_id(t, now)).unwrap_or(0),
+            None => 0,
+        };
+        let label = if task == 0 && tracing {
+            report(
+                py,
+                callback_identity::callback_label(&self.labels, &callback),
+            )
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        if let Some(h) = native {
+            let known = if task != 0 { task } else { NOT_A_TASK | label };
+            h.instrument_tag.store(known, Relaxed);
+        }
+        Ok((task_obj, task, label, when))
     }
 
     #[inline]
@@ -556,8 +595,11 @@ fn uninit_bytes(py: Python<'_>, size: usize) -> PyResult<Bound<'_, PyBytes>> {
     // SAFETY: a NULL source asks CPython for an uninitialised bytes object of that size; the
     // result is a new reference or NULL with an exception set.
     unsafe {
-        Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size))
-            .map(|b| b.cast_into_unchecked())
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size),
+        )
+        .map(|b| b.cast_into_unchecked())
     }
 }
 

@@ -245,7 +245,10 @@ fn write_records(records: &[Stored], out: &mut [u8]) {
         // the sum of its fields', asserted above), so every byte of the slice is initialised
         // and may be read as `u8`; the length covers exactly the slice.
         let bytes = unsafe {
-            std::slice::from_raw_parts(records.as_ptr().cast::<u8>(), std::mem::size_of_val(records))
+            std::slice::from_raw_parts(
+                records.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(records),
+            )
         };
         out.copy_from_slice(bytes);
         return;
@@ -303,7 +306,9 @@ mod tests {
         let bytes = ring.to_bytes();
         let ts: Vec<u8> = bytes.chunks_exact(EVENT_BYTES).map(|r| r[0]).collect();
         assert_eq!(ts, vec![2, 3, 4]);
-        assert!(bytes.chunks_exact(EVENT_BYTES).all(|r| r[31] == Kind::Io as u8));
+        assert!(bytes
+            .chunks_exact(EVENT_BYTES)
+            .all(|r| r[31] == Kind::Io as u8));
     }
 
     #[test]
