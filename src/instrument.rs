@@ -83,7 +83,7 @@ impl Instruments {
             .store(if on { flags | flag } else { flags & !flag }, Relaxed);
     }
 
-    #[inline(always)]
+    #[inline]
     fn trace_event(&self, py: Python<'_>, event: TraceEvent) {
         if let Some(ring) = self.trace.borrow_mut(py).as_mut() {
             ring.push(event);

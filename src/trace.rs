@@ -170,7 +170,7 @@ impl TraceRing {
         }
     }
 
-    #[inline(always)]
+    #[inline]
     pub fn push(&mut self, event: TraceEvent) {
         let stored = Stored::pack(event);
         if self.events.len() < self.capacity {
