@@ -34,7 +34,7 @@ use crate::stats::CancelCounts;
 use crate::support;
 use crate::task_factory;
 use crate::timers::TimerHeap;
-use crate::trace::Overflow;
+use crate::trace::{IoKind, Overflow};
 
 /// Below this many scheduled timers the heap is never compacted (stdlib: 100).
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
@@ -626,7 +626,12 @@ impl LoopCore {
         fd: RawFd,
         n: isize,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        sock_ops::recv_bytes_with_spare(py, &self.recv_spare, fd, n)
+        let data = sock_ops::recv_bytes_with_spare(py, &self.recv_spare, fd, n)?;
+        if let Some(data) = &data {
+            self.instruments
+                .on_io(py, IoKind::Read, fd, data.as_bytes().len());
+        }
+        Ok(data)
     }
 
     /// Remove `fd`'s reader if it is still the handle that calls `callback` (a waiter that
@@ -937,8 +942,22 @@ impl LoopCore {
 
     /// One non-blocking send of as much of `data` as the socket takes: the count sent, 0 if
     /// the socket would block.
-    fn _sock_send_now(&self, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-        sock_ops::send_now(fd, data)
+    fn _sock_send_now(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let sent = sock_ops::send_now(fd, data)?;
+        self.instruments.on_io(py, IoKind::Write, fd, sent);
+        Ok(sent)
+    }
+
+    /// Count (and, when tracing, record) what a socket operation of the standard library's
+    /// moved: `nbytes` read from `fd`, or written when `written`.
+    fn _sock_io_done(&self, py: Python<'_>, fd: RawFd, nbytes: usize, written: bool) {
+        let kind = if written { IoKind::Write } else { IoKind::Read };
+        self.instruments.on_io(py, kind, fd, nbytes);
     }
 
     /// Finish a `sock_recv` that would block: when `fd` is readable, receive up to `n` bytes

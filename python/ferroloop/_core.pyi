@@ -324,5 +324,8 @@ class LoopCore:
     def _sock_send_now(self, fd: int, data: Any) -> int:
         """One non-blocking send from data's buffer: the bytes sent, 0 if it would block."""
 
+    def _sock_io_done(self, fd: int, nbytes: int, written: bool) -> None:
+        """Count (and, when tracing, record) the bytes a standard-library sock_* call moved."""
+
     def _sock_recv_wait(self, sock: socket.socket, fd: int, n: int, future: asyncio.Future[bytes]) -> Handle:
         """Install a RecvWaiter as fd's reader: it receives into `future` once fd is readable."""

@@ -64,6 +64,9 @@ assert _RECORD.size == _EVENT_BYTES, "trace event layout differs between Rust an
 
 _OUTCOMES = {1: "done", 2: "cancelled", 3: "raised"}
 
+#: What a full buffer gives up: its oldest events (the default), or the newest.
+DROP_POLICIES = ("oldest", "newest")
+
 # Track ids within a loop's process in the trace.
 TRACK_CALLBACKS, TRACK_POLLER, TRACK_IO, TRACK_TIMERS = 1, 2, 3, 4
 TASK_TRACK_BASE = 100
@@ -75,6 +78,7 @@ class Recording:
 
     events: list[tuple[int, int, int, int, int, int]]
     dropped: int
+    drop: str  # which events a full buffer gave up: "oldest" or "newest"
     labels: list[str]
     tasks: list[dict[str, Any]]
     title: str
@@ -117,6 +121,7 @@ class Timeline:
     instants: list[Instant]
     ready_depth: list[tuple[float, int]]
     dropped: int
+    drop: str
     end: float
 
 
@@ -235,7 +240,7 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
         slices.append(_callback_slice(open_cb, end, us, label, tasks, track_of, step_delay))
         end_ts = max(last_ts, open_cb[0])
         slices[-1].dur = us(end_ts) - slices[-1].start
-    return Timeline(rec.title, tracks, slices, flows, instants, depth, rec.dropped, us(last_ts))
+    return Timeline(rec.title, tracks, slices, flows, instants, depth, rec.dropped, rec.drop, us(last_ts))
 
 
 def _callback_slice(start_ev, end_ev, us, label, tasks, track_of, step_delay) -> Slice:  # type: ignore[no-untyped-def]
@@ -297,14 +302,16 @@ def chrome_trace(timelines: list[Timeline]) -> dict[str, Any]:
             out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
             out.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
         if tl.dropped:
+            which = "older" if tl.drop == "oldest" else "newer"
             out.append(
                 {
                     "ph": "i",
                     "s": "p",
-                    "name": f"{tl.dropped} older events dropped (buffer full)",
+                    "name": f"{tl.dropped} {which} events dropped (buffer full)",
                     "pid": pid,
                     "tid": TRACK_CALLBACKS,
-                    "ts": 0,
+                    # where the gap is: before the first event kept, or after the last
+                    "ts": 0 if tl.drop == "oldest" else round(tl.end, 3),
                 }
             )
         for s in tl.slices:
@@ -357,6 +364,7 @@ def chrome_trace(timelines: list[Timeline]) -> dict[str, Any]:
         "otherData": {
             "producer": "ferroloop",
             "dropped_events": sum(tl.dropped for tl in timelines),
+            "dropped_when_full": timelines[0].drop if timelines else DROP_POLICIES[0],
         },
     }
 
@@ -542,7 +550,9 @@ def html_page(timelines: list[Timeline], json_name: str) -> str:
             if s.track >= TASK_TRACK_BASE:
                 steps.setdefault(s.track, []).append(s)
         body.append(svg_timeline(tl))
-        body.append(f"<p>{len(tl.slices)} slices, {len(tl.flows)} wake-ups, {tl.dropped} events dropped.</p>")
+        body.append(
+            f"<p>{len(tl.slices)} slices, {len(tl.flows)} wake-ups, {tl.dropped} events dropped ({tl.drop} first).</p>"
+        )
         body.append("<table><tr><th>task</th><th>steps</th><th>busy</th><th>awaits (last step)</th></tr>")
         for tid, ss in sorted(steps.items()):
             busy = sum(s.dur for s in ss)
@@ -572,11 +582,14 @@ class TraceSession:
         path: str | os.PathLike[str],
         *,
         buffer_size: int = DEFAULT_TRACE_EVENTS,
+        drop: str = "oldest",
         duration: float | None = None,
         html: bool = True,
     ) -> None:
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
             raise ValueError(f"buffer_size must be a positive number of events, not {buffer_size!r}")
+        if drop not in DROP_POLICIES:
+            raise ValueError(f"drop must be 'oldest' or 'newest', not {drop!r}")
         if duration is not None and (
             isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0
         ):
@@ -584,6 +597,7 @@ class TraceSession:
         self.path = os.fspath(path)
         self.html_path = os.path.splitext(self.path)[0] + ".html" if html else None
         self.buffer_size = buffer_size
+        self.drop = drop
         self.duration = duration
         self.recordings: list[Recording] = []
         self._loops: weakref.WeakSet[Loop] = weakref.WeakSet()
@@ -592,7 +606,7 @@ class TraceSession:
     def attach(self, loop: Loop) -> None:
         if loop in self._loops or loop.is_closed():
             return
-        loop._trace_start(self.buffer_size)
+        loop._trace_start(self.buffer_size, drop_newest=self.drop == "newest")
         loop._trace_session = self
         self._loops.add(loop)
         if self.duration is not None:
@@ -612,6 +626,7 @@ class TraceSession:
             Recording(
                 events=list(_records(data)),
                 dropped=dropped,
+                drop=self.drop,
                 labels=list(loop._trace_labels()),
                 tasks=loop._task_records(),
                 title=f"ferroloop loop {len(self.recordings) + 1}",

@@ -21,6 +21,7 @@ use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
 use crate::socket_io;
 use crate::support;
+use crate::trace::IoKind;
 use crate::write_buffer::WriteBuffer;
 
 use super::common::{
@@ -52,6 +53,14 @@ impl Ends {
 
     fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
         self.event_loop.bind(py)
+    }
+
+    /// Count (and, when tracing, record) an I/O event on this pipe.
+    fn io_event(&self, py: Python<'_>, kind: IoKind, bytes: usize) {
+        self.event_loop(py)
+            .get()
+            .instruments()
+            .on_io(py, kind, self.fd, bytes);
     }
 
     /// Count `n` bytes moved through the pipe; grow its buffer once it proves busy.
@@ -220,6 +229,7 @@ impl ReadPipeCore {
                 Ok(None) => return Ok(()),
                 Ok(Some(n)) => {
                     self.ends.carried(n);
+                    self.ends.io_event(py, IoKind::Read, n);
                     PyBytes::new(py, &buf[..n])
                 }
                 Err(err) => {
@@ -259,6 +269,7 @@ impl ReadPipeCore {
             return Ok(());
         }
         self.state.borrow_mut(py).paused = true;
+        self.ends.io_event(py, IoKind::PauseReading, 0);
         self.remove_reader(py)
     }
 
@@ -271,6 +282,7 @@ impl ReadPipeCore {
             }
             st.paused = false;
         }
+        slf.get().ends.io_event(py, IoKind::ResumeReading, 0);
         Self::add_reader(slf)
     }
 
@@ -406,6 +418,12 @@ impl WritePipeCore {
     }
 
     fn notify_flow(&self, py: Python<'_>, pause: bool) -> PyResult<()> {
+        let flow = if pause {
+            IoKind::PauseWriting
+        } else {
+            IoKind::ResumeWriting
+        };
+        self.ends.io_event(py, flow, 0);
         let (transport, protocol) = self.refs(py);
         let (method, message) = if pause {
             (
@@ -557,6 +575,7 @@ impl WritePipeCore {
             match socket_io::write_vectored(this.ends.fd, &[view.as_slice()]) {
                 Ok(Some(n)) => {
                     this.ends.carried(n);
+                    this.ends.io_event(py, IoKind::Write, n);
                     sent = n;
                 }
                 Ok(None) => {}
@@ -610,6 +629,7 @@ impl WritePipeCore {
             }
             Ok(Some(n)) => {
                 self.ends.carried(n);
+                self.ends.io_event(py, IoKind::Write, n);
                 let (drained, closing, transport) = {
                     let mut st = self.state.borrow_mut(py);
                     st.buffer.consume(n);
