@@ -400,7 +400,7 @@ impl LoopCore {
         instruments.stats.ready_high_water.raise_to(ntodo as u64);
         let instrumented = instruments.flags() != 0;
         if instrumented {
-            instruments.on_iteration(py, ntodo);
+            instruments.on_iteration(py, ntodo, &self.cancelled);
         }
         for _ in 0..ntodo {
             let Some(item) = self.ready.borrow_mut(py).pop() else {
@@ -1077,13 +1077,14 @@ impl LoopCore {
         } else {
             Overflow::DropOldest
         };
-        self.instruments.start_trace(py, capacity, overflow);
+        self.instruments
+            .start_trace(py, capacity, overflow, &self.cancelled);
         Ok(())
     }
 
     /// Stop recording: (events as bytes, dropped count), or None if no trace was running.
     fn _trace_stop<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
-        self.instruments.stop_trace(py)
+        self.instruments.stop_trace(py, &self.cancelled)
     }
 
     fn _trace_labels<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {

@@ -319,9 +319,20 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 #[pymethods]
 impl Handle {
-    fn cancel(&self, py: Python<'_>) {
-        self.wait_until_idle(py);
-        self.cancel_and_release(py);
+    fn cancel(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        this.wait_until_idle(py);
+        if let Some(timer) = &this.timer {
+            if timer.cancelled.traced.load(Relaxed)
+                && this.scheduled.load(Relaxed)
+                && !this.is_cancelled()
+            {
+                let cancel = (slf.as_ptr() as u64, crate::clock::monotonic_ns());
+                timer.cancelled.traced_cancels.borrow_mut(py).push(cancel);
+            }
+        }
+        this.cancel_and_release(py);
     }
 
     fn cancelled(&self, py: Python<'_>) -> bool {

@@ -20,7 +20,7 @@ use crate::clock::{monotonic_ns, to_ns};
 use crate::gil_cell::GilCell;
 use crate::handles::Handle;
 use crate::poller::{Event, WAKER_TOKEN};
-use crate::stats::LoopStats;
+use crate::stats::{CancelCounts, LoopStats};
 use crate::support;
 use crate::task_table::{self, TaskTable};
 use crate::trace::{IoKind, Kind, Overflow, TraceEvent, TraceRing};
@@ -208,12 +208,14 @@ impl Instruments {
         }
     }
 
-    /// An iteration is about to run `depth` ready callbacks (instruments on).
-    pub fn on_iteration(&self, py: Python<'_>, depth: usize) {
+    /// An iteration is about to run `depth` ready callbacks (instruments on); the timers
+    /// cancelled since the last one go into the trace first.
+    pub fn on_iteration(&self, py: Python<'_>, depth: usize, cancels: &CancelCounts) {
         if !self.tracing() {
             self.last_end.store(0, Relaxed);
             return;
         }
+        self.record_cancels(py, cancels);
         let now = monotonic_ns();
         self.last_end.store(now, Relaxed); // also the first callback's start
         self.trace_event(
@@ -498,13 +500,43 @@ impl Instruments {
         self.follows_tasks()
     }
 
-    pub fn start_trace(&self, py: Python<'_>, capacity: usize, overflow: Overflow) {
+    /// Move the timer cancellations `cancels` logged into the trace.
+    fn record_cancels(&self, py: Python<'_>, cancels: &CancelCounts) {
+        let logged = std::mem::take(&mut *cancels.traced_cancels.borrow_mut(py));
+        for (handle, ts) in logged {
+            self.trace_event(
+                py,
+                TraceEvent {
+                    ts,
+                    kind: Kind::TimerCancelled as u8,
+                    a: handle,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    pub fn start_trace(
+        &self,
+        py: Python<'_>,
+        capacity: usize,
+        overflow: Overflow,
+        cancels: &CancelCounts,
+    ) {
+        cancels.traced_cancels.borrow_mut(py).clear();
+        cancels.traced.store(true, Relaxed);
         *self.trace.borrow_mut(py) = Some(TraceRing::new(capacity, overflow));
         self.set_flag(TRACE, true);
     }
 
     /// Stop tracing; returns (events as bytes, dropped count) or None if it was not on.
-    pub fn stop_trace<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
+    pub fn stop_trace<'py>(
+        &self,
+        py: Python<'py>,
+        cancels: &CancelCounts,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
+        self.record_cancels(py, cancels);
+        cancels.traced.store(false, Relaxed);
         self.set_flag(TRACE, false);
         let Some(ring) = self.trace.borrow_mut(py).take() else {
             return Ok(None);

@@ -43,6 +43,8 @@ pub enum Kind {
     Iteration = 9,
     /// a: fd, b: bytes; label: the I/O kind (see `IoKind`).
     Io = 10,
+    /// a: timer handle id (ts: when it was cancelled).
+    TimerCancelled = 11,
 }
 
 /// What an `Io` event reports.
@@ -61,7 +63,7 @@ pub enum IoKind {
     Writable = 8,
 }
 
-pub const KIND_NAMES: [(&str, Kind); 10] = [
+pub const KIND_NAMES: [(&str, Kind); 11] = [
     ("callback_start", Kind::CallbackStart),
     ("callback_end", Kind::CallbackEnd),
     ("call_soon", Kind::CallSoon),
@@ -72,6 +74,7 @@ pub const KIND_NAMES: [(&str, Kind); 10] = [
     ("poll_wait", Kind::PollWait),
     ("iteration", Kind::Iteration),
     ("io", Kind::Io),
+    ("timer_cancelled", Kind::TimerCancelled),
 ];
 
 pub const IO_NAMES: [(&str, IoKind); 8] = [
