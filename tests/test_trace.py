@@ -40,9 +40,7 @@ def slices(trace: dict[str, Any], tid: int | None = None) -> list[dict[str, Any]
 @pytest.fixture(scope="module")
 def gather_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("trace") / "gather.json"
-    result = run_python(
-        "-m", "ferroloop", "trace", "--output", str(out), str(EXAMPLES / "hello_gather.py")
-    )
+    result = run_python("-m", "ferroloop", "trace", "--output", str(out), str(EXAMPLES / "hello_gather.py"))
     assert result.returncode == 0, result.stderr
     assert "a: three" in result.stdout
     return load(out), out
