@@ -229,7 +229,8 @@ impl Instruments {
         );
     }
 
-    /// A transport read or wrote `bytes` on `fd`, or changed its flow control.
+    /// A transport read or wrote `bytes` on `fd`, or changed its flow control. Inlined at
+    /// each call: untraced, it is an add and a flag test.
     #[inline]
     pub fn on_io(&self, py: Python<'_>, kind: IoKind, fd: i32, bytes: usize) {
         match kind {
@@ -238,19 +239,24 @@ impl Instruments {
             _ => {}
         }
         if self.flags() & TRACE != 0 {
-            let task = self.running.borrow(py).task;
-            self.trace_event(
-                py,
-                TraceEvent {
-                    ts: monotonic_ns(),
-                    kind: Kind::Io as u8,
-                    a: fd as u64,
-                    b: bytes as u64,
-                    task,
-                    label: kind as u32,
-                },
-            );
+            self.trace_io(py, kind, fd, bytes);
         }
+    }
+
+    #[inline(never)]
+    fn trace_io(&self, py: Python<'_>, kind: IoKind, fd: i32, bytes: usize) {
+        let task = self.running.borrow(py).task;
+        self.trace_event(
+            py,
+            TraceEvent {
+                ts: monotonic_ns(),
+                kind: Kind::Io as u8,
+                a: fd as u64,
+                b: bytes as u64,
+                task,
+                label: kind as u32,
+            },
+        );
     }
 
     /// Run one ready callback with the instruments that are on. `native` is the handle when it
