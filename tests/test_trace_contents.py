@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import ferroloop
@@ -171,3 +172,25 @@ def test_the_poller_waits_and_the_ready_queue_depth_are_recorded(trace: dict[str
     depth = [e["args"]["callbacks"] for e in trace["traceEvents"] if e["ph"] == "C" and e["name"] == "ready queue"]
     # after gather's wake-ups several callbacks are ready in one iteration
     assert max(depth) >= 5 and min(depth) >= 1
+
+
+def test_asyncio_runner_with_ferroloop_is_traced(tmp_path: Path) -> None:
+    out = tmp_path / "runner.json"
+
+    async def work(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    with ferroloop.trace(out, html=False), asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
+        assert runner.run(work(1)) == 1
+        assert runner.run(work(2)) == 2
+    trace = json.loads(out.read_text())
+    names = [e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"]
+    # one loop, two runs: two work() tasks, each stepped twice (start, after the bare yield)
+    assert sum(name.endswith(".work()") for name in names) == 2
+    steps = [
+        e
+        for e in trace["traceEvents"]
+        if e["ph"] == "X" and e["name"].endswith("step: test_asyncio_runner_with_ferroloop_is_traced.<locals>.work()")
+    ]
+    assert len(steps) == 4
