@@ -68,27 +68,43 @@ fn clone_opt(py: Python<'_>, obj: Option<&Py<PyAny>>) -> Option<Py<PyAny>> {
     obj.map(|o| o.clone_ref(py))
 }
 
-/// `_fatal_error` of both pipe transports: EIO (the other end of a pty went away) is only
-/// logged in debug mode, anything else goes to the exception handler; then `close(exc)`.
+/// Which errors a pipe transport's `_fatal_error` only logs (in debug mode) instead of
+/// passing to the exception handler: the stdlib's two pipe transports differ.
+#[derive(Clone, Copy)]
+enum QuietErrors {
+    /// The read end: EIO, the other end of a pty went away.
+    Eio,
+    /// The write end: any OSError (EPIPE when the reader went away is the common one).
+    AnyOsError,
+}
+
+/// `_fatal_error` of both pipe transports: the `quiet` errors are only logged in debug mode,
+/// anything else goes to the exception handler; then `close(exc)`.
 fn report_fatal(
     ends: &Ends,
     py: Python<'_>,
     err: PyErr,
     message: &str,
-    transport: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
+    quiet: QuietErrors,
+    (transport, protocol): (Option<Py<PyAny>>, Option<Py<PyAny>>),
 ) -> PyResult<Py<PyAny>> {
     if is_fatal_to_loop(py, &err) {
         return Err(err);
     }
     let exc = err.into_value(py).into_any();
     let bound = exc.bind(py);
-    let is_eio = bound.is_instance_of::<PyOSError>()
-        && bound
-            .getattr(intern!(py, "errno"))
-            .and_then(|e| e.extract::<i32>())
-            .is_ok_and(|e| e == libc::EIO);
-    if is_eio {
+    let is_os_error = bound.is_instance_of::<PyOSError>();
+    let is_quiet = match quiet {
+        QuietErrors::AnyOsError => is_os_error,
+        QuietErrors::Eio => {
+            is_os_error
+                && bound
+                    .getattr(intern!(py, "errno"))
+                    .and_then(|e| e.extract::<i32>())
+                    .is_ok_and(|e| e == libc::EIO)
+        }
+    };
+    if is_quiet {
         if ends.event_loop(py).get().debug_enabled() {
             if let Some(t) = &transport {
                 support::log_transport_error(t.bind(py), message, bound)?;
@@ -157,7 +173,14 @@ impl ReadPipeCore {
                 clone_opt(py, st.protocol.as_ref()),
             )
         };
-        let exc = report_fatal(&self.ends, py, err, message, transport, protocol)?;
+        let exc = report_fatal(
+            &self.ends,
+            py,
+            err,
+            message,
+            QuietErrors::Eio,
+            (transport, protocol),
+        )?;
         self.close_with(py, exc)
     }
 
@@ -401,7 +424,14 @@ impl WritePipeCore {
 
     fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
         let (transport, protocol) = self.refs(py);
-        let exc = report_fatal(&self.ends, py, err, message, transport, protocol)?;
+        let exc = report_fatal(
+            &self.ends,
+            py,
+            err,
+            message,
+            QuietErrors::AnyOsError,
+            (transport, protocol),
+        )?;
         self.close_with(py, exc)
     }
 
