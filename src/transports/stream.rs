@@ -370,6 +370,11 @@ impl StreamCore {
                 return Ok(());
             }
         }
+        // The watcher first, as the standard transport does: if epoll refuses it, write()
+        // raises and nothing is buffered, rather than buffering data no watcher will send.
+        if needs_writer {
+            Self::add_writer(slf)?;
+        }
         {
             let mut st = this.state.borrow_mut(py);
             let mut skip = sent;
@@ -382,9 +387,6 @@ impl StreamCore {
                 st.buffer.push(&slice[skip..]);
                 skip = 0;
             }
-        }
-        if needs_writer {
-            Self::add_writer(slf)?;
         }
         this.maybe_pause_protocol(py)
     }
