@@ -305,6 +305,50 @@ async def writer_watch_refused(observed: Observed) -> None:
     peer.close()
 
 
+async def pipe_writer_watch_refused(observed: Observed) -> None:
+    """The pipe transport's write, when epoll refuses the write watcher: as for sockets."""
+    loop = asyncio.get_running_loop()
+    rfd, wfd = os.pipe()
+    proto = Recorder()
+    wt, _ = await loop.connect_write_pipe(lambda: proto, os.fdopen(wfd, "wb", 0))
+    for name in ("write", "writev"):
+        arm(name, wfd, 0, count=1, limit=100)
+    arm("epoll_ctl", wfd, errno.ENOMEM, count=1)
+    try:
+        wt.write(PAYLOAD[:5000])
+        observed["write"] = "accepted"
+    except OSError as exc:
+        observed["write"] = describe(exc)
+    observed["buffered"] = wt.get_write_buffer_size()
+    wt.write(b"!")
+    observed["peer"] = os.read(rfd, 1000) == PAYLOAD[:100] + b"!"
+    wt.abort()
+    await asyncio.wait_for(proto.lost, 5)
+    observed.update(calls=proto.calls, injected=hits("epoll_ctl"))
+    os.close(rfd)
+
+
+async def sock_ops_storm(observed: Observed) -> None:
+    """sock_recv and sock_sendall through EINTR, EAGAIN storms and 1000-byte cuts: the bytes
+    sent with sock_sendall come out of sock_recv once, in order."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    arm("recv", b.fileno(), errno.EINTR, count=30)
+    arm("recv", b.fileno(), errno.EAGAIN, skip=30, count=30)
+    arm("recv", b.fileno(), 0, skip=60, limit=1000)
+    arm("send", a.fileno(), errno.EAGAIN, count=50)
+    arm("send", a.fileno(), 0, skip=50, limit=1000)
+    sending = loop.create_task(loop.sock_sendall(a, PAYLOAD))
+    digest, size = await asyncio.wait_for(drain_peer(b, len(PAYLOAD)), 30)
+    await sending
+    observed.update(sent=hashlib.sha256(PAYLOAD).hexdigest(), received=digest,
+                    received_size=size, injected=hits("recv") >= 60 and hits("send") >= 50)
+    a.close()
+    b.close()
+
+
 async def wait_interrupted(observed: Observed) -> None:
     """epoll_wait interrupted 200 times while timers and a socket are pending: every timer
     fires once, in order, and the bytes arrive."""
@@ -387,6 +431,8 @@ SCENARIOS: dict[str, Callable[[Observed], Awaitable[None]]] = {
     "add_reader_enomem": add_reader_refused(errno.ENOMEM),
     "add_reader_enospc": add_reader_refused(errno.ENOSPC),
     "writer_watch_refused": writer_watch_refused,
+    "pipe_writer_watch_refused": pipe_writer_watch_refused,
+    "sock_ops_storm": sock_ops_storm,
     "wait_interrupted": wait_interrupted,
     "pipe_storm": pipe_storm,
     "pipe_write_epipe": pipe_write_error,
