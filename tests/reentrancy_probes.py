@@ -1,0 +1,207 @@
+"""Re-entrancy probes, one child interpreter per loop: Python code that re-enters a transport or
+the loop while ferroloop's Rust is in the middle of an operation on it (closing a transport
+from inside its own write path, `__index__` and iterators that write and close, protocols that
+abort from their callbacks, a callback that runs or closes its own loop).
+
+`python reentrancy_probes.py LOOP` prints one JSON object: per probe, the protocol's callbacks,
+what the provoking calls raised and what reached the exception handler, by type name. A Rust
+panic would show as `PanicException`; an abort as the child's death by a signal.
+tests/test_reentrancy.py compares the two loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import ferroloop
+
+Probe = Callable[[asyncio.Transport, "Probing"], Any]
+
+
+def describe(exc: BaseException | None) -> Any:
+    return None if exc is None else type(exc).__name__
+
+
+class Probing(asyncio.Protocol):
+    """Records its callbacks; `hooks` maps a callback name to what it does to the transport."""
+
+    def __init__(self, hooks: dict[str, Callable[[asyncio.Transport], Any]]) -> None:
+        self.hooks = hooks
+        self.calls: list[Any] = []
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def _run(self, name: str) -> None:
+        self.calls.append(name)
+        hook = self.hooks.get(name)
+        if hook is not None and self.transport is not None:
+            try:
+                hook(self.transport)
+            except Exception as exc:  # noqa: BLE001 - what the hook raised is observed
+                self.calls.append(["hook raised", describe(exc)])
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._run("connection_made")
+
+    def data_received(self, data: bytes) -> None:
+        self._run("data_received")
+
+    def eof_received(self) -> None:
+        self._run("eof_received")
+
+    def pause_writing(self) -> None:
+        self._run("pause_writing")
+
+    def resume_writing(self) -> None:
+        self._run("resume_writing")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._run("connection_lost")
+        self.calls.append(["lost with", describe(exc)])
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class BufferedProbing(Probing, asyncio.BufferedProtocol):
+    def get_buffer(self, sizehint: int) -> bytearray:
+        self._run("get_buffer")
+        return bytearray(1024)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._run("buffer_updated")
+
+
+class ReentrantIndex:
+    """An int whose `__index__` writes to and closes the transport (run inside
+    set_write_buffer_limits' argument parsing)."""
+
+    def __init__(self, transport: asyncio.Transport, value: int) -> None:
+        self.transport = transport
+        self.value = value
+
+    def __index__(self) -> int:
+        self.transport.write(b"from __index__")
+        self.transport.close()
+        return self.value
+
+
+def closing_iterator(transport: asyncio.Transport) -> Any:
+    yield b"first "
+    transport.abort()
+    yield b"second"
+
+
+BIG = b"x" * (8 << 20)
+
+
+def probes() -> dict[str, tuple[dict[str, Any], Probe, bool]]:
+    """name -> (protocol hooks, what the test does with the transport, buffered protocol?)."""
+
+    def fill(t: asyncio.Transport, _: Probing) -> None:
+        t.set_write_buffer_limits(high=1024)
+        t.write(BIG)
+
+    return {
+        "abort_in_pause_writing": ({"pause_writing": lambda t: t.abort()}, fill, False),
+        "write_in_pause_writing": ({"pause_writing": lambda t: t.write(b"more")}, fill, False),
+        "limits_in_pause_writing": (
+            {"pause_writing": lambda t: t.set_write_buffer_limits(high=1 << 30)}, fill, False),
+        "close_in_data_received": (
+            {"data_received": lambda t: (t.close(), t.write(b"late"), t.pause_reading())},
+            lambda t, p: None, False),
+        "close_in_get_buffer": ({"get_buffer": lambda t: t.close()}, lambda t, p: None, True),
+        "abort_in_eof_received": ({"eof_received": lambda t: t.abort()}, lambda t, p: None,
+                                  False),
+        "write_in_connection_lost": (
+            {"connection_lost": lambda t: (t.write(b"after"), t.close(), t.abort())},
+            lambda t, p: t.abort(), False),
+        "index_writes_and_closes": (
+            {}, lambda t, p: t.set_write_buffer_limits(high=ReentrantIndex(t, 4096)), False),
+        "iterator_aborts_in_writelines": (
+            {}, lambda t, p: t.writelines(closing_iterator(t)), False),
+        "set_protocol_in_data_received": (
+            {"data_received": lambda t: (t.set_protocol(Probing({})), t.close())},
+            lambda t, p: None, False),
+    }
+
+
+async def run_probe(hooks: dict[str, Any], act: Probe, buffered: bool) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    factory = BufferedProbing if buffered else Probing
+    transport, protocol = await loop.connect_accepted_socket(lambda: factory(hooks), ours)
+    outcome: dict[str, Any] = {}
+    try:
+        act(transport, protocol)
+        outcome["act"] = "returned"
+    except Exception as exc:  # noqa: BLE001 - what the call raised is observed
+        outcome["act"] = describe(exc)
+    peer.send(b"peer data")
+    peer.shutdown(socket.SHUT_WR)
+    try:
+        await asyncio.wait_for(protocol.lost, 2)
+    except TimeoutError:  # a replaced protocol, or a transport left open: end it
+        outcome["open_after_2s"] = True
+        transport.abort()
+    await asyncio.sleep(0.05)
+    outcome["calls"] = protocol.calls
+    outcome["closing"] = transport.is_closing()
+    peer.close()
+    return outcome
+
+
+async def loop_reentry() -> dict[str, Any]:
+    """A callback that runs, run_until_completes or closes its own running loop."""
+    loop = asyncio.get_running_loop()
+    outcome: dict[str, Any] = {}
+    done = loop.create_future()
+
+    def callback() -> None:
+        for name, call in (("run_forever", loop.run_forever),
+                           ("run_until_complete", lambda: loop.run_until_complete(done)),
+                           ("close", loop.close)):
+            try:
+                call()
+                outcome[name] = "returned"
+            except Exception as exc:  # noqa: BLE001 - what the call raised is observed
+                outcome[name] = describe(exc)
+        done.set_result(None)
+
+    loop.call_soon(callback)
+    await done
+    return outcome
+
+
+async def main() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, (hooks, act, buffered) in probes().items():
+        results[name] = await run_probe(hooks, act, buffered)
+    results["loop_reentry"] = await loop_reentry()
+    return results
+
+
+def run(loop_name: str) -> None:
+    loop = ferroloop.new_event_loop() if loop_name == "ferroloop" else asyncio.new_event_loop()
+    handled: list[Any] = []
+    loop.set_exception_handler(
+        lambda _loop, context: handled.append(
+            [context.get("message"), describe(context.get("exception"))]
+        )
+    )
+    try:
+        results = loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.close()
+    results["handled"] = handled
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    run(sys.argv[1])
