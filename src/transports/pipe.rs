@@ -715,8 +715,8 @@ impl WritePipeCore {
         self.state.borrow(py).buffer.len()
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow(py).flow.limits()
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        self.state.borrow(py).flow.reported(py)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -726,8 +726,9 @@ impl WritePipeCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let limits = common::write_buffer_limits(py, high, low)?;
-        self.state.borrow_mut(py).flow.set_limits(limits);
+        let marks = common::write_buffer_limits(py, high, low)?;
+        let replaced = self.state.borrow_mut(py).flow.set_limits(marks);
+        drop(replaced); // after the borrow
         self.maybe_pause_protocol(py)
     }
 

@@ -852,8 +852,8 @@ impl StreamCore {
         self.state.borrow(py).buffer.len()
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow(py).flow.limits()
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        self.state.borrow(py).flow.reported(py)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -863,8 +863,9 @@ impl StreamCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let limits = common::write_buffer_limits(py, high, low)?;
-        self.state.borrow_mut(py).flow.set_limits(limits);
+        let marks = common::write_buffer_limits(py, high, low)?;
+        let replaced = self.state.borrow_mut(py).flow.set_limits(marks);
+        drop(replaced); // after the borrow
         self.maybe_pause_protocol(py)
     }
 
