@@ -179,11 +179,62 @@ async def loop_reentry() -> dict[str, Any]:
     return outcome
 
 
+async def finalizers_reenter() -> list[str]:
+    """Handles hold the last reference to an object whose `__del__` schedules callbacks and
+    adds and removes a reader: released when a handle is cancelled, when many cancelled timers
+    are swept, after a handle ran, and when a reader is removed or replaced — each while the
+    loop may be in the middle of its own bookkeeping."""
+    loop = asyncio.get_running_loop()
+    log: list[str] = []
+
+    class Reenters:
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+
+        def __del__(self) -> None:
+            try:
+                loop.call_soon(log.append, f"soon from {self.tag}")
+                loop.call_later(0.001, log.append, f"later from {self.tag}")
+                r, w = socket.socketpair()
+                loop.add_reader(r.fileno(), lambda: None)
+                loop.remove_reader(r.fileno())
+                r.close()
+                w.close()
+            except Exception as exc:  # noqa: BLE001 - what re-entering raised is observed
+                log.append(f"{self.tag} raised {describe(exc)}")
+
+    def noop(*_: Any) -> None:
+        pass
+
+    loop.call_soon(noop, Reenters("cancelled handle")).cancel()
+    loop.call_later(10, noop, Reenters("cancelled timer")).cancel()
+    await asyncio.sleep(0.01)
+    swept = [loop.call_later(100 + i, noop, Reenters(f"swept {i}")) for i in range(300)]
+    for handle in swept:
+        handle.cancel()
+    del swept, handle
+    await asyncio.sleep(0.01)
+    loop.call_soon(noop, Reenters("ran"))
+    loop.call_later(0.001, noop, Reenters("timer ran"))
+    await asyncio.sleep(0.02)
+    r, w = socket.socketpair()
+    loop.add_reader(r.fileno(), noop, Reenters("removed reader"))
+    loop.remove_reader(r.fileno())
+    loop.add_reader(r.fileno(), noop, Reenters("replaced reader"))
+    loop.add_reader(r.fileno(), noop, Reenters("replacing reader"))
+    loop.remove_reader(r.fileno())
+    r.close()
+    w.close()
+    await asyncio.sleep(0.05)
+    return sorted(log)
+
+
 async def main() -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, (hooks, act, buffered) in probes().items():
         results[name] = await run_probe(hooks, act, buffered)
     results["loop_reentry"] = await loop_reentry()
+    results["finalizers_reenter"] = await finalizers_reenter()
     return results
 
 
