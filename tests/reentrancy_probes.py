@@ -1,6 +1,6 @@
 """Re-entrancy probes, one child interpreter per loop: Python code that re-enters a transport or
 the loop while ferroloop's Rust is in the middle of an operation on it (closing a transport
-from inside its own write path, `__index__` and iterators that write and close, protocols that
+from inside its own write path, comparisons and iterators that write and close, protocols that
 abort from their callbacks, a callback that runs or closes its own loop).
 
 `python reentrancy_probes.py LOOP` prints one JSON object: per probe, the protocol's callbacks,
@@ -77,18 +77,23 @@ class BufferedProbing(Probing, asyncio.BufferedProtocol):
         self._run("buffer_updated")
 
 
-class ReentrantIndex:
-    """An int whose `__index__` writes to and closes the transport (run inside
-    set_write_buffer_limits' argument parsing)."""
+class ReentrantMark(int):
+    """A water mark whose comparison writes to and closes the transport: it runs inside
+    set_write_buffer_limits' `high >= low` check, on both loops."""
 
-    def __init__(self, transport: asyncio.Transport, value: int) -> None:
-        self.transport = transport
-        self.value = value
+    transport: asyncio.Transport
 
-    def __index__(self) -> int:
-        self.transport.write(b"from __index__")
+    def __ge__(self, other: object) -> bool:
+        self.transport.write(b"from __ge__")
         self.transport.close()
-        return self.value
+        return int(self) >= other  # type: ignore[operator]
+
+
+def reentrant_limits(transport: asyncio.Transport) -> Any:
+    high = ReentrantMark(4096)
+    high.transport = transport
+    transport.set_write_buffer_limits(high=high, low=1024)
+    return transport.get_write_buffer_limits()
 
 
 def closing_iterator(transport: asyncio.Transport) -> Any:
@@ -110,24 +115,26 @@ def probes() -> dict[str, tuple[dict[str, Any], Probe, bool]]:
     return {
         "abort_in_pause_writing": ({"pause_writing": lambda t: t.abort()}, fill, False),
         "write_in_pause_writing": ({"pause_writing": lambda t: t.write(b"more")}, fill, False),
-        "limits_in_pause_writing": (
-            {"pause_writing": lambda t: t.set_write_buffer_limits(high=1 << 30)}, fill, False),
+        "limits_in_pause_writing": ({"pause_writing": lambda t: t.set_write_buffer_limits(high=1 << 30)}, fill, False),
         "close_in_data_received": (
             {"data_received": lambda t: (t.close(), t.write(b"late"), t.pause_reading())},
-            lambda t, p: None, False),
+            lambda t, p: None,
+            False,
+        ),
         "close_in_get_buffer": ({"get_buffer": lambda t: t.close()}, lambda t, p: None, True),
-        "abort_in_eof_received": ({"eof_received": lambda t: t.abort()}, lambda t, p: None,
-                                  False),
+        "abort_in_eof_received": ({"eof_received": lambda t: t.abort()}, lambda t, p: None, False),
         "write_in_connection_lost": (
             {"connection_lost": lambda t: (t.write(b"after"), t.close(), t.abort())},
-            lambda t, p: t.abort(), False),
-        "index_writes_and_closes": (
-            {}, lambda t, p: t.set_write_buffer_limits(high=ReentrantIndex(t, 4096)), False),
-        "iterator_aborts_in_writelines": (
-            {}, lambda t, p: t.writelines(closing_iterator(t)), False),
+            lambda t, p: t.abort(),
+            False,
+        ),
+        "comparison_writes_and_closes": ({}, lambda t, p: reentrant_limits(t), False),
+        "iterator_aborts_in_writelines": ({}, lambda t, p: t.writelines(closing_iterator(t)), False),
         "set_protocol_in_data_received": (
             {"data_received": lambda t: (t.set_protocol(Probing({})), t.close())},
-            lambda t, p: None, False),
+            lambda t, p: None,
+            False,
+        ),
     }
 
 
@@ -139,8 +146,8 @@ async def run_probe(hooks: dict[str, Any], act: Probe, buffered: bool) -> dict[s
     transport, protocol = await loop.connect_accepted_socket(lambda: factory(hooks), ours)
     outcome: dict[str, Any] = {}
     try:
-        act(transport, protocol)
-        outcome["act"] = "returned"
+        returned = act(transport, protocol)
+        outcome["act"] = "returned" if returned is None else repr(returned)
     except Exception as exc:  # noqa: BLE001 - what the call raised is observed
         outcome["act"] = describe(exc)
     peer.send(b"peer data")
@@ -164,9 +171,11 @@ async def loop_reentry() -> dict[str, Any]:
     done = loop.create_future()
 
     def callback() -> None:
-        for name, call in (("run_forever", loop.run_forever),
-                           ("run_until_complete", lambda: loop.run_until_complete(done)),
-                           ("close", loop.close)):
+        for name, call in (
+            ("run_forever", loop.run_forever),
+            ("run_until_complete", lambda: loop.run_until_complete(done)),
+            ("close", loop.close),
+        ):
             try:
                 call()
                 outcome[name] = "returned"
@@ -242,9 +251,7 @@ def run(loop_name: str) -> None:
     loop = ferroloop.new_event_loop() if loop_name == "ferroloop" else asyncio.new_event_loop()
     handled: list[Any] = []
     loop.set_exception_handler(
-        lambda _loop, context: handled.append(
-            [context.get("message"), describe(context.get("exception"))]
-        )
+        lambda _loop, context: handled.append([context.get("message"), describe(context.get("exception"))])
     )
     try:
         results = loop.run_until_complete(asyncio.wait_for(main(), 60))

@@ -24,9 +24,7 @@ from typing import Any
 import ferroloop
 
 SHIM = ctypes.CDLL(None)
-SHIM.fault_arm.argtypes = [
-    ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_long
-]
+SHIM.fault_arm.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_long]
 SHIM.fault_hits.argtypes = [ctypes.c_char_p]
 SHIM.fault_hits.restype = ctypes.c_long
 
@@ -34,8 +32,7 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every byte's position recognisable
 ALWAYS = -1
 
 
-def arm(name: str, fd: int, err: int = 0, *, skip: int = 0, count: int = ALWAYS,
-        limit: int = 0) -> None:
+def arm(name: str, fd: int, err: int = 0, *, skip: int = 0, count: int = ALWAYS, limit: int = 0) -> None:
     """Fail (errno `err`) or cut to `limit` bytes the calls of `name` on `fd`, from call `skip`
     on, `count` of them."""
     assert SHIM.fault_arm(name.encode(), fd, err, skip, count, limit) >= 0, "no free rule"
@@ -128,9 +125,14 @@ async def read_storm(observed: Observed) -> None:
     await asyncio.get_running_loop().run_in_executor(None, peer.sendall, PAYLOAD)
     peer.shutdown(socket.SHUT_WR)
     await asyncio.wait_for(protocol.lost, 10)
-    observed.update(sent=hashlib.sha256(PAYLOAD).hexdigest(), sent_size=len(PAYLOAD),
-                    received=protocol.received.hexdigest(), received_size=protocol.size,
-                    calls=protocol.calls, injected=hits("recv") >= 80)
+    observed.update(
+        sent=hashlib.sha256(PAYLOAD).hexdigest(),
+        sent_size=len(PAYLOAD),
+        received=protocol.received.hexdigest(),
+        received_size=protocol.size,
+        calls=protocol.calls,
+        injected=hits("recv") >= 80,
+    )
     peer.close()
 
 
@@ -144,7 +146,7 @@ async def write_storm(observed: Observed) -> None:
         arm(name, fd, errno.EAGAIN, skip=20, count=200)
         arm(name, fd, 0, skip=220, limit=1000)
     transport.set_write_buffer_limits(high=1 << 30)  # no pause: the storm is what is tested
-    pieces = [PAYLOAD[i:i + len(PAYLOAD) // 64] for i in range(0, len(PAYLOAD), len(PAYLOAD) // 64)]
+    pieces = [PAYLOAD[i : i + len(PAYLOAD) // 64] for i in range(0, len(PAYLOAD), len(PAYLOAD) // 64)]
     for piece in pieces[:32]:
         transport.write(piece)
     transport.writelines(pieces[32:])
@@ -152,9 +154,13 @@ async def write_storm(observed: Observed) -> None:
     digest, size = await asyncio.wait_for(drain_peer(peer, len(PAYLOAD) + 1), 30)
     transport.close()
     await asyncio.wait_for(protocol.lost, 10)
-    observed.update(sent=hashlib.sha256(PAYLOAD).hexdigest(), received=digest,
-                    received_size=size, calls=protocol.calls,
-                    injected=hits("send", "sendmsg") >= 220)
+    observed.update(
+        sent=hashlib.sha256(PAYLOAD).hexdigest(),
+        received=digest,
+        received_size=size,
+        calls=protocol.calls,
+        injected=hits("send", "sendmsg") >= 220,
+    )
     peer.close()
 
 
@@ -177,9 +183,12 @@ def write_error(err: int, *, buffered: bool) -> Callable[[Observed], Awaitable[N
         for _ in range(3):
             transport.write(b"after the end")
         await asyncio.sleep(0.05)
-        observed.update(calls=protocol.calls, injected=hits("send", "sendmsg"),
-                        closing=transport.is_closing(),
-                        buffer=transport.get_write_buffer_size())
+        observed.update(
+            calls=protocol.calls,
+            injected=hits("send", "sendmsg"),
+            closing=transport.is_closing(),
+            buffer=transport.get_write_buffer_size(),
+        )
         peer.close()
 
     return scenario
@@ -194,8 +203,7 @@ def read_error(err: int) -> Callable[[Observed], Awaitable[None]]:
         peer.send(b"waiting")
         await asyncio.wait_for(protocol.lost, 10)
         await asyncio.sleep(0.05)
-        observed.update(calls=protocol.calls, injected=hits("recv"),
-                        closing=transport.is_closing())
+        observed.update(calls=protocol.calls, injected=hits("recv"), closing=transport.is_closing())
         peer.close()
 
     return scenario
@@ -230,8 +238,9 @@ def accept_error(err: int) -> Callable[[Observed], Awaitable[None]]:
             await writer.wait_closed()
         server.close()
         await server.wait_closed()
-        observed.update(replies=replies, served=len(served), injected=hits("accept4", "accept"),
-                        loop_running=loop.is_running())
+        observed.update(
+            replies=replies, served=len(served), injected=hits("accept4", "accept"), loop_running=loop.is_running()
+        )
 
     return scenario
 
@@ -270,7 +279,12 @@ def add_reader_refused(err: int) -> Callable[[Observed], Awaitable[None]]:
         except OSError as exc:
             observed["first"] = describe(exc)
         observed["removed"] = loop.remove_reader(r.fileno())
-        loop.add_reader(r.fileno(), lambda: ran.done() or ran.set_result("second"))
+
+        def second() -> None:
+            if not ran.done():
+                ran.set_result("second")
+
+        loop.add_reader(r.fileno(), second)
         observed["ran"] = await asyncio.wait_for(ran, 5)
         loop.remove_reader(r.fileno())
         r.close()
@@ -343,8 +357,12 @@ async def sock_ops_storm(observed: Observed) -> None:
     sending = loop.create_task(loop.sock_sendall(a, PAYLOAD))
     digest, size = await asyncio.wait_for(drain_peer(b, len(PAYLOAD)), 30)
     await sending
-    observed.update(sent=hashlib.sha256(PAYLOAD).hexdigest(), received=digest,
-                    received_size=size, injected=hits("recv") >= 60 and hits("send") >= 50)
+    observed.update(
+        sent=hashlib.sha256(PAYLOAD).hexdigest(),
+        received=digest,
+        received_size=size,
+        injected=hits("recv") >= 60 and hits("send") >= 50,
+    )
     a.close()
     b.close()
 
@@ -385,14 +403,18 @@ async def pipe_storm(observed: Observed) -> None:
         arm(name, wfd, 0, skip=120, limit=1000)
     wt.set_write_buffer_limits(high=1 << 30)
     for i in range(0, len(PAYLOAD), 1 << 14):
-        wt.write(PAYLOAD[i:i + (1 << 14)])
+        wt.write(PAYLOAD[i : i + (1 << 14)])
     wt.close()
     await asyncio.wait_for(reader_proto.lost, 30)
     await asyncio.wait_for(writer_proto.lost, 5)
-    observed.update(sent=hashlib.sha256(PAYLOAD).hexdigest(),
-                    received=reader_proto.received.hexdigest(), received_size=reader_proto.size,
-                    reader_calls=reader_proto.calls, writer_calls=writer_proto.calls,
-                    injected=hits("read") >= 60 and hits("write", "writev") >= 120)
+    observed.update(
+        sent=hashlib.sha256(PAYLOAD).hexdigest(),
+        received=reader_proto.received.hexdigest(),
+        received_size=reader_proto.size,
+        reader_calls=reader_proto.calls,
+        writer_calls=writer_proto.calls,
+        injected=hits("read") >= 60 and hits("write", "writev") >= 120,
+    )
 
 
 async def pipe_write_error(observed: Observed) -> None:
@@ -444,9 +466,7 @@ def main() -> None:
     loop = ferroloop.new_event_loop() if loop_name == "ferroloop" else asyncio.new_event_loop()
     handled: list[Any] = []
     loop.set_exception_handler(
-        lambda _loop, context: handled.append(
-            [context.get("message"), describe(context.get("exception"))]
-        )
+        lambda _loop, context: handled.append([context.get("message"), describe(context.get("exception"))])
     )
     observed: Observed = {"loop": type(loop).__module__}
     try:

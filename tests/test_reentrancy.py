@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ferro_helpers import run_python
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,12 +32,17 @@ def test_reentrant_calls_end_as_in_asyncio() -> None:
     ferro, stdlib = probe("ferroloop"), probe("asyncio")
     # The probes did provoke what they are about.
     assert ferro["abort_in_pause_writing"]["calls"] == [
-        "connection_made", "pause_writing", "connection_lost", ["lost with", None]]
-    assert ferro["close_in_get_buffer"]["calls"][:3] == [
-        "connection_made", "get_buffer", "buffer_updated"]
+        "connection_made",
+        "pause_writing",
+        "connection_lost",
+        ["lost with", None],
+    ]
+    assert ferro["close_in_get_buffer"]["calls"][:3] == ["connection_made", "get_buffer", "buffer_updated"]
     assert ferro["loop_reentry"] == {
-        "run_forever": "RuntimeError", "run_until_complete": "RuntimeError",
-        "close": "RuntimeError"}
+        "run_forever": "RuntimeError",
+        "run_until_complete": "RuntimeError",
+        "close": "RuntimeError",
+    }
     assert len(ferro["finalizers_reenter"]) == 2 * 307  # every __del__ (307 objects) scheduled both
     assert not [entry for entry in ferro["finalizers_reenter"] if "raised" in entry]
     assert ferro["handled"] == []

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ferro_helpers import run_python
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,8 +35,18 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("no C compiler (cc) to build the fault shim")
     library = tmp_path_factory.mktemp("fault_shim") / "fault_shim.so"
     subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(library),
-         str(HERE / "fault_shim.c"), "-ldl"],
+        [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(library),
+            str(HERE / "fault_shim.c"),
+            "-ldl",
+        ],
         check=True,
     )
     return library
@@ -45,13 +54,15 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def observe(shim: Path, scenario: str, loop_name: str) -> dict[str, Any]:
     result = run_python(
-        str(HERE / "syscall_faults.py"), scenario, loop_name,
-        timeout=90, env_extra={"LD_PRELOAD": str(shim)},
+        str(HERE / "syscall_faults.py"),
+        scenario,
+        loop_name,
+        timeout=90,
+        env_extra={"LD_PRELOAD": str(shim)},
     )
     assert result.returncode == 0, result.stderr
     observed: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
-    assert observed.pop("loop") == ("ferroloop._loop" if loop_name == "ferroloop"
-                                    else "asyncio.unix_events")
+    assert observed.pop("loop") == ("ferroloop._loop" if loop_name == "ferroloop" else "asyncio.unix_events")
     return observed
 
 
@@ -66,45 +77,50 @@ OUT_OF_RESOURCES = "socket.accept() out of system resource"
 # equal between the loops). `raised` None: the scenario ran to its end, the loop still running.
 EXPECTED: dict[str, dict[str, Any]] = {
     "read_storm": {"calls": CLEAN_END, "injected": True, "received_size": 1 << 20},
-    "write_storm": {"calls": ["connection_made", ["connection_lost", None]], "injected": True,
-                    "received_size": 1 << 20},
-    "send_econnreset": {"calls": lost_with("ConnectionResetError", errno.ECONNRESET),
-                        "injected": 1, "buffer": 0},
-    "send_econnreset_buffered": {"calls": lost_with("ConnectionResetError", errno.ECONNRESET),
-                                 "injected": 2, "buffer": 0},
+    "write_storm": {
+        "calls": ["connection_made", ["connection_lost", None]],
+        "injected": True,
+        "received_size": 1 << 20,
+    },
+    "send_econnreset": {"calls": lost_with("ConnectionResetError", errno.ECONNRESET), "injected": 1, "buffer": 0},
+    "send_econnreset_buffered": {
+        "calls": lost_with("ConnectionResetError", errno.ECONNRESET),
+        "injected": 2,
+        "buffer": 0,
+    },
     "send_epipe": {"calls": lost_with("BrokenPipeError", errno.EPIPE), "injected": 1},
     "send_epipe_buffered": {"calls": lost_with("BrokenPipeError", errno.EPIPE), "injected": 2},
     # The socket transport's _fatal_error only logs OSErrors (in debug mode).
     "send_enobufs": {"calls": lost_with("OSError", errno.ENOBUFS), "handled": []},
     "send_enobufs_buffered": {"calls": lost_with("OSError", errno.ENOBUFS), "handled": []},
-    "recv_econnreset": {"calls": lost_with("ConnectionResetError", errno.ECONNRESET),
-                        "injected": 1},
+    "recv_econnreset": {"calls": lost_with("ConnectionResetError", errno.ECONNRESET), "injected": 1},
     "recv_etimedout": {"calls": lost_with("TimeoutError", errno.ETIMEDOUT), "injected": 1},
     **{
         f"accept_{name}": {
-            "replies": ["client 0\n", "client 1\n"], "served": 2, "injected": 2,
+            "replies": ["client 0\n", "client 1\n"],
+            "served": 2,
+            "injected": 2,
             "handled": [[OUT_OF_RESOURCES, ["OSError", code]]] * 2,
         }
-        for name, code in (("emfile", errno.EMFILE), ("enfile", errno.ENFILE),
-                           ("enobufs", errno.ENOBUFS))
+        for name, code in (("emfile", errno.EMFILE), ("enfile", errno.ENFILE), ("enobufs", errno.ENOBUFS))
     },
     # An aborted connection in the backlog is skipped silently.
-    "accept_econnaborted": {"replies": ["client 0\n", "client 1\n"], "injected": 2,
-                            "handled": []},
+    "accept_econnaborted": {"replies": ["client 0\n", "client 1\n"], "injected": 2, "handled": []},
     "socket_emfile": {"first": ["OSError", errno.EMFILE], "second": "connected", "injected": 1},
     "add_reader_enomem": {"first": ["OSError", errno.ENOMEM], "removed": False, "ran": "second"},
     "add_reader_enospc": {"first": ["OSError", errno.ENOSPC], "removed": False, "ran": "second"},
-    "writer_watch_refused": {"write": ["OSError", errno.ENOMEM], "buffered": 0,
-                             "peer": [True, 101], "injected": 1},
-    "pipe_writer_watch_refused": {"write": ["OSError", errno.ENOMEM], "buffered": 0,
-                                  "peer": True, "injected": 1},
+    "writer_watch_refused": {"write": ["OSError", errno.ENOMEM], "buffered": 0, "peer": [True, 101], "injected": 1},
+    "pipe_writer_watch_refused": {"write": ["OSError", errno.ENOMEM], "buffered": 0, "peer": True, "injected": 1},
     "sock_ops_storm": {"received_size": 1 << 20, "injected": True},
     "wait_interrupted": {"fired": list(range(1, 21)), "data": "through", "injected": True},
-    "pipe_storm": {"reader_calls": CLEAN_END, "injected": True, "received_size": 1 << 20,
-                   "writer_calls": ["connection_made", ["connection_lost", None]]},
+    "pipe_storm": {
+        "reader_calls": CLEAN_END,
+        "injected": True,
+        "received_size": 1 << 20,
+        "writer_calls": ["connection_made", ["connection_lost", None]],
+    },
     # The write pipe's _fatal_error only logs OSErrors, as the socket transport's.
-    "pipe_write_epipe": {"calls": lost_with("BrokenPipeError", errno.EPIPE), "handled": [],
-                         "injected": 1},
+    "pipe_write_epipe": {"calls": lost_with("BrokenPipeError", errno.EPIPE), "handled": [], "injected": 1},
 }
 
 

@@ -9,9 +9,8 @@ import asyncio
 import threading
 from typing import Any
 
-import pytest
-
 import ferroloop
+import pytest
 from test_fork import in_child
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,13 +83,13 @@ def child_does_io() -> list[Any]:
     """In the forked child: a new loop with I/O, timers, and a wake-up from another thread."""
     event_loop = ferroloop.new_event_loop()
     try:
+
         async def main() -> list[Any]:
             fired: list[int] = []
             for n in (3, 1, 2):
                 event_loop.call_later(0.001 * n, fired.append, n)
             woken = event_loop.create_future()
-            threading.Timer(0.02, event_loop.call_soon_threadsafe,
-                            (woken.set_result, "woken")).start()
+            threading.Timer(0.02, event_loop.call_soon_threadsafe, (woken.set_result, "woken")).start()
             right = await echo_round_trips(MESSAGES)
             return [right, await asyncio.wait_for(woken, 5), fired]
 

@@ -33,17 +33,18 @@ async def open_transport(kind: str) -> tuple[asyncio.WriteTransport, list[str], 
 
     if kind == "socket":
         ours, peer = socket.socketpair()
-        transport, _ = await loop.connect_accepted_socket(Flow, ours)
-        return transport, calls, peer  # type: ignore[return-value]
+        stream, _ = await loop.connect_accepted_socket(Flow, ours)
+        return stream, calls, peer
     read_fd, write_fd = os.pipe()
-    transport, _ = await loop.connect_write_pipe(Flow, os.fdopen(write_fd, "wb", 0))
-    return transport, calls, os.fdopen(read_fd, "rb", 0)  # type: ignore[return-value]
+    pipe, _ = await loop.connect_write_pipe(Flow, os.fdopen(write_fd, "wb", 0))
+    return pipe, calls, os.fdopen(read_fd, "rb", 0)
 
 
 @pytest.mark.parametrize("kind", ["socket", "pipe"])
 @pytest.mark.parametrize(("limits", "reported"), CASES, ids=[str(c[0]) for c in CASES])
-def test_limits_reported_as_set(any_loop: asyncio.AbstractEventLoop, kind: str,
-                                limits: dict[str, Any], reported: tuple[Any, Any]) -> None:
+def test_limits_reported_as_set(
+    any_loop: asyncio.AbstractEventLoop, kind: str, limits: dict[str, Any], reported: tuple[Any, Any]
+) -> None:
     async def scenario() -> tuple[Any, list[str]]:
         transport, calls, peer = await open_transport(kind)
         transport.set_write_buffer_limits(**limits)
