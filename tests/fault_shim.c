@@ -201,6 +201,13 @@ int socket(int domain, int type, int protocol) {
     return real_socket(domain, type, protocol);
 }
 
+int shutdown(int fd, int how) {
+    REAL(shutdown);
+    long limit = 0;
+    if (decide("shutdown", fd, &limit) < 0) return -1;
+    return real_shutdown(fd, how);
+}
+
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     REAL(epoll_ctl);
     long limit = 0;

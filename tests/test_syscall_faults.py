@@ -1,7 +1,7 @@
 """Faults injected at the syscall boundary, ferroloop against asyncio's loop.
 
 tests/fault_shim.c interposes libc's recv, read, send, write, sendmsg, writev, accept4,
-socket, epoll_ctl and epoll_wait; it is built here with `cc` and preloaded into a child
+socket, shutdown, epoll_ctl and epoll_wait; it is built here with `cc` and preloaded into a child
 interpreter that runs one scenario of tests/syscall_faults.py, so a fault never reaches this
 process. ferroloop's Rust core calls these through the libc crate's dynamic symbols, so the
 shim sees its calls exactly as it sees the standard loop's (each scenario asserts the shim
@@ -77,6 +77,16 @@ OUT_OF_RESOURCES = "socket.accept() out of system resource"
 # equal between the loops). `raised` None: the scenario ran to its end, the loop still running.
 EXPECTED: dict[str, dict[str, Any]] = {
     "read_storm": {"calls": CLEAN_END, "injected": True, "received_size": 1 << 20},
+    "buffered_read_storm": {"calls": CLEAN_END, "injected": True},
+    "tls_storm": {"injected": True},
+    # write_eof raises what shutdown raised; from the write watcher it is a callback's error.
+    "write_eof_shutdown_fails": {"write_eof": ["OSError", errno.ENOTCONN], "injected": 1},
+    "write_eof_shutdown_fails_buffered": {
+        "write_eof": "returned",
+        "peer_size": 5000,
+        "injected": 1,
+        "handled": [["Exception in callback ...", ["OSError", errno.ENOTCONN]]],
+    },
     "write_storm": {
         "calls": ["connection_made", ["connection_lost", None]],
         "injected": True,
