@@ -394,6 +394,24 @@ def add_reader_refused(err: int) -> Callable[[Observed], Awaitable[None]]:
     return scenario
 
 
+async def reader_watch_refused(observed: Observed) -> None:
+    """epoll_ctl refuses the read watcher a new transport installs: the error reaches the
+    exception handler (it is raised in a callback), the transport does not read, and the
+    loop and the transport's writes carry on."""
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    arm("epoll_ctl", ours.fileno(), errno.ENOMEM, count=1)
+    transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(Recorder, ours)
+    peer.send(b"unread")
+    await asyncio.sleep(0.05)
+    transport.write(b"still writes")
+    digest, size = await asyncio.wait_for(drain_peer(peer, 12), 5)
+    transport.close()
+    await asyncio.wait_for(protocol.lost, 5)
+    observed.update(peer_size=size, calls=protocol.calls, injected=hits("epoll_ctl"))
+    peer.close()
+
+
 async def writer_watch_refused(observed: Observed) -> None:
     """A write the socket takes only partly needs the write watcher, and epoll_ctl refuses
     it: write() raises the error and keeps none of the data (the standard transport's order:
@@ -556,6 +574,7 @@ SCENARIOS: dict[str, Callable[[Observed], Awaitable[None]]] = {
     "socket_emfile": socket_emfile,
     "add_reader_enomem": add_reader_refused(errno.ENOMEM),
     "add_reader_enospc": add_reader_refused(errno.ENOSPC),
+    "reader_watch_refused": reader_watch_refused,
     "writer_watch_refused": writer_watch_refused,
     "pipe_writer_watch_refused": pipe_writer_watch_refused,
     "sock_ops_storm": sock_ops_storm,

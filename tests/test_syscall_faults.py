@@ -119,6 +119,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "socket_emfile": {"first": ["OSError", errno.EMFILE], "second": "connected", "injected": 1},
     "add_reader_enomem": {"first": ["OSError", errno.ENOMEM], "removed": False, "ran": "second"},
     "add_reader_enospc": {"first": ["OSError", errno.ENOSPC], "removed": False, "ran": "second"},
+    "reader_watch_refused": {
+        "peer_size": 12,
+        "calls": ["connection_made", ["connection_lost", None]],
+        "injected": 1,
+        "handled": [["Exception in callback ...", ["OSError", errno.ENOMEM]]],
+    },
     "writer_watch_refused": {"write": ["OSError", errno.ENOMEM], "buffered": 0, "peer": [True, 101], "injected": 1},
     "pipe_writer_watch_refused": {"write": ["OSError", errno.ENOMEM], "buffered": 0, "peer": True, "injected": 1},
     "sock_ops_storm": {"received_size": 1 << 20, "injected": True},
