@@ -412,6 +412,17 @@ async def reader_watch_refused(observed: Observed) -> None:
     peer.close()
 
 
+def write_past_a_refused_watcher(transport: asyncio.WriteTransport, observed: Observed) -> None:
+    """Write 5000 bytes (the first send takes 100, epoll refuses the watcher), then b"!"."""
+    try:
+        transport.write(PAYLOAD[:5000])
+        observed["write"] = "accepted"
+    except OSError as exc:
+        observed["write"] = describe(exc)
+    observed["buffered"] = transport.get_write_buffer_size()
+    transport.write(b"!")
+
+
 async def writer_watch_refused(observed: Observed) -> None:
     """A write the socket takes only partly needs the write watcher, and epoll_ctl refuses
     it: write() raises the error and keeps none of the data (the standard transport's order:
@@ -421,13 +432,7 @@ async def writer_watch_refused(observed: Observed) -> None:
     fd = fd_of(transport)
     arm("send", fd, 0, count=1, limit=100)
     arm("epoll_ctl", fd, errno.ENOMEM, count=1)
-    try:
-        transport.write(PAYLOAD[:5000])
-        observed["write"] = "accepted"
-    except OSError as exc:
-        observed["write"] = describe(exc)
-    observed["buffered"] = transport.get_write_buffer_size()
-    transport.write(b"!")
+    write_past_a_refused_watcher(transport, observed)
     digest, size = await asyncio.wait_for(drain_peer(peer, 101), 5)
     observed["peer"] = [digest == hashlib.sha256(PAYLOAD[:100] + b"!").hexdigest(), size]
     transport.abort()
@@ -446,13 +451,7 @@ async def pipe_writer_watch_refused(observed: Observed) -> None:
     for name in ("write", "writev"):
         arm(name, wfd, 0, count=1, limit=100)
     arm("epoll_ctl", wfd, errno.ENOMEM, count=1)
-    try:
-        wt.write(PAYLOAD[:5000])
-        observed["write"] = "accepted"
-    except OSError as exc:
-        observed["write"] = describe(exc)
-    observed["buffered"] = wt.get_write_buffer_size()
-    wt.write(b"!")
+    write_past_a_refused_watcher(wt, observed)
     observed["peer"] = os.read(rfd, 1000) == PAYLOAD[:100] + b"!"
     wt.abort()
     await asyncio.wait_for(proto.lost, 5)
