@@ -272,9 +272,11 @@ def write_error(err: int, *, buffered: bool) -> Callable[[Observed], Awaitable[N
         transport, protocol, peer = await stream_pair()
         fd = fd_of(transport)
         if buffered:
-            for name in ("send", "sendmsg"):
-                arm(name, fd, 0, count=1, limit=100)
-                arm(name, fd, err, skip=1, count=1)
+            # write() sends once (send, one buffer) and takes 100 bytes; the next send from
+            # the buffer fails, whether it is a send (3.11, ferroloop) or a sendmsg (3.12+).
+            arm("send", fd, 0, count=1, limit=100)
+            arm("send", fd, err, skip=1, count=1)
+            arm("sendmsg", fd, err, count=1)
         else:
             for name in ("send", "sendmsg"):
                 arm(name, fd, err, count=1)
