@@ -504,6 +504,17 @@ async def wait_interrupted(observed: Observed) -> None:
     w.close()
 
 
+async def wait_fails(observed: Observed) -> None:
+    """epoll_wait fails with ENOMEM once: the error leaves run_until_complete, as select's
+    does from the standard loop's selector; a timer due meanwhile still fires once after."""
+    loop = asyncio.get_running_loop()
+    fired: list[int] = []
+    observed["fired"] = fired
+    loop.call_later(0.001, fired.append, 1)
+    arm("epoll_wait", -1, errno.ENOMEM, count=1)
+    await asyncio.sleep(0.05)  # the failing wait is here: the scenario does not get past it
+
+
 async def pipe_storm(observed: Observed) -> None:
     """A pipe pair whose read() and write/writev see EINTR, EAGAIN storms and 1000-byte cuts:
     byte-exact delivery, then EOF."""
@@ -580,6 +591,7 @@ SCENARIOS: dict[str, Callable[[Observed], Awaitable[None]]] = {
     "pipe_writer_watch_refused": pipe_writer_watch_refused,
     "sock_ops_storm": sock_ops_storm,
     "wait_interrupted": wait_interrupted,
+    "wait_fails": wait_fails,
     "pipe_storm": pipe_storm,
     "pipe_write_epipe": pipe_write_error,
 }
@@ -605,8 +617,11 @@ def main() -> None:
         observed["raised"] = None
     except BaseException as exc:  # noqa: BLE001 - the outcome is what the test compares
         observed["raised"] = describe(exc)
-    finally:
+    try:
         SHIM.fault_clear()
+        # Whatever happened, the loop runs again.
+        observed["runs_after"] = loop.run_until_complete(asyncio.sleep(0.01, "runs"))
+    finally:
         loop.close()
     observed["handled"] = handled
     print(json.dumps(observed))
