@@ -63,18 +63,43 @@ pub fn is_task(obj: &Bound<'_, PyAny>) -> bool {
     }) else {
         return false;
     };
+    // SAFETY: `obj` is live.
+    let tp = unsafe { ffi::Py_TYPE(obj.as_ptr()) };
+    if std::ptr::eq(tp.cast::<ffi::PyObject>(), c_task.as_ptr()) {
+        return true;
+    }
+    if std::ptr::eq(tp, LAST_NOT_A_TASK.load(Relaxed)) {
+        return false;
+    }
     // A subtype check, not isinstance(): Task has no __instancecheck__ to honour, and this
     // runs for every callback's bound object while tasks are followed.
     let is_subtype = |ty: &Py<PyAny>| {
         // SAFETY: both are live type objects (`ty` was imported as a class).
-        unsafe {
-            ffi::PyType_IsSubtype(
-                ffi::Py_TYPE(obj.as_ptr()),
-                ty.as_ptr().cast::<ffi::PyTypeObject>(),
-            ) != 0
-        }
+        unsafe { ffi::PyType_IsSubtype(tp, ty.as_ptr().cast::<ffi::PyTypeObject>()) != 0 }
     };
-    is_subtype(c_task) || py_task.as_ref().is_some_and(is_subtype)
+    let task = is_subtype(c_task) || py_task.as_ref().is_some_and(is_subtype);
+    if !task {
+        remember_not_a_task(tp);
+    }
+    task
+}
+
+/// The type last found not to be a Task (a strong reference, so its address cannot be
+/// reused by another type while it is remembered): the objects a program's callbacks are
+/// bound to are mostly of one or two types, and the subtype check walks the MRO.
+static LAST_NOT_A_TASK: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+
+fn remember_not_a_task(tp: *mut ffi::PyTypeObject) {
+    // SAFETY: `tp` is a live type (an object's type), and the caller holds the GIL: the new
+    // reference is taken before it is stored, the old one is released after it is replaced,
+    // and only threads holding the GIL touch the slot.
+    unsafe {
+        ffi::Py_IncRef(tp.cast());
+        let old = LAST_NOT_A_TASK.swap(tp, Relaxed);
+        if !old.is_null() {
+            ffi::Py_DecRef(old.cast());
+        }
+    }
 }
 
 /// `_asyncio.TaskStepMethWrapper`, remembered the first time one is met (the type is not
@@ -105,14 +130,18 @@ fn bound_self<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let py = callback.py();
     let p = callback.as_ptr();
     // SAFETY: `p` is a live object; the type checks come before the accessors they guard, and
-    // both accessors return borrowed references (NULL for an unbound builtin).
+    // both accessors return borrowed references (NULL for an unbound builtin). The exact type
+    // checks come first: `PyCFunction_Check` walks the MRO of any other type.
     unsafe {
-        let owner = if ffi::PyCFunction_Check(p) != 0 {
+        let tp = ffi::Py_TYPE(p);
+        let owner = if tp == &raw mut ffi::PyCFunction_Type {
             ffi::PyCFunction_GetSelf(p)
-        } else if ffi::Py_TYPE(p) == &raw mut PyMethod_Type {
+        } else if tp == &raw mut PyMethod_Type {
             PyMethod_Self(p)
         } else if is_step_wrapper(callback) {
             return step_wrapper_task(callback);
+        } else if ffi::PyCFunction_Check(p) != 0 {
+            ffi::PyCFunction_GetSelf(p)
         } else {
             return None;
         };
@@ -177,12 +206,34 @@ fn label_key<'py>(callback: &Bound<'py, PyAny>) -> (usize, Bound<'py, PyAny>) {
     }
 }
 
+/// Slots of `LabelTable::recent`: enough for the callbacks of a busy iteration.
+const RECENT_SLOTS: usize = 64;
+
 /// Label ids (from 1) and their names.
-#[derive(Default)]
 pub struct LabelTable {
     by_key: AddrMap<u32>,
+    /// (key, id) of keys seen lately, by a hash of the key: most callbacks repeat, and this
+    /// answers them without the map. A key is never reused for another name (the table keeps
+    /// its object alive), so a slot is never stale, only overwritten.
+    recent: [(usize, u32); RECENT_SLOTS],
     names: Vec<Py<PyString>>,
     keep: Vec<Py<PyAny>>,
+}
+
+impl Default for LabelTable {
+    fn default() -> Self {
+        LabelTable {
+            by_key: AddrMap::default(),
+            recent: [(0, 0); RECENT_SLOTS],
+            names: Vec::new(),
+            keep: Vec::new(),
+        }
+    }
+}
+
+#[inline]
+fn recent_slot(key: usize) -> usize {
+    (key >> 4).wrapping_mul(0x9E37_79B9) >> 7 & (RECENT_SLOTS - 1)
 }
 
 impl LabelTable {
@@ -198,8 +249,17 @@ fn lookup_or_add<'py>(
     name: impl FnOnce() -> PyResult<Bound<'py, PyString>>,
 ) -> PyResult<u32> {
     let py = keep.py();
-    if let Some(&id) = table.borrow(py).by_key.get(&key) {
-        return Ok(id);
+    let slot = recent_slot(key);
+    {
+        let mut t = table.borrow_mut(py);
+        let (recent_key, recent_id) = t.recent[slot];
+        if recent_key == key {
+            return Ok(recent_id);
+        }
+        if let Some(&id) = t.by_key.get(&key) {
+            t.recent[slot] = (key, id);
+            return Ok(id);
+        }
     }
     let name = name()?.unbind();
     let mut t = table.borrow_mut(py);
@@ -207,6 +267,7 @@ fn lookup_or_add<'py>(
     t.keep.push(keep.unbind());
     let id = t.names.len() as u32;
     t.by_key.insert(key, id);
+    t.recent[slot] = (key, id);
     Ok(id)
 }
 

@@ -34,6 +34,7 @@ use crate::stats::CancelCounts;
 use crate::support;
 use crate::task_factory;
 use crate::timers::TimerHeap;
+use crate::trace::{IoKind, Overflow};
 
 /// Below this many scheduled timers the heap is never compacted (stdlib: 100).
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
@@ -159,10 +160,7 @@ impl LoopCore {
             this.new_handle(py, callback, args, context)?
         };
         if this.instruments.follows_tasks() {
-            let bound = handle.bind(py);
-            let callback = bound.get().callback(py);
-            this.instruments
-                .on_call_soon(bound.as_any(), &callback, threadsafe);
+            this.instruments.on_call_soon(handle.bind(py), threadsafe);
         }
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         Ok(handle)
@@ -249,6 +247,7 @@ impl LoopCore {
         let stats = &self.instruments.stats;
         let tracing = self.instruments.tracing();
         let mut wait_started = 0;
+        let mut waited = None;
         let result = if timeout == Some(0.0) {
             if tracing {
                 wait_started = monotonic_ns();
@@ -285,14 +284,16 @@ impl LoopCore {
             let r = py.detach(|| io.poller.wait(&mut events, timeout));
             self.polling.store(false, Relaxed);
             self.woken.store(false, Relaxed);
+            let took = monotonic_ns() - wait_started;
             stats.poll_waits.add(1);
-            stats.poll_wait_ns.add(monotonic_ns() - wait_started);
+            stats.poll_wait_ns.add(took);
+            waited = Some(took);
             r
         };
         stats.poll_calls.add(1);
         stats.poll_events.add(events.len() as u64);
         if tracing {
-            let took = monotonic_ns() - wait_started;
+            let took = waited.unwrap_or_else(|| monotonic_ns() - wait_started);
             self.instruments.on_poll(py, wait_started, took, &events);
         }
         if let Err(err) = result {
@@ -399,7 +400,7 @@ impl LoopCore {
         instruments.stats.ready_high_water.raise_to(ntodo as u64);
         let instrumented = instruments.flags() != 0;
         if instrumented {
-            instruments.on_iteration(py, ntodo);
+            instruments.on_iteration(py, ntodo, &self.cancelled);
         }
         for _ in 0..ntodo {
             let Some(item) = self.ready.borrow_mut(py).pop() else {
@@ -430,7 +431,14 @@ impl LoopCore {
                             };
                             Ok((handle.get().callback(py), when))
                         };
-                        instruments.run_callback(event_loop, handle.as_any(), describe, run)?;
+                        let native = Some(handle.get());
+                        instruments.run_callback(
+                            event_loop,
+                            handle.as_any(),
+                            native,
+                            describe,
+                            run,
+                        )?;
                     } else if debug {
                         run()?;
                     } else {
@@ -454,7 +462,7 @@ impl LoopCore {
                     };
                     if instrumented {
                         let describe = || Ok((handle.getattr(intern!(py, "_callback"))?, None));
-                        instruments.run_callback(event_loop, &handle, describe, run)?;
+                        instruments.run_callback(event_loop, &handle, None, describe, run)?;
                     } else {
                         run()?;
                     }
@@ -618,7 +626,12 @@ impl LoopCore {
         fd: RawFd,
         n: isize,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        sock_ops::recv_bytes_with_spare(py, &self.recv_spare, fd, n)
+        let data = sock_ops::recv_bytes_with_spare(py, &self.recv_spare, fd, n)?;
+        if let Some(data) = &data {
+            self.instruments
+                .on_io(py, IoKind::Read, fd, data.as_bytes().len());
+        }
+        Ok(data)
     }
 
     /// Remove `fd`'s reader if it is still the handle that calls `callback` (a waiter that
@@ -929,8 +942,22 @@ impl LoopCore {
 
     /// One non-blocking send of as much of `data` as the socket takes: the count sent, 0 if
     /// the socket would block.
-    fn _sock_send_now(&self, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-        sock_ops::send_now(fd, data)
+    fn _sock_send_now(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let sent = sock_ops::send_now(fd, data)?;
+        self.instruments.on_io(py, IoKind::Write, fd, sent);
+        Ok(sent)
+    }
+
+    /// Count (and, when tracing, record) what a socket operation of the standard library's
+    /// moved: `nbytes` read from `fd`, or written when `written`.
+    fn _sock_io_done(&self, py: Python<'_>, fd: RawFd, nbytes: usize, written: bool) {
+        let kind = if written { IoKind::Write } else { IoKind::Read };
+        self.instruments.on_io(py, kind, fd, nbytes);
     }
 
     /// Finish a `sock_recv` that would block: when `fd` is readable, receive up to `n` bytes
@@ -1036,20 +1063,28 @@ impl LoopCore {
         self.instruments.task_dicts(py)
     }
 
-    /// Start recording into a ring of `capacity` events (a new, empty one).
-    fn _trace_start(&self, py: Python<'_>, capacity: usize) -> PyResult<()> {
+    /// Start recording into a ring of `capacity` events (a new, empty one); when it is full,
+    /// drop the newest events if `drop_newest`, else the oldest.
+    #[pyo3(signature = (capacity, drop_newest = false))]
+    fn _trace_start(&self, py: Python<'_>, capacity: usize, drop_newest: bool) -> PyResult<()> {
         if capacity == 0 {
             return Err(PyValueError::new_err(
                 "the trace buffer needs room for at least one event",
             ));
         }
-        self.instruments.start_trace(py, capacity);
+        let overflow = if drop_newest {
+            Overflow::DropNewest
+        } else {
+            Overflow::DropOldest
+        };
+        self.instruments
+            .start_trace(py, capacity, overflow, &self.cancelled);
         Ok(())
     }
 
     /// Stop recording: (events as bytes, dropped count), or None if no trace was running.
-    fn _trace_stop<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u64)> {
-        self.instruments.stop_trace(py)
+    fn _trace_stop<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
+        self.instruments.stop_trace(py, &self.cancelled)
     }
 
     fn _trace_labels<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {

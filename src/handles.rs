@@ -10,7 +10,7 @@
 
 use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -64,6 +64,10 @@ pub struct Handle {
     /// would take 8 bytes more in every handle.
     threadsafe: bool,
     run_lock: RunLock,
+    /// What the instruments learned about this handle's callback, kept so that a handle run
+    /// again (an fd watcher's) or queued and then run (a task step) is looked at once:
+    /// see `instrument::HandleTag`. Beside the flags, in what was padding.
+    pub(crate) instrument_tag: AtomicU32,
 }
 
 /// A handle's callback and arguments, `None` once released. Not a `GilCell`: its borrow flag
@@ -134,6 +138,7 @@ impl Handle {
             source_traceback,
             threadsafe: false,
             run_lock: RunLock::default(),
+            instrument_tag: AtomicU32::new(0),
         })
     }
 
@@ -314,9 +319,20 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 #[pymethods]
 impl Handle {
-    fn cancel(&self, py: Python<'_>) {
-        self.wait_until_idle(py);
-        self.cancel_and_release(py);
+    fn cancel(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        this.wait_until_idle(py);
+        if let Some(timer) = &this.timer {
+            if timer.cancelled.traced.load(Relaxed)
+                && this.scheduled.load(Relaxed)
+                && !this.is_cancelled()
+            {
+                let cancel = (slf.as_ptr() as u64, crate::clock::monotonic_ns());
+                timer.cancelled.traced_cancels.borrow_mut(py).push(cancel);
+            }
+        }
+        this.cancel_and_release(py);
     }
 
     fn cancelled(&self, py: Python<'_>) -> bool {

@@ -18,11 +18,12 @@ use crate::blocking::{self, Watch};
 use crate::callback_identity::{self, LabelTable};
 use crate::clock::{monotonic_ns, to_ns};
 use crate::gil_cell::GilCell;
+use crate::handles::Handle;
 use crate::poller::{Event, WAKER_TOKEN};
-use crate::stats::LoopStats;
+use crate::stats::{CancelCounts, LoopStats};
 use crate::support;
 use crate::task_table::{self, TaskTable};
-use crate::trace::{IoKind, Kind, TraceEvent, TraceRing};
+use crate::trace::{IoKind, Kind, Overflow, TraceEvent, TraceRing};
 
 /// Per-task statistics (and task identities).
 pub const TASKS: u8 = 1;
@@ -30,6 +31,12 @@ pub const TASKS: u8 = 1;
 pub const BLOCKING: u8 = 2;
 /// The trace (implies per-task identities).
 pub const TRACE: u8 = 4;
+
+/// A handle's `instrument_tag`: 0 when nothing is known yet; the id of the Task it steps; or
+/// `NOT_A_TASK` with the label of its callback in the low bits (0: not named yet). A handle's
+/// callback never changes, so neither does what its tag says; a task id whose task has gone
+/// (or whose record was cleared) finds nothing, and the handle is looked at afresh.
+const NOT_A_TASK: u32 = 1 << 31;
 
 #[derive(Clone, Copy, Default)]
 struct Running {
@@ -113,19 +120,17 @@ impl Instruments {
     }
 
     /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed).
-    pub fn on_call_soon(
-        &self,
-        handle: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        threadsafe: bool,
-    ) {
+    pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
         let now = monotonic_ns();
         let running = *self.running.borrow(py);
-        let task = match callback_identity::task_owner(callback) {
+        let callback = handle.get().callback(py);
+        let task = match callback_identity::task_owner(&callback) {
             Some(task) => report(py, self.task_id(&task, now)).unwrap_or(0),
             None => 0,
         };
+        let tag = if task == 0 { NOT_A_TASK } else { task };
+        handle.get().instrument_tag.store(tag, Relaxed);
         if task != 0 {
             let by_itself = !threadsafe && running.task == task;
             self.tasks.borrow_mut(py).woken(task, now, by_itself);
@@ -203,12 +208,14 @@ impl Instruments {
         }
     }
 
-    /// An iteration is about to run `depth` ready callbacks (instruments on).
-    pub fn on_iteration(&self, py: Python<'_>, depth: usize) {
+    /// An iteration is about to run `depth` ready callbacks (instruments on); the timers
+    /// cancelled since the last one go into the trace first.
+    pub fn on_iteration(&self, py: Python<'_>, depth: usize, cancels: &CancelCounts) {
         if !self.tracing() {
             self.last_end.store(0, Relaxed);
             return;
         }
+        self.record_cancels(py, cancels);
         let now = monotonic_ns();
         self.last_end.store(now, Relaxed); // also the first callback's start
         self.trace_event(
@@ -222,7 +229,8 @@ impl Instruments {
         );
     }
 
-    /// A transport read or wrote `bytes` on `fd`, or changed its flow control.
+    /// A transport read or wrote `bytes` on `fd`, or changed its flow control. Inlined at
+    /// each call: untraced, it is an add and a flag test.
     #[inline]
     pub fn on_io(&self, py: Python<'_>, kind: IoKind, fd: i32, bytes: usize) {
         match kind {
@@ -231,27 +239,34 @@ impl Instruments {
             _ => {}
         }
         if self.flags() & TRACE != 0 {
-            let task = self.running.borrow(py).task;
-            self.trace_event(
-                py,
-                TraceEvent {
-                    ts: monotonic_ns(),
-                    kind: Kind::Io as u8,
-                    a: fd as u64,
-                    b: bytes as u64,
-                    task,
-                    label: kind as u32,
-                },
-            );
+            self.trace_io(py, kind, fd, bytes);
         }
     }
 
-    /// Run one ready callback with the instruments that are on. `describe` gives what the
-    /// handle calls and a timer's due time; it is asked only when tasks or the trace need it.
+    #[inline(never)]
+    fn trace_io(&self, py: Python<'_>, kind: IoKind, fd: i32, bytes: usize) {
+        let task = self.running.borrow(py).task;
+        self.trace_event(
+            py,
+            TraceEvent {
+                ts: monotonic_ns(),
+                kind: Kind::Io as u8,
+                a: fd as u64,
+                b: bytes as u64,
+                task,
+                label: kind as u32,
+            },
+        );
+    }
+
+    /// Run one ready callback with the instruments that are on. `native` is the handle when it
+    /// is one of ferroloop's (its tag saves looking at the callback again); `describe` gives
+    /// what the handle calls and a timer's due time, and is asked only when that is needed.
     pub fn run_callback<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
         handle: &Bound<'py, PyAny>,
+        native: Option<&Handle>,
         describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
         run: impl FnOnce() -> PyResult<()>,
     ) -> PyResult<()> {
@@ -270,27 +285,13 @@ impl Instruments {
             0 => monotonic_ns(),
             previous => previous,
         };
-        let (callback, when) = describe()?;
         let handle_id = handle.as_ptr() as u64;
-        let task_obj = callback_identity::task_owner(&callback);
-        let task = match &task_obj {
-            Some(t) => report(py, self.task_id(t, start)).unwrap_or(0),
-            None => 0,
-        };
+        let (task_obj, task, label, when) = self.identify(handle, native, describe, start)?;
         if task != 0 {
             self.tasks.borrow_mut(py).step_started(task, start);
         }
         if flags & TRACE != 0 {
             // A task step is named after its task when the trace is written.
-            let label = if task != 0 {
-                0
-            } else {
-                report(
-                    py,
-                    callback_identity::callback_label(&self.labels, &callback),
-                )
-                .unwrap_or(0)
-            };
             self.trace_event(
                 py,
                 TraceEvent {
@@ -327,6 +328,52 @@ impl Instruments {
             None => {}
         }
         result
+    }
+
+    /// The task a callback about to run steps (object and id, or None and 0), the label of
+    /// its callback when it is not a task step and the trace is on (else 0), and a timer's
+    /// due time. What the handle's tag already says is not looked up again; what is looked
+    /// up is written to the tag.
+    #[allow(clippy::type_complexity)]
+    fn identify<'py>(
+        &self,
+        handle: &Bound<'py, PyAny>,
+        native: Option<&Handle>,
+        describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
+        now: u64,
+    ) -> PyResult<(Option<Bound<'py, PyAny>>, u32, u32, Option<f64>)> {
+        let py = handle.py();
+        let tracing = self.flags() & TRACE != 0;
+        let tag = native.map_or(0, |h| h.instrument_tag.load(Relaxed));
+        if tag & NOT_A_TASK != 0 && (!tracing || tag != NOT_A_TASK) {
+            let label = if tracing { tag & !NOT_A_TASK } else { 0 };
+            return Ok((None, 0, label, None));
+        }
+        if tag != 0 && tag & NOT_A_TASK == 0 {
+            if let Some(task) = self.tasks.borrow(py).object(py, tag) {
+                return Ok((Some(task), tag, 0, None));
+            }
+        }
+        let (callback, when) = describe()?;
+        let task_obj = callback_identity::task_owner(&callback);
+        let task = match &task_obj {
+            Some(t) => report(py, self.task_id(t, now)).unwrap_or(0),
+            None => 0,
+        };
+        let label = if task == 0 && tracing {
+            report(
+                py,
+                callback_identity::callback_label(&self.labels, &callback),
+            )
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        if let Some(h) = native {
+            let known = if task != 0 { task } else { NOT_A_TASK | label };
+            h.instrument_tag.store(known, Relaxed);
+        }
+        Ok((task_obj, task, label, when))
     }
 
     #[inline]
@@ -459,16 +506,59 @@ impl Instruments {
         self.follows_tasks()
     }
 
-    pub fn start_trace(&self, py: Python<'_>, capacity: usize) {
-        *self.trace.borrow_mut(py) = Some(TraceRing::new(capacity));
+    /// Move the timer cancellations `cancels` logged into the trace.
+    fn record_cancels(&self, py: Python<'_>, cancels: &CancelCounts) {
+        let logged = std::mem::take(&mut *cancels.traced_cancels.borrow_mut(py));
+        for (handle, ts) in logged {
+            self.trace_event(
+                py,
+                TraceEvent {
+                    ts,
+                    kind: Kind::TimerCancelled as u8,
+                    a: handle,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    pub fn start_trace(
+        &self,
+        py: Python<'_>,
+        capacity: usize,
+        overflow: Overflow,
+        cancels: &CancelCounts,
+    ) {
+        cancels.traced_cancels.borrow_mut(py).clear();
+        cancels.traced.store(true, Relaxed);
+        *self.trace.borrow_mut(py) = Some(TraceRing::new(capacity, overflow));
         self.set_flag(TRACE, true);
     }
 
     /// Stop tracing; returns (events as bytes, dropped count) or None if it was not on.
-    pub fn stop_trace<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u64)> {
+    pub fn stop_trace<'py>(
+        &self,
+        py: Python<'py>,
+        cancels: &CancelCounts,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
+        self.record_cancels(py, cancels);
+        cancels.traced.store(false, Relaxed);
         self.set_flag(TRACE, false);
-        let ring = self.trace.borrow_mut(py).take()?;
-        Some((PyBytes::new(py, &ring.to_bytes()), ring.dropped()))
+        let Some(ring) = self.trace.borrow_mut(py).take() else {
+            return Ok(None);
+        };
+        let bytes = uninit_bytes(py, ring.len() * crate::trace::EVENT_BYTES)?;
+        // SAFETY: `bytes` is a new bytes object of exactly that size that nothing else has
+        // seen yet, so writing its buffer before handing it out is allowed; every byte of it
+        // is written here.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>(),
+                bytes.as_bytes().len(),
+            )
+        };
+        ring.write_bytes(out);
+        Ok(Some((bytes, ring.dropped())))
     }
 
     pub fn tracing(&self) -> bool {
@@ -532,6 +622,22 @@ impl Instruments {
     ) -> PyResult<Bound<'py, PyDict>> {
         self.stats
             .to_dict(py, cancelled, fds_watched, monotonic_ns())
+    }
+}
+
+/// A new bytes object of `size` bytes, not zeroed (the caller fills it; zeroing a trace's
+/// megabytes first would cost more than copying them).
+fn uninit_bytes(py: Python<'_>, size: usize) -> PyResult<Bound<'_, PyBytes>> {
+    let size = pyo3::ffi::Py_ssize_t::try_from(size)
+        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("trace too large"))?;
+    // SAFETY: a NULL source asks CPython for an uninitialised bytes object of that size; the
+    // result is a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size),
+        )
+        .map(|b| b.cast_into_unchecked())
     }
 }
 

@@ -115,8 +115,18 @@ impl Poller {
                 return Ok(());
             }
             return match self.ctl(libc::EPOLL_CTL_DEL, fd, 0, token) {
-                // Closed (EBADF) or already forgotten by epoll (ENOENT) is what we wanted.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => Ok(()),
+                // Closed (EBADF), already forgotten by epoll (ENOENT), or the number now names
+                // a file epoll cannot watch (EPERM: a regular file took it after the watched
+                // file was closed) is what we wanted, as the standard library's selector,
+                // which ignores any error from unregister.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBADF | libc::ENOENT | libc::EPERM)
+                    ) =>
+                {
+                    Ok(())
+                }
                 other => other,
             };
         }
@@ -293,6 +303,21 @@ mod tests {
         let raw = r.as_raw_fd();
         p.set_interest(raw, 1, Interest::default(), READ).unwrap();
         drop(r);
+        p.set_interest(raw, 1, READ, Interest::default()).unwrap();
+    }
+
+    #[test]
+    fn an_fd_number_a_regular_file_took_over_is_forgotten_quietly() {
+        let p = Poller::new().unwrap();
+        let (r, _w) = pipe();
+        let raw = r.as_raw_fd();
+        p.set_interest(raw, 1, Interest::default(), READ).unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        // SAFETY: dup2 closes the pipe end behind `r` and puts a duplicate of the file under
+        // its number, which `r` then owns and closes once.
+        assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), raw) }, raw);
+        let _now_the_file = r;
+        // epoll_ctl(DEL) on a regular file fails with EPERM: nothing of ours is registered.
         p.set_interest(raw, 1, READ, Interest::default()).unwrap();
     }
 

@@ -7,7 +7,9 @@
 //! enough — no atomic read-modify-write on the hot path; the atomics only make the values
 //! readable from any thread.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crate::gil_cell::GilCell;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -41,11 +43,15 @@ impl Counter {
 }
 
 /// What a scheduled timer shares with its loop: how many cancelled timers still sit in the
-/// heap (drives compaction) and how many timers were ever cancelled while scheduled.
+/// heap (drives compaction) and how many timers were ever cancelled while scheduled; while the
+/// loop is traced, which timers were cancelled and when, for the loop to move into its trace.
 #[derive(Default)]
 pub struct CancelCounts {
     pub in_heap: AtomicUsize,
     pub total: Counter,
+    pub traced: AtomicBool,
+    /// (timer handle id, monotonic ns) of each cancellation since the loop last looked.
+    pub traced_cancels: GilCell<Vec<(u64, u64)>>,
 }
 
 /// Upper bounds (ns) of the loop-lag histogram's buckets; the last bucket is everything above.

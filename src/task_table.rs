@@ -57,6 +57,20 @@ impl TaskTable {
         (referent == task.as_ptr()).then_some(id)
     }
 
+    /// The task recorded as `id`, while it is alive.
+    pub fn object<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyAny>> {
+        let weak = self.get(id)?.weak.as_ptr();
+        // SAFETY: as in `find`; a live referent is borrowed from the weak reference (which
+        // the record keeps alive) and a new reference to it is made at once.
+        unsafe {
+            let referent = (*(weak.cast::<ffi::PyWeakReference>())).wr_object;
+            if referent == ffi::Py_None() {
+                return None;
+            }
+            Some(Bound::from_borrowed_ptr(py, referent))
+        }
+    }
+
     /// Whether the task's next step is queued (it woke itself during this step).
     pub fn is_queued(&self, id: u32) -> bool {
         self.get(id).is_some_and(|r| r.woken_ns != 0)

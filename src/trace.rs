@@ -2,13 +2,14 @@
 //!
 //! The loop appends an event (kind, timestamp, two payload words, task id, label id) at each
 //! point worth seeing; nothing is named here. Ids become names only when the trace is written
-//! (`python/ferroloop/_trace.py`). When the ring is full the oldest event is overwritten and
-//! counted as dropped, so a long-running server keeps its most recent history in bounded
-//! memory. Used on the loop thread with the GIL held (it lives in a `GilCell`).
+//! (`python/ferroloop/_trace.py`). When the ring is full it drops either its oldest events (a
+//! long-running server keeps its most recent history) or the newest (a start-up keeps its
+//! beginning), and counts them, so memory stays bounded. Used on the loop thread with the GIL
+//! held (it lives in a `GilCell`).
 //!
 //! ```
-//! use _core::trace::{Kind, TraceEvent, TraceRing};
-//! let mut ring = TraceRing::new(2);
+//! use _core::trace::{Kind, Overflow, TraceEvent, TraceRing};
+//! let mut ring = TraceRing::new(2, Overflow::DropOldest);
 //! for ts in 1..=3 {
 //!     ring.push(TraceEvent { ts, kind: Kind::CallbackStart as u8, ..Default::default() });
 //! }
@@ -42,6 +43,8 @@ pub enum Kind {
     Iteration = 9,
     /// a: fd, b: bytes; label: the I/O kind (see `IoKind`).
     Io = 10,
+    /// a: timer handle id (ts: when it was cancelled).
+    TimerCancelled = 11,
 }
 
 /// What an `Io` event reports.
@@ -60,7 +63,7 @@ pub enum IoKind {
     Writable = 8,
 }
 
-pub const KIND_NAMES: [(&str, Kind); 10] = [
+pub const KIND_NAMES: [(&str, Kind); 11] = [
     ("callback_start", Kind::CallbackStart),
     ("callback_end", Kind::CallbackEnd),
     ("call_soon", Kind::CallSoon),
@@ -71,6 +74,7 @@ pub const KIND_NAMES: [(&str, Kind); 10] = [
     ("poll_wait", Kind::PollWait),
     ("iteration", Kind::Iteration),
     ("io", Kind::Io),
+    ("timer_cancelled", Kind::TimerCancelled),
 ];
 
 pub const IO_NAMES: [(&str, IoKind); 8] = [
@@ -136,6 +140,16 @@ impl Stored {
 /// the label with the kind in its top byte).
 pub const EVENT_BYTES: usize = 32;
 
+/// Which events a full ring gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Overwrite the oldest: a long-running server keeps its latest history.
+    #[default]
+    DropOldest,
+    /// Keep the first `capacity` events: a start-up keeps its beginning.
+    DropNewest,
+}
+
 pub struct TraceRing {
     /// Reserved at full capacity up front (the kernel maps pages only as events reach them),
     /// so the ring never moves while it fills.
@@ -143,16 +157,18 @@ pub struct TraceRing {
     capacity: usize,
     /// Where the next event goes once the ring is full (its oldest event).
     oldest: usize,
+    overflow: Overflow,
     dropped: u64,
 }
 
 impl TraceRing {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, overflow: Overflow) -> Self {
         let capacity = capacity.max(1);
         TraceRing {
             events: Vec::with_capacity(capacity),
             capacity,
             oldest: 0,
+            overflow,
             dropped: 0,
         }
     }
@@ -161,16 +177,32 @@ impl TraceRing {
     pub fn push(&mut self, event: TraceEvent) {
         let stored = Stored::pack(event);
         if self.events.len() < self.capacity {
+            // Within the capacity reserved in `new`: never reallocates.
             self.events.push(stored);
         } else {
-            self.events[self.oldest] = stored;
-            self.oldest = (self.oldest + 1) % self.capacity;
-            self.dropped += 1;
+            self.push_full(stored);
+        }
+    }
+
+    #[cold]
+    fn push_full(&mut self, stored: Stored) {
+        self.dropped += 1;
+        if self.overflow == Overflow::DropNewest {
+            return;
+        }
+        self.events[self.oldest] = stored;
+        self.oldest += 1;
+        if self.oldest == self.capacity {
+            self.oldest = 0;
         }
     }
 
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    pub fn overflow(&self) -> Overflow {
+        self.overflow
     }
 
     pub fn len(&self) -> usize {
@@ -187,22 +219,49 @@ impl TraceRing {
         older.iter().chain(newer).map(Stored::unpack)
     }
 
+    /// Write the events oldest first into `out` (`len() * EVENT_BYTES` bytes), little-endian,
+    /// `EVENT_BYTES` each.
+    pub fn write_bytes(&self, out: &mut [u8]) {
+        let (newer, older) = self.events.split_at(self.oldest);
+        let mut at = 0;
+        for part in [older, newer] {
+            let n = part.len() * EVENT_BYTES;
+            write_records(part, &mut out[at..at + n]);
+            at += n;
+        }
+    }
+
     /// The events oldest first, little-endian, `EVENT_BYTES` each.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.events.len() * EVENT_BYTES];
-        let (newer, older) = self.events.split_at(self.oldest);
-        for (e, record) in older
-            .iter()
-            .chain(newer)
-            .zip(out.chunks_exact_mut(EVENT_BYTES))
-        {
-            record[0..8].copy_from_slice(&e.ts.to_le_bytes());
-            record[8..16].copy_from_slice(&e.a.to_le_bytes());
-            record[16..24].copy_from_slice(&e.b.to_le_bytes());
-            record[24..28].copy_from_slice(&e.task.to_le_bytes());
-            record[28..32].copy_from_slice(&e.kind_label.to_le_bytes());
-        }
+        self.write_bytes(&mut out);
         out
+    }
+}
+
+/// `records` as their little-endian bytes: on a little-endian machine `Stored` (`repr(C)`,
+/// four u64-sized words without padding) already is that layout, so it is one copy.
+fn write_records(records: &[Stored], out: &mut [u8]) {
+    const _: () = assert!(std::mem::size_of::<Stored>() == EVENT_BYTES);
+    if cfg!(target_endian = "little") {
+        // SAFETY: `Stored` is `repr(C)` with only integer fields and no padding (its size is
+        // the sum of its fields', asserted above), so every byte of the slice is initialised
+        // and may be read as `u8`; the length covers exactly the slice.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                records.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(records),
+            )
+        };
+        out.copy_from_slice(bytes);
+        return;
+    }
+    for (e, record) in records.iter().zip(out.chunks_exact_mut(EVENT_BYTES)) {
+        record[0..8].copy_from_slice(&e.ts.to_le_bytes());
+        record[8..16].copy_from_slice(&e.a.to_le_bytes());
+        record[16..24].copy_from_slice(&e.b.to_le_bytes());
+        record[24..28].copy_from_slice(&e.task.to_le_bytes());
+        record[28..32].copy_from_slice(&e.kind_label.to_le_bytes());
     }
 }
 
@@ -220,7 +279,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_capacity_events_in_order() {
-        let mut ring = TraceRing::new(3);
+        let mut ring = TraceRing::new(3, Overflow::DropOldest);
         for ts in 0..10 {
             ring.push(event(ts));
         }
@@ -231,8 +290,33 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_newest_keeps_the_first_capacity_events() {
+        let mut ring = TraceRing::new(3, Overflow::DropNewest);
+        for ts in 0..10 {
+            ring.push(event(ts));
+        }
+        assert_eq!(ring.dropped(), 7);
+        let ts: Vec<u64> = ring.ordered().map(|e| e.ts).collect();
+        assert_eq!(ts, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn bytes_follow_the_ring_order_after_wrapping() {
+        let mut ring = TraceRing::new(3, Overflow::DropOldest);
+        for ts in 0..5 {
+            ring.push(event(ts));
+        }
+        let bytes = ring.to_bytes();
+        let ts: Vec<u8> = bytes.chunks_exact(EVENT_BYTES).map(|r| r[0]).collect();
+        assert_eq!(ts, vec![2, 3, 4]);
+        assert!(bytes
+            .chunks_exact(EVENT_BYTES)
+            .all(|r| r[31] == Kind::Io as u8));
+    }
+
+    #[test]
     fn bytes_are_fixed_size_records() {
-        let mut ring = TraceRing::new(4);
+        let mut ring = TraceRing::new(4, Overflow::DropOldest);
         ring.push(TraceEvent {
             ts: 1,
             a: 2,

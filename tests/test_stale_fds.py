@@ -122,3 +122,28 @@ def test_a_registration_that_outlives_its_fd_does_not_spin_the_loop(loop: ferrol
         os.close(survivor)
         os.close(w)
     assert cpu < 0.1, f"the loop spun for {cpu:.2f}s of CPU while idle for 0.2s"
+
+
+def test_pipe_transport_closes_quietly_after_a_regular_file_took_its_fd(
+    any_loop: asyncio.AbstractEventLoop, tmp_path: Any
+) -> None:
+    """The application closed the pipe it passed and a regular file took the number: the
+    transport's abort cannot unregister it from epoll (EPERM), which is not an error — the
+    standard library's selector ignores it."""
+
+    async def scenario() -> bool:
+        read_fd, write_fd = os.pipe()
+        pipe = os.fdopen(write_fd, "wb", 0)
+        transport, _ = await any_loop.connect_write_pipe(asyncio.Protocol, pipe)
+        pipe.close()
+        stranger = os.open(tmp_path / "stranger", os.O_WRONLY | os.O_CREAT)
+        try:
+            assert stranger == write_fd  # the number was reused
+            transport.abort()  # raised PermissionError on ferroloop
+            await asyncio.sleep(0)
+            return transport.is_closing()
+        finally:
+            os.close(stranger)
+            os.close(read_fd)
+
+    assert any_loop.run_until_complete(scenario())

@@ -54,8 +54,9 @@ def test_threadsafe_calls_are_counted(loop: ferroloop.Loop) -> None:
     async def main() -> None:
         done = asyncio.Event()
         thread = threading.Thread(
-            target=lambda: [loop.call_soon_threadsafe(lambda: None) for _ in range(2)]
-            + [loop.call_soon_threadsafe(done.set)]
+            target=lambda: (
+                [loop.call_soon_threadsafe(lambda: None) for _ in range(2)] + [loop.call_soon_threadsafe(done.set)]
+            )
         )
         thread.start()
         await done.wait()
@@ -231,3 +232,33 @@ def test_runner_prints_stats_at_exit(tmp_path: Path) -> None:
     assert "ferroloop statistics" in result.stderr
     assert "timers fired: 2" in result.stderr
     assert "main" in result.stderr  # the per-task table
+
+
+def test_transports_open_and_fds_watched_are_exact(loop: ferroloop.Loop) -> None:
+    async def main() -> list[tuple[int, int]]:
+        seen = [(loop.stats()["transports_open"], loop.stats()["fds_watched"])]
+
+        async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(until_eof, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        seen.append((loop.stats()["transports_open"], loop.stats()["fds_watched"]))
+        writers = []
+        for _ in range(3):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+        await asyncio.sleep(0.01)  # the server side has accepted and is reading too
+        seen.append((loop.stats()["transports_open"], loop.stats()["fds_watched"]))
+        server.close()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        await server.wait_closed()
+        await asyncio.sleep(0.01)
+        seen.append((loop.stats()["transports_open"], loop.stats()["fds_watched"]))
+        return seen
+
+    # nothing; the listening socket; three connections, both ends reading; all closed
+    assert loop.run_until_complete(main()) == [(0, 0), (0, 1), (6, 7), (0, 0)]

@@ -65,17 +65,20 @@ def trace(
     path: str | os.PathLike[str],
     *,
     buffer_size: int = DEFAULT_TRACE_EVENTS,
+    drop: str = "oldest",
     duration: float | None = None,
     html: bool = True,
 ) -> TraceSession:
     """Trace the ferroloop loops that run inside a `with` block into `path` (Chrome
     trace-event JSON, for https://ui.perfetto.dev) and, with `html`, a self-contained page
-    beside it (`.html`). `buffer_size` bounds the events kept per loop (the oldest are dropped
-    first, and the trace says how many); `duration` stops recording that many seconds after a
-    loop starts being traced. The trace is written when the block ends, also if it raises."""
+    beside it (`.html`). `buffer_size` bounds the events kept per loop; once it is full, the
+    `drop="oldest"` events are overwritten (a server keeps its latest history) or the
+    `"newest"` are not recorded (a start-up keeps its beginning), and the trace says how many.
+    `duration` stops recording that many seconds after a loop starts being traced. The trace
+    is written when the block ends, also if it raises."""
     from ._trace import TraceSession  # json, html and dataclasses load only when tracing
 
-    return TraceSession(path, buffer_size=buffer_size, duration=duration, html=html)
+    return TraceSession(path, buffer_size=buffer_size, drop=drop, duration=duration, html=html)
 
 
 def new_event_loop() -> Loop:

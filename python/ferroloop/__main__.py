@@ -21,8 +21,8 @@ from ._instrument import DEFAULT_TRACE_EVENTS, runner
 
 USAGE = (
     "usage: python -m ferroloop [--stats] script.py [args...] | -m module [args...]\n"
-    "       python -m ferroloop trace [--output PATH] [--buffer-size N] [--duration S] "
-    "[--no-html] [--stats] script.py [args...]"
+    "       python -m ferroloop trace [--output PATH] [--buffer-size N] [--drop oldest|newest]\n"
+    "                                 [--duration S] [--no-html] [--stats] script.py [args...]"
 )
 
 
@@ -75,7 +75,14 @@ def _trace_parser() -> argparse.ArgumentParser:
         "--buffer-size",
         type=_positive_int,
         default=DEFAULT_TRACE_EVENTS,
-        help="events kept per loop; when full, the oldest are dropped (and counted)",
+        help="events kept per loop; when full, events are dropped (and counted)",
+    )
+    p.add_argument(
+        "--drop",
+        choices=("oldest", "newest"),
+        default="oldest",
+        help="which events a full buffer drops: the oldest (keep the latest history, the "
+        "default) or the newest (keep the beginning)",
     )
     p.add_argument(
         "--duration",
@@ -105,6 +112,7 @@ def main(argv: list[str]) -> None:
         session = ferroloop.trace(
             output,
             buffer_size=options.buffer_size,
+            drop=options.drop,
             duration=options.duration,
             html=not options.no_html,
         )

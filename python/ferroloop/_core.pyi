@@ -348,7 +348,7 @@ class LoopCore:
     def _task_stats_enabled(self) -> bool: ...
     def _task_records(self) -> list[dict[str, Any]]:
         """One dict per task seen while per-task statistics or the trace were on."""
-    def _trace_start(self, capacity: int) -> None:
+    def _trace_start(self, capacity: int, drop_newest: bool = False) -> None:
         """Record into a new ring of `capacity` events (ValueError for 0)."""
     def _trace_stop(self) -> tuple[bytes, int] | None:
         """Stop recording: (events, 32 bytes each, oldest first; dropped count), or None."""
@@ -367,6 +367,9 @@ class LoopCore:
 
     def _sock_send_now(self, fd: int, data: Any) -> int:
         """One non-blocking send from data's buffer: the bytes sent, 0 if it would block."""
+
+    def _sock_io_done(self, fd: int, nbytes: int, written: bool) -> None:
+        """Count (and, when tracing, record) the bytes a standard-library sock_* call moved."""
 
     def _sock_recv_wait(self, sock: socket.socket, fd: int, n: int, future: asyncio.Future[bytes]) -> Handle:
         """Install a RecvWaiter as fd's reader: it receives into `future` once fd is readable."""

@@ -179,7 +179,8 @@ def task_warnings(tasks: list[dict[str, Any]], long_step: float) -> list[str]:
 
 def loop_stats(loop: Loop) -> dict[str, Any]:
     stats: dict[str, Any] = loop._stats_core()
-    stats["transports_open"] = len(loop._transports)
+    # `_transports` holds every transport still referenced, closed ones too
+    stats["transports_open"] = sum(not t.is_closing() for t in list(loop._transports.values()))
     if loop._task_stats_enabled() or loop._task_records():
         tasks = loop._task_records()
         stats["tasks"] = tasks

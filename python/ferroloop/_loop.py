@@ -370,7 +370,39 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         if sent == len(data):
             return
         rest = data if sent == 0 else memoryview(data).cast("B")[sent:]
+        fd = sock.fileno()
         await _SELECTOR_SOCK_SENDALL(self, sock, rest)
+        self._sock_io_done(fd, memoryview(rest).nbytes, True)
+
+    # The standard library's operations, with the bytes each call moved counted (and traced).
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        """Receive data from sock into buf (non-blocking); the number of bytes received."""
+        fd = sock.fileno()
+        nbytes: int = await _SELECTOR_SOCK_RECV_INTO(self, sock, buf)
+        self._sock_io_done(fd, nbytes, False)
+        return nbytes
+
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
+        """Receive a datagram of up to bufsize bytes from sock (non-blocking)."""
+        fd = sock.fileno()
+        received: tuple[bytes, Any] = await _SELECTOR_SOCK_RECVFROM(self, sock, bufsize)
+        self._sock_io_done(fd, len(received[0]), False)
+        return received
+
+    async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
+        """Receive a datagram from sock into buf (non-blocking): (bytes received, address)."""
+        fd = sock.fileno()
+        received: tuple[int, Any] = await _SELECTOR_SOCK_RECVFROM_INTO(self, sock, buf, nbytes)
+        self._sock_io_done(fd, received[0], False)
+        return received
+
+    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
+        """Send a datagram to address from sock (non-blocking); the number of bytes sent."""
+        fd = sock.fileno()
+        sent: int = await _SELECTOR_SOCK_SENDTO(self, sock, data, address)
+        self._sock_io_done(fd, sent, True)
+        return sent
 
     # -- signals -----------------------------------------------------------------------
     # The standard library's add_signal_handler writes signal numbers to `_csock` through
@@ -424,4 +456,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or coroutines.iscoroutinefunction
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
 _SELECTOR_SOCK_SENDALL = selector_events.BaseSelectorEventLoop.sock_sendall
+_SELECTOR_SOCK_RECV_INTO = selector_events.BaseSelectorEventLoop.sock_recv_into
+_SELECTOR_SOCK_RECVFROM = selector_events.BaseSelectorEventLoop.sock_recvfrom
+_SELECTOR_SOCK_RECVFROM_INTO = selector_events.BaseSelectorEventLoop.sock_recvfrom_into
+_SELECTOR_SOCK_SENDTO = selector_events.BaseSelectorEventLoop.sock_sendto
 _SELECTOR_STOP_SERVING = vars(selector_events.BaseSelectorEventLoop)["_stop_serving"]

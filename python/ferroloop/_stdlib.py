@@ -30,6 +30,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "asyncio.selector_events": (
         "BaseSelectorEventLoop._stop_serving",
         "BaseSelectorEventLoop.sock_sendall",  # the rest of a send `Loop.sock_sendall` began
+        # wrapped by `Loop` to count the bytes each call moved
+        "BaseSelectorEventLoop.sock_recv_into",
+        "BaseSelectorEventLoop.sock_recvfrom",
+        "BaseSelectorEventLoop.sock_recvfrom_into",
+        "BaseSelectorEventLoop.sock_sendto",
         "_SelectorDatagramTransport",
         "_SelectorSocketTransport.write",  # its TypeError for non-bytes (`_support.py`)
     ),
@@ -135,14 +140,10 @@ BORROWED_LOOP_METHODS: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("asyncio.selector_events", "BaseSelectorEventLoop"): (
         "_ensure_fd_no_transport",
-        "sock_recv_into",
         "_sock_recv_into",
-        "sock_recvfrom",
         "_sock_recvfrom",
-        "sock_recvfrom_into",
         "_sock_recvfrom_into",
         "_sock_sendall",
-        "sock_sendto",
         "_sock_sendto",
         "sock_connect",
         "_sock_connect",

@@ -13,6 +13,7 @@ into names when the trace is written. Event payloads, by kind (see `Kind` in `sr
     call_soon       a=new handle id  b=handle running at the time (0: none)  task=target task
     threadsafe      a=new handle id  b=calling thread's ident  task=target task
     timer_scheduled a=timer handle id  b=when (f64 bits)  task=running task
+    timer_cancelled a=timer handle id  (ts: when it was cancelled)
     task_created    task=new task  b=creating task (0: none)
     task_done       task  a=1 result / 2 cancelled / 3 exception
     poll_wait       ts=start  a=duration ns  b=events returned
@@ -27,6 +28,7 @@ import html
 import json
 import os
 import struct
+import time
 import weakref
 from asyncio import events
 from collections.abc import Iterator
@@ -56,6 +58,7 @@ class _K:
     poll_wait = _KINDS["poll_wait"]
     iteration = _KINDS["iteration"]
     io = _KINDS["io"]
+    timer_cancelled = _KINDS["timer_cancelled"]
 
 
 _IO_NAMES = {code: name for name, code in _IO_KINDS.items()}
@@ -63,6 +66,9 @@ _RECORD = struct.Struct("<QQQII")  # ts, a, b, task, label | kind << 24
 assert _RECORD.size == _EVENT_BYTES, "trace event layout differs between Rust and Python"
 
 _OUTCOMES = {1: "done", 2: "cancelled", 3: "raised"}
+
+#: What a full buffer gives up: its oldest events (the default), or the newest.
+DROP_POLICIES = ("oldest", "newest")
 
 # Track ids within a loop's process in the trace.
 TRACK_CALLBACKS, TRACK_POLLER, TRACK_IO, TRACK_TIMERS = 1, 2, 3, 4
@@ -75,9 +81,12 @@ class Recording:
 
     events: list[tuple[int, int, int, int, int, int]]
     dropped: int
+    drop: str  # which events a full buffer gave up: "oldest" or "newest"
     labels: list[str]
     tasks: list[dict[str, Any]]
     title: str
+    # fd -> (since when, in loop-clock ns, the transport's name) for the transports seen
+    transports: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,6 +126,7 @@ class Timeline:
     instants: list[Instant]
     ready_depth: list[tuple[float, int]]
     dropped: int
+    drop: str
     end: float
 
 
@@ -159,6 +169,7 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
     timers: dict[int, tuple[float, float]] = {}  # handle id -> (scheduled at, when) in us
     open_cb: tuple[int, int, int, int, int, int] | None = None
     step_delay: float | None = None
+    first_read: tuple[int, int] | None = None  # (fd, bytes) of the running callback's first read
     last_ts = rec.events[-1][0] if rec.events else base_ns
 
     for ev in rec.events:
@@ -167,11 +178,14 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
         if kind == _K.callback_start:
             open_cb = ev
             step_delay = None
+            first_read = None
         elif kind == _K.callback_end:
             if open_cb is None or open_cb[1] != a:
                 continue  # its start was dropped or came before the trace began
             slices.append(_callback_slice(open_cb, ev, us, label, tasks, track_of, step_delay))
             start = slices[-1]
+            if first_read is not None and start.kind == "callback" and start.name.endswith("._read_ready"):
+                _name_after_the_read(start, first_read, _transport_at(rec.transports, first_read[0], ts))
             source = queued_by.pop(a, None)
             if source is not None:
                 flows.append(Flow(source[1], source[0], start.track, start.start))
@@ -202,6 +216,10 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
                     {"when_us": round(timers[a][1], 3), "by": tracks.get(track_of(task), "")},
                 )
             )
+        elif kind == _K.timer_cancelled:
+            timer = timers.pop(a, None)
+            args = {} if timer is None else {"when_us": round(timer[1], 3), "scheduled_at_us": round(timer[0], 3)}
+            instants.append(Instant(TRACK_TIMERS, "timer cancelled", t, args))
         elif kind == _K.task_created:
             info = tasks.get(task, {})
             parent = tasks.get(b)
@@ -224,6 +242,8 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
             depth.append((t, a))
         elif kind == _K.io:
             what = _IO_NAMES.get(lab, "io")
+            if what == "read" and open_cb is not None and first_read is None:
+                first_read = (a, b)
             name = f"{what} {b} B" if what in ("read", "write") else what
             if what == "read" and b == 0:
                 name = "read: EOF"
@@ -235,7 +255,7 @@ def build_timeline(rec: Recording, base_ns: int) -> Timeline:
         slices.append(_callback_slice(open_cb, end, us, label, tasks, track_of, step_delay))
         end_ts = max(last_ts, open_cb[0])
         slices[-1].dur = us(end_ts) - slices[-1].start
-    return Timeline(rec.title, tracks, slices, flows, instants, depth, rec.dropped, us(last_ts))
+    return Timeline(rec.title, tracks, slices, flows, instants, depth, rec.dropped, rec.drop, us(last_ts))
 
 
 def _callback_slice(start_ev, end_ev, us, label, tasks, track_of, step_delay) -> Slice:  # type: ignore[no-untyped-def]
@@ -265,6 +285,20 @@ def _callback_slice(start_ev, end_ev, us, label, tasks, track_of, step_delay) ->
         name = label(lab)
         kind = "callback"
     return Slice(track, name, us(ts), max(0.0, (end_ts - ts) / 1000.0), kind, args)
+
+
+def _transport_at(transports: dict[int, list[tuple[int, str]]], fd: int, ts: int) -> str:
+    """The name of the transport that had `fd` at `ts` (fd numbers are reused)."""
+    named = [name for since, name in transports.get(fd, ()) if since <= ts]
+    return named[-1] if named else f"fd {fd}"
+
+
+def _name_after_the_read(callback: Slice, read: tuple[int, int], transport: str) -> None:
+    """A transport's read callback is named after what it delivered, and to whom:
+    `data_received on SocketTransport(fd 7, peer ('127.0.0.1', 5000))`."""
+    fd, nbytes = read
+    callback.name = f"{'data_received' if nbytes else 'eof_received'} on {transport}"
+    callback.args["fd"] = fd
 
 
 def _awaits(
@@ -297,14 +331,16 @@ def chrome_trace(timelines: list[Timeline]) -> dict[str, Any]:
             out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
             out.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
         if tl.dropped:
+            which = "older" if tl.drop == "oldest" else "newer"
             out.append(
                 {
                     "ph": "i",
                     "s": "p",
-                    "name": f"{tl.dropped} older events dropped (buffer full)",
+                    "name": f"{tl.dropped} {which} events dropped (buffer full)",
                     "pid": pid,
                     "tid": TRACK_CALLBACKS,
-                    "ts": 0,
+                    # where the gap is: before the first event kept, or after the last
+                    "ts": 0 if tl.drop == "oldest" else round(tl.end, 3),
                 }
             )
         for s in tl.slices:
@@ -357,6 +393,7 @@ def chrome_trace(timelines: list[Timeline]) -> dict[str, Any]:
         "otherData": {
             "producer": "ferroloop",
             "dropped_events": sum(tl.dropped for tl in timelines),
+            "dropped_when_full": timelines[0].drop if timelines else DROP_POLICIES[0],
         },
     }
 
@@ -542,7 +579,9 @@ def html_page(timelines: list[Timeline], json_name: str) -> str:
             if s.track >= TASK_TRACK_BASE:
                 steps.setdefault(s.track, []).append(s)
         body.append(svg_timeline(tl))
-        body.append(f"<p>{len(tl.slices)} slices, {len(tl.flows)} wake-ups, {tl.dropped} events dropped.</p>")
+        body.append(
+            f"<p>{len(tl.slices)} slices, {len(tl.flows)} wake-ups, {tl.dropped} events dropped ({tl.drop} first).</p>"
+        )
         body.append("<table><tr><th>task</th><th>steps</th><th>busy</th><th>awaits (last step)</th></tr>")
         for tid, ss in sorted(steps.items()):
             busy = sum(s.dur for s in ss)
@@ -563,6 +602,12 @@ def _records(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
         yield ts, a, b, task, kind_label & 0xFFFFFF, kind_label >> 24
 
 
+def _transport_name(fd: int, transport: Any) -> str:
+    """A transport's type and peer: `SocketTransport(fd 7, peer ('127.0.0.1', 5000))`."""
+    peer = transport.get_extra_info("peername")
+    return f"{type(transport).__name__}(fd {fd}" + (f", peer {peer!r})" if peer else ")")
+
+
 class TraceSession:
     """Record every ferroloop loop that runs or is created inside the `with` block; write the
     trace when it ends (also when the block raises)."""
@@ -572,11 +617,14 @@ class TraceSession:
         path: str | os.PathLike[str],
         *,
         buffer_size: int = DEFAULT_TRACE_EVENTS,
+        drop: str = "oldest",
         duration: float | None = None,
         html: bool = True,
     ) -> None:
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
             raise ValueError(f"buffer_size must be a positive number of events, not {buffer_size!r}")
+        if drop not in DROP_POLICIES:
+            raise ValueError(f"drop must be 'oldest' or 'newest', not {drop!r}")
         if duration is not None and (
             isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0
         ):
@@ -584,19 +632,32 @@ class TraceSession:
         self.path = os.fspath(path)
         self.html_path = os.path.splitext(self.path)[0] + ".html" if html else None
         self.buffer_size = buffer_size
+        self.drop = drop
         self.duration = duration
         self.recordings: list[Recording] = []
         self._loops: weakref.WeakSet[Loop] = weakref.WeakSet()
+        # the transports each traced loop had or made (see `Recording.transports`)
+        self._transports: weakref.WeakKeyDictionary[Loop, dict[int, list[tuple[int, str]]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._previous: Any = None
 
     def attach(self, loop: Loop) -> None:
         if loop in self._loops or loop.is_closed():
             return
-        loop._trace_start(self.buffer_size)
+        loop._trace_start(self.buffer_size, drop_newest=self.drop == "newest")
         loop._trace_session = self
         self._loops.add(loop)
+        known = self._transports.setdefault(loop, {})
+        for fd, transport in list(loop._transports.items()):
+            known.setdefault(fd, []).append((0, _transport_name(fd, transport)))
         if self.duration is not None:
             loop.call_later(self.duration, self.collect, loop)
+
+    def note_transport(self, loop: Loop, fd: int, transport: Any) -> None:
+        """A transport was made on a traced loop: its read callbacks are named after it."""
+        name = _transport_name(fd, transport)
+        self._transports.setdefault(loop, {}).setdefault(fd, []).append((time.monotonic_ns(), name))
 
     def collect(self, loop: Loop) -> None:
         """Stop recording `loop` and keep what it recorded."""
@@ -607,13 +668,16 @@ class TraceSession:
         stopped = loop._trace_stop()
         if stopped is None:
             return
+        transports = self._transports.pop(loop, {})
         data, dropped = stopped
         self.recordings.append(
             Recording(
                 events=list(_records(data)),
                 dropped=dropped,
+                drop=self.drop,
                 labels=list(loop._trace_labels()),
                 tasks=loop._task_records(),
+                transports=transports,
                 title=f"ferroloop loop {len(self.recordings) + 1}",
             )
         )

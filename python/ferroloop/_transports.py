@@ -75,6 +75,8 @@ class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
         if server is not None:
             _server_call(server, "_attach", self)
         loop._transports[self._sock_fd] = self
+        if loop._trace_session is not None:
+            loop._trace_session.note_transport(loop, self._sock_fd, self)
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]
         loop.call_soon(protocol.connection_made, self, context=context)
         loop.call_soon(core._start_reading, context=context)

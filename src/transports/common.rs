@@ -158,6 +158,9 @@ pub struct FlowControl {
     high_water: usize,
     low_water: usize,
     paused: bool,
+    /// (low, high) as the caller's values made them, for `get_write_buffer_limits`: the
+    /// standard transport reports the objects it computed (ints beyond 64 bits, floats).
+    as_set: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 impl Default for FlowControl {
@@ -166,6 +169,7 @@ impl Default for FlowControl {
             high_water: DEFAULT_HIGH_WATER,
             low_water: DEFAULT_HIGH_WATER / 4,
             paused: false,
+            as_set: None,
         }
     }
 }
@@ -193,28 +197,50 @@ impl FlowControl {
         self.paused
     }
 
-    /// `get_write_buffer_limits()`: (low, high).
+    /// The marks the buffer size is compared with: (low, high).
     pub fn limits(&self) -> (usize, usize) {
         (self.low_water, self.high_water)
     }
 
-    /// Install limits checked by [`write_buffer_limits`].
-    pub fn set_limits(&mut self, (high, low): (usize, usize)) {
-        self.high_water = high;
-        self.low_water = low;
+    /// `get_write_buffer_limits()`: (low, high) as they were set, or the byte counts.
+    pub fn reported(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        if let Some((low, high)) = &self.as_set {
+            return Ok((low.clone_ref(py), high.clone_ref(py)));
+        }
+        Ok((
+            self.low_water.into_pyobject(py)?.into_any().unbind(),
+            self.high_water.into_pyobject(py)?.into_any().unbind(),
+        ))
     }
+
+    /// Install marks made by [`write_buffer_limits`]. Returns the objects they replace, for
+    /// the caller to drop once its borrow has ended (dropping may run Python code).
+    #[must_use]
+    pub fn set_limits(&mut self, marks: WaterMarks) -> Option<(Py<PyAny>, Py<PyAny>)> {
+        self.high_water = marks.high;
+        self.low_water = marks.low;
+        self.as_set.replace(marks.as_set)
+    }
+}
+
+/// Water marks checked by [`write_buffer_limits`]: byte counts, and (low, high) as given.
+pub struct WaterMarks {
+    high: usize,
+    low: usize,
+    as_set: (Py<PyAny>, Py<PyAny>),
 }
 
 /// `_set_write_buffer_limits`'s defaults and checks, in Python arithmetic on whatever the
 /// caller passed (ints of any size, floats, objects with operators), so the same values pass
 /// and the same exceptions come out as with the standard library. Called before any borrow
 /// of the transport's state: the operators may be Python code that re-enters the transport.
-/// Returns (high, low) as byte counts: fractions round down, marks beyond memory saturate.
+/// The byte counts round fractions down and saturate marks beyond memory, which compares
+/// with a buffer size exactly as the marks themselves do.
 pub fn write_buffer_limits(
     py: Python<'_>,
     high: Option<Bound<'_, PyAny>>,
     low: Option<Bound<'_, PyAny>>,
-) -> PyResult<(usize, usize)> {
+) -> PyResult<WaterMarks> {
     let high = high.filter(|h| !h.is_none());
     let low = low.filter(|l| !l.is_none());
     let high = match (high, &low) {
@@ -233,7 +259,11 @@ pub fn write_buffer_limits(
             low.repr()?
         )));
     }
-    Ok((byte_count(&high)?, byte_count(&low)?))
+    Ok(WaterMarks {
+        high: byte_count(&high)?,
+        low: byte_count(&low)?,
+        as_set: (low.unbind(), high.unbind()),
+    })
 }
 
 /// A water mark already known to be >= 0, as a byte count a buffer size is compared with.

@@ -21,6 +21,7 @@ use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
 use crate::socket_io;
 use crate::support;
+use crate::trace::IoKind;
 use crate::write_buffer::WriteBuffer;
 
 use super::common::{
@@ -54,6 +55,14 @@ impl Ends {
         self.event_loop.bind(py)
     }
 
+    /// Count (and, when tracing, record) an I/O event on this pipe.
+    fn io_event(&self, py: Python<'_>, kind: IoKind, bytes: usize) {
+        self.event_loop(py)
+            .get()
+            .instruments()
+            .on_io(py, kind, self.fd, bytes);
+    }
+
     /// Count `n` bytes moved through the pipe; grow its buffer once it proves busy.
     fn carried(&self, n: usize) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -68,27 +77,43 @@ fn clone_opt(py: Python<'_>, obj: Option<&Py<PyAny>>) -> Option<Py<PyAny>> {
     obj.map(|o| o.clone_ref(py))
 }
 
-/// `_fatal_error` of both pipe transports: EIO (the other end of a pty went away) is only
-/// logged in debug mode, anything else goes to the exception handler; then `close(exc)`.
+/// Which errors a pipe transport's `_fatal_error` only logs (in debug mode) instead of
+/// passing to the exception handler: the stdlib's two pipe transports differ.
+#[derive(Clone, Copy)]
+enum QuietErrors {
+    /// The read end: EIO, the other end of a pty went away.
+    Eio,
+    /// The write end: any OSError (EPIPE when the reader went away is the common one).
+    AnyOsError,
+}
+
+/// `_fatal_error` of both pipe transports: the `quiet` errors are only logged in debug mode,
+/// anything else goes to the exception handler; then `close(exc)`.
 fn report_fatal(
     ends: &Ends,
     py: Python<'_>,
     err: PyErr,
     message: &str,
-    transport: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
+    quiet: QuietErrors,
+    (transport, protocol): (Option<Py<PyAny>>, Option<Py<PyAny>>),
 ) -> PyResult<Py<PyAny>> {
     if is_fatal_to_loop(py, &err) {
         return Err(err);
     }
     let exc = err.into_value(py).into_any();
     let bound = exc.bind(py);
-    let is_eio = bound.is_instance_of::<PyOSError>()
-        && bound
-            .getattr(intern!(py, "errno"))
-            .and_then(|e| e.extract::<i32>())
-            .is_ok_and(|e| e == libc::EIO);
-    if is_eio {
+    let is_os_error = bound.is_instance_of::<PyOSError>();
+    let is_quiet = match quiet {
+        QuietErrors::AnyOsError => is_os_error,
+        QuietErrors::Eio => {
+            is_os_error
+                && bound
+                    .getattr(intern!(py, "errno"))
+                    .and_then(|e| e.extract::<i32>())
+                    .is_ok_and(|e| e == libc::EIO)
+        }
+    };
+    if is_quiet {
         if ends.event_loop(py).get().debug_enabled() {
             if let Some(t) = &transport {
                 support::log_transport_error(t.bind(py), message, bound)?;
@@ -157,7 +182,14 @@ impl ReadPipeCore {
                 clone_opt(py, st.protocol.as_ref()),
             )
         };
-        let exc = report_fatal(&self.ends, py, err, message, transport, protocol)?;
+        let exc = report_fatal(
+            &self.ends,
+            py,
+            err,
+            message,
+            QuietErrors::Eio,
+            (transport, protocol),
+        )?;
         self.close_with(py, exc)
     }
 
@@ -220,6 +252,7 @@ impl ReadPipeCore {
                 Ok(None) => return Ok(()),
                 Ok(Some(n)) => {
                     self.ends.carried(n);
+                    self.ends.io_event(py, IoKind::Read, n);
                     PyBytes::new(py, &buf[..n])
                 }
                 Err(err) => {
@@ -259,6 +292,7 @@ impl ReadPipeCore {
             return Ok(());
         }
         self.state.borrow_mut(py).paused = true;
+        self.ends.io_event(py, IoKind::PauseReading, 0);
         self.remove_reader(py)
     }
 
@@ -271,6 +305,7 @@ impl ReadPipeCore {
             }
             st.paused = false;
         }
+        slf.get().ends.io_event(py, IoKind::ResumeReading, 0);
         Self::add_reader(slf)
     }
 
@@ -401,11 +436,24 @@ impl WritePipeCore {
 
     fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
         let (transport, protocol) = self.refs(py);
-        let exc = report_fatal(&self.ends, py, err, message, transport, protocol)?;
+        let exc = report_fatal(
+            &self.ends,
+            py,
+            err,
+            message,
+            QuietErrors::AnyOsError,
+            (transport, protocol),
+        )?;
         self.close_with(py, exc)
     }
 
     fn notify_flow(&self, py: Python<'_>, pause: bool) -> PyResult<()> {
+        let flow = if pause {
+            IoKind::PauseWriting
+        } else {
+            IoKind::ResumeWriting
+        };
+        self.ends.io_event(py, flow, 0);
         let (transport, protocol) = self.refs(py);
         let (method, message) = if pause {
             (
@@ -557,6 +605,7 @@ impl WritePipeCore {
             match socket_io::write_vectored(this.ends.fd, &[view.as_slice()]) {
                 Ok(Some(n)) => {
                     this.ends.carried(n);
+                    this.ends.io_event(py, IoKind::Write, n);
                     sent = n;
                 }
                 Ok(None) => {}
@@ -610,6 +659,7 @@ impl WritePipeCore {
             }
             Ok(Some(n)) => {
                 self.ends.carried(n);
+                self.ends.io_event(py, IoKind::Write, n);
                 let (drained, closing, transport) = {
                     let mut st = self.state.borrow_mut(py);
                     st.buffer.consume(n);
@@ -685,8 +735,8 @@ impl WritePipeCore {
         self.state.borrow(py).buffer.len()
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow(py).flow.limits()
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        self.state.borrow(py).flow.reported(py)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -696,8 +746,9 @@ impl WritePipeCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let limits = common::write_buffer_limits(py, high, low)?;
-        self.state.borrow_mut(py).flow.set_limits(limits);
+        let marks = common::write_buffer_limits(py, high, low)?;
+        let replaced = self.state.borrow_mut(py).flow.set_limits(marks);
+        drop(replaced); // after the borrow
         self.maybe_pause_protocol(py)
     }
 

@@ -370,6 +370,11 @@ impl StreamCore {
                 return Ok(());
             }
         }
+        // The watcher first, as the standard transport does: if epoll refuses it, write()
+        // raises and nothing is buffered, rather than buffering data no watcher will send.
+        if needs_writer {
+            Self::add_writer(slf)?;
+        }
         {
             let mut st = this.state.borrow_mut(py);
             let mut skip = sent;
@@ -382,9 +387,6 @@ impl StreamCore {
                 st.buffer.push(&slice[skip..]);
                 skip = 0;
             }
-        }
-        if needs_writer {
-            Self::add_writer(slf)?;
         }
         this.maybe_pause_protocol(py)
     }
@@ -850,8 +852,8 @@ impl StreamCore {
         self.state.borrow(py).buffer.len()
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow(py).flow.limits()
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        self.state.borrow(py).flow.reported(py)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -861,8 +863,9 @@ impl StreamCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let limits = common::write_buffer_limits(py, high, low)?;
-        self.state.borrow_mut(py).flow.set_limits(limits);
+        let marks = common::write_buffer_limits(py, high, low)?;
+        let replaced = self.state.borrow_mut(py).flow.set_limits(marks);
+        drop(replaced); // after the borrow
         self.maybe_pause_protocol(py)
     }
 
