@@ -8,8 +8,8 @@
 use std::ffi::CStr;
 use std::io;
 
-use pyo3::exceptions::PyOSError;
-use pyo3::PyErr;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::{PyErr, Python};
 
 pub fn os_error(err: io::Error) -> PyErr {
     let Some(errno) = err.raw_os_error() else {
@@ -27,4 +27,11 @@ pub fn os_error(err: io::Error) -> PyErr {
         format!("Unknown error {errno}")
     };
     PyOSError::new_err((errno, message))
+}
+
+/// Whether an exception must leave the loop instead of reaching its exception handler
+/// (`KeyboardInterrupt`, `SystemExit`: the stdlib's `except (SystemExit, KeyboardInterrupt):
+/// raise` before every `except BaseException`).
+pub fn is_fatal_to_loop(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }

@@ -38,6 +38,9 @@ use crate::trace::{IoKind, Overflow};
 
 /// Below this many scheduled timers the heap is never compacted (stdlib: 100).
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+/// Size of the loop's scratch buffer for transport reads: the most one `data_received` gets,
+/// as the standard library's `max_size` (256 KiB).
+pub const MAX_READ: usize = 256 * 1024;
 
 /// An entry of the ready queue.
 pub enum Ready {
@@ -614,7 +617,7 @@ impl LoopCore {
     pub fn read_buffer(&self, py: Python<'_>) -> std::cell::RefMut<'_, Vec<u8>> {
         let mut buf = self.read_buffer.borrow_mut(py);
         if buf.is_empty() {
-            buf.resize(crate::transports::stream::MAX_READ, 0);
+            buf.resize(MAX_READ, 0);
         }
         buf
     }

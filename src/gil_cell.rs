@@ -43,6 +43,19 @@ impl<T> GilCell<T> {
         self.0.borrow_mut()
     }
 
+    /// Run `f` on a shared borrow that ends with it: the borrow cannot outlive one expression,
+    /// so it cannot be held across a Python call made after it.
+    #[inline]
+    pub fn with_borrow<R>(&self, _py: Python<'_>, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.borrow())
+    }
+
+    /// Run `f` on an exclusive borrow that ends with it (see [`GilCell::with_borrow`]).
+    #[inline]
+    pub fn with_borrow_mut<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> R {
+        f(&mut self.0.borrow_mut())
+    }
+
     /// Exclusive access through `&mut self`: no other borrow can exist.
     #[inline]
     pub fn get_mut(&mut self) -> &mut T {

@@ -13,7 +13,6 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -296,7 +295,7 @@ fn report_callback_error(
     args: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
     let py = handle.py();
-    if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+    if crate::errors::is_fatal_to_loop(py, &err) {
         return Err(err);
     }
     let source = support::format_callback_source(py, callback, args, event_loop)?;

@@ -9,7 +9,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -223,12 +223,7 @@ impl RecvWaiter {
             Ok(data) => {
                 future.call_method1(intern!(py, "set_result"), (data,))?;
             }
-            Err(err)
-                if err.is_instance_of::<PyKeyboardInterrupt>(py)
-                    || err.is_instance_of::<PySystemExit>(py) =>
-            {
-                return Err(err);
-            }
+            Err(err) if crate::errors::is_fatal_to_loop(py, &err) => return Err(err),
             Err(err) => {
                 future.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
             }

@@ -199,6 +199,25 @@ def test_write_writelines_and_write_eof(any_loop: asyncio.AbstractEventLoop, pip
     assert read_all(read_fd) == b"abcd"
 
 
+def test_writelines_with_a_non_bytes_item_raises_type_error_and_writes_nothing(
+    any_loop: asyncio.AbstractEventLoop, pipe_fds: tuple[int, int]
+) -> None:
+    read_fd, write_fd = pipe_fds
+
+    async def scenario() -> None:
+        transport, proto = await any_loop.connect_write_pipe(Recorder, open(write_fd, "wb", buffering=0))
+        assert isinstance(transport, asyncio.WriteTransport)
+        with pytest.raises(TypeError, match="sequence item 1: expected a bytes-like object, str found"):
+            transport.writelines([b"a", "x"])  # type: ignore[list-item]
+        transport.writelines([])  # nothing to send: no-op
+        transport.writelines([b"b", b"", memoryview(b"c")])
+        transport.close()
+        assert await proto.lost is None
+
+    run(any_loop, scenario())
+    assert read_all(read_fd) == b"bc"
+
+
 def test_write_buffer_limits_pause_and_resume_writing(
     any_loop: asyncio.AbstractEventLoop, pipe_fds: tuple[int, int]
 ) -> None:

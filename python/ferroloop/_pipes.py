@@ -117,6 +117,6 @@ class WritePipeTransport(_PipeTransportBase, WriteSide, transports._FlowControlM
         self._core = _core.WritePipeCore(loop, fileno, self, protocol, watches_peer)
         bind_core(self, WriteSide.BOUND)
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._core._start)
+        loop.call_soon(self._core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]

@@ -6,3 +6,4 @@ pub mod common;
 pub mod datagram;
 pub mod pipe;
 pub mod stream;
+pub mod write_side;
