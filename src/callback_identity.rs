@@ -250,25 +250,27 @@ fn lookup_or_add<'py>(
 ) -> PyResult<u32> {
     let py = keep.py();
     let slot = recent_slot(key);
-    {
-        let mut t = table.borrow_mut(py);
+    let known = table.with_borrow_mut(py, |t| {
         let (recent_key, recent_id) = t.recent[slot];
         if recent_key == key {
-            return Ok(recent_id);
+            return Some(recent_id);
         }
-        if let Some(&id) = t.by_key.get(&key) {
-            t.recent[slot] = (key, id);
-            return Ok(id);
-        }
+        let id = *t.by_key.get(&key)?;
+        t.recent[slot] = (key, id);
+        Some(id)
+    });
+    if let Some(id) = known {
+        return Ok(id);
     }
     let name = name()?.unbind();
-    let mut t = table.borrow_mut(py);
-    t.names.push(name);
-    t.keep.push(keep.unbind());
-    let id = t.names.len() as u32;
-    t.by_key.insert(key, id);
-    t.recent[slot] = (key, id);
-    Ok(id)
+    Ok(table.with_borrow_mut(py, |t| {
+        t.names.push(name);
+        t.keep.push(keep.unbind());
+        let id = t.names.len() as u32;
+        t.by_key.insert(key, id);
+        t.recent[slot] = (key, id);
+        id
+    }))
 }
 
 /// The label id of `callback`.

@@ -108,7 +108,8 @@ impl LoopCore {
     }
 
     fn io(&self, py: Python<'_>) -> PyResult<Arc<Io>> {
-        self.io.borrow(py).clone().ok_or_else(closed_error)
+        self.io
+            .with_borrow(py, |v| v.clone().ok_or_else(closed_error))
     }
 
     fn new_handle(
@@ -124,7 +125,7 @@ impl LoopCore {
 
     #[inline]
     fn push_ready(&self, py: Python<'_>, item: Ready) {
-        self.ready.borrow_mut(py).push(item);
+        self.ready.with_borrow_mut(py, |v| v.push(item));
     }
 
     fn wake(&self, py: Python<'_>) {
@@ -134,9 +135,11 @@ impl LoopCore {
             && !self.woken.swap(true, Relaxed)
             && !fork_guard::is_inherited(self.fork_generation)
         {
-            if let Some(io) = self.io.borrow(py).as_ref() {
-                io.waker.wake();
-            }
+            self.io.with_borrow(py, |io| {
+                if let Some(io) = io {
+                    io.waker.wake();
+                }
+            });
         }
     }
 
@@ -193,7 +196,8 @@ impl LoopCore {
             PyClassInitializer::from(base).add_subclass(TimerHandle { when }),
         )?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
-        this.scheduled.borrow_mut(py).push(when, as_handle);
+        this.scheduled
+            .with_borrow_mut(py, |v| v.push(when, as_handle));
         this.instruments.stats.timers_scheduled.add(1);
         if this.instruments.tracing() {
             this.instruments
@@ -205,7 +209,11 @@ impl LoopCore {
     /// Drop cancelled timers: all of them when they are more than half the heap, otherwise
     /// those at its head. Returns them so they are released outside the borrow.
     fn sweep_cancelled_timers(&self, py: Python<'_>) -> Vec<Py<Handle>> {
-        let mut heap = self.scheduled.borrow_mut(py);
+        self.scheduled
+            .with_borrow_mut(py, |heap| self.sweep_heap(heap))
+    }
+
+    fn sweep_heap(&self, heap: &mut TimerHeap<Py<Handle>>) -> Vec<Py<Handle>> {
         let count = heap.len();
         let cancelled = self.cancelled.in_heap.load(Relaxed);
         let dropped = if count > MIN_SCHEDULED_TIMER_HANDLES && cancelled * 2 > count {
@@ -229,10 +237,16 @@ impl LoopCore {
     }
 
     fn poll_timeout(&self, py: Python<'_>) -> Option<f64> {
-        if self.stopping.load(Relaxed) || !self.ready.borrow(py).is_empty() {
+        if self.stopping.load(Relaxed)
+            || !self
+                .ready
+                .with_borrow(py, super::ready::ReadyQueue::is_empty)
+        {
             return Some(0.0);
         }
-        let when = self.scheduled.borrow(py).peek_when()?;
+        let when = self
+            .scheduled
+            .with_borrow(py, super::timers::TimerHeap::peek_when)?;
         Some((when - monotonic()).clamp(0.0, MAX_TIMEOUT))
     }
 
@@ -240,13 +254,16 @@ impl LoopCore {
     /// of the fds that became ready.
     fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let io = self.io(py)?;
-        let needs_poll = timeout != Some(0.0) || !self.fds.borrow(py).is_empty();
+        let needs_poll = timeout != Some(0.0)
+            || !self
+                .fds
+                .with_borrow(py, super::fd_watchers::FdTable::is_empty);
         if !needs_poll {
             // Nothing but the waker is registered and we must not block: a pending wake-up
             // byte can wait for the next blocking poll, which drains it.
             return Ok(());
         }
-        let mut events = std::mem::take(&mut *self.events.borrow_mut(py));
+        let mut events = self.events.with_borrow_mut(py, std::mem::take);
         let stats = &self.instruments.stats;
         let tracing = self.instruments.tracing();
         let mut wait_started = 0;
@@ -275,10 +292,14 @@ impl LoopCore {
             if let Err(err) = py.check_signals() {
                 self.polling.store(false, Relaxed);
                 self.woken.store(false, Relaxed);
-                *self.events.borrow_mut(py) = events;
+                self.events.with_borrow_mut(py, |v| *v = events);
                 return Err(err);
             }
-            let timeout = if self.stopping.load(Relaxed) || !self.ready.borrow(py).is_empty() {
+            let timeout = if self.stopping.load(Relaxed)
+                || !self
+                    .ready
+                    .with_borrow(py, super::ready::ReadyQueue::is_empty)
+            {
                 Some(0.0)
             } else {
                 timeout
@@ -300,7 +321,7 @@ impl LoopCore {
             self.instruments.on_poll(py, wait_started, took, &events);
         }
         if let Err(err) = result {
-            *self.events.borrow_mut(py) = events;
+            self.events.with_borrow_mut(py, |v| *v = events);
             if err.kind() == std::io::ErrorKind::Interrupted {
                 // A signal arrived: run Python's handlers now (Ctrl-C raises KeyboardInterrupt).
                 return py.check_signals();
@@ -309,8 +330,7 @@ impl LoopCore {
         }
         let mut woken = Vec::with_capacity(events.len());
         let mut unknown = Vec::new();
-        {
-            let fds = self.fds.borrow(py);
+        self.fds.with_borrow(py, |fds| {
             for ev in &events {
                 if ev.token == WAKER_TOKEN {
                     io.waker.drain();
@@ -318,14 +338,13 @@ impl LoopCore {
                     unknown.push(ev.token as RawFd);
                 }
             }
-        }
-        *self.events.borrow_mut(py) = events;
+        });
+        self.events.with_borrow_mut(py, |v| *v = events);
         if !unknown.is_empty() {
             self.drop_orphan_registrations(py, &io, &unknown)?;
         }
         let mut stale = Vec::new();
-        {
-            let mut ready = self.ready.borrow_mut(py);
+        self.ready.with_borrow_mut(py, |ready| {
             for (fd, dir, handle) in woken {
                 if handle.get().is_cancelled() {
                     stale.push((fd, dir, handle));
@@ -333,10 +352,12 @@ impl LoopCore {
                     ready.push(Ready::Native(handle));
                 }
             }
-        }
+        });
         for (fd, dir, handle) in stale {
             // A cancelled watcher is removed, as the standard loop does.
-            let (removed, emptied, _) = self.fds.borrow_mut(py).remove(Some(&io.poller), fd, dir);
+            let (removed, emptied, _) = self
+                .fds
+                .with_borrow_mut(py, |v| v.remove(Some(&io.poller), fd, dir));
             drop((removed, emptied, handle));
         }
         Ok(())
@@ -353,16 +374,18 @@ impl LoopCore {
         }
         let poller = Poller::new().map_err(os_error)?;
         io.waker.register(&poller).map_err(os_error)?;
-        for (fd, interest) in self.fds.borrow(py).interests() {
-            // A watched fd that was closed behind the loop's back fails here; the old poller
-            // had forgotten it too.
-            let _ = poller.set_interest(fd, fd as u64, Interest::default(), interest);
-        }
+        self.fds.with_borrow(py, |fds| {
+            for (fd, interest) in fds.interests() {
+                // A watched fd that was closed behind the loop's back fails here; the old
+                // poller had forgotten it too.
+                let _ = poller.set_interest(fd, fd as u64, Interest::default(), interest);
+            }
+        });
         let rebuilt = Arc::new(Io {
             poller,
             waker: io.waker.clone(),
         });
-        let old = self.io.borrow_mut(py).replace(rebuilt);
+        let old = self.io.with_borrow_mut(py, |v| v.replace(rebuilt));
         drop(old);
         Ok(())
     }
@@ -371,8 +394,7 @@ impl LoopCore {
         let now = monotonic();
         let end_time = due_window_end(now);
         let mut due = Vec::new();
-        {
-            let mut heap = self.scheduled.borrow_mut(py);
+        self.scheduled.with_borrow_mut(py, |heap| {
             while let Some((when, h)) = heap.pop_due_with_when(end_time) {
                 mark_unscheduled(&h);
                 if h.get().is_cancelled() {
@@ -387,17 +409,19 @@ impl LoopCore {
                 }
                 due.push(h);
             }
-        }
+        });
         if !due.is_empty() {
-            let mut ready = self.ready.borrow_mut(py);
-            ready.extend(due.into_iter().map(Ready::Native));
+            self.ready
+                .with_borrow_mut(py, |ready| ready.extend(due.into_iter().map(Ready::Native)));
         }
     }
 
     fn run_ready(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let event_loop = slf.as_any();
-        let ntodo = self.ready.borrow(py).begin_iteration();
+        let ntodo = self
+            .ready
+            .with_borrow(py, super::ready::ReadyQueue::begin_iteration);
         let debug = self.debug.load(Relaxed);
         let instruments = &self.instruments;
         instruments.stats.ready_high_water.raise_to(ntodo as u64);
@@ -406,7 +430,10 @@ impl LoopCore {
             instruments.on_iteration(py, ntodo, &self.cancelled);
         }
         for _ in 0..ntodo {
-            let Some(item) = self.ready.borrow_mut(py).pop() else {
+            let Some(item) = self
+                .ready
+                .with_borrow_mut(py, super::ready::ReadyQueue::pop)
+            else {
                 break;
             };
             match item {
@@ -500,13 +527,15 @@ impl LoopCore {
         let fd = resolve_fd(fileobj)?;
         let io = this.io(py)?;
         let handle = this.new_handle(py, callback, args, context)?;
-        let added = this.fds.borrow_mut(py).add(
-            &io.poller,
-            fd,
-            fileobj.clone().unbind(),
-            dir,
-            handle.clone_ref(py),
-        );
+        let added = this.fds.with_borrow_mut(py, |v| {
+            v.add(
+                &io.poller,
+                fd,
+                fileobj.clone().unbind(),
+                dir,
+                handle.clone_ref(py),
+            )
+        });
         let (replaced, old_fileobj) = match added {
             Ok(replaced) => replaced,
             Err((err, stale)) => {
@@ -536,7 +565,7 @@ impl LoopCore {
             // No fd that large can be registered (selectors: a KeyError, so False).
             Err(err) if err.is_instance_of::<PyOverflowError>(py) => return Ok(false),
             Err(err) if err.is_instance_of::<PyValueError>(py) => {
-                match this.fds.borrow(py).fd_of_object(fileobj) {
+                match this.fds.with_borrow(py, |v| v.fd_of_object(fileobj)) {
                     Some(fd) => fd,
                     None => return Err(err),
                 }
@@ -558,7 +587,8 @@ impl LoopCore {
         }
         let io = this.io(py)?;
         let poller = (!fork_guard::is_inherited(this.fork_generation)).then_some(&io.poller);
-        let (removed, emptied, result) = this.fds.borrow_mut(py).remove(poller, fd, dir);
+        let (removed, emptied, result) =
+            this.fds.with_borrow_mut(py, |v| v.remove(poller, fd, dir));
         if result.is_err() {
             cancel_watch(emptied);
         } else {
@@ -612,14 +642,15 @@ impl LoopCore {
         self.debug.load(Relaxed)
     }
 
-    /// The loop's scratch buffer for transport reads (one thread, one read at a time): data is
-    /// received into it and copied into a `bytes` of exactly the received size.
-    pub fn read_buffer(&self, py: Python<'_>) -> std::cell::RefMut<'_, Vec<u8>> {
-        let mut buf = self.read_buffer.borrow_mut(py);
-        if buf.is_empty() {
-            buf.resize(MAX_READ, 0);
-        }
-        buf
+    /// Run `f` on the loop's scratch buffer for transport reads (one thread, one read at a
+    /// time): data is received into it and copied into a `bytes` of exactly the received size.
+    pub fn with_read_buffer<R>(&self, py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.read_buffer.with_borrow_mut(py, |buf| {
+            if buf.is_empty() {
+                buf.resize(MAX_READ, 0);
+            }
+            f(buf)
+        })
     }
 
     /// One non-blocking recv for `sock_recv`: the data, or None if there is nothing to read.
@@ -646,7 +677,9 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = event_loop.py();
         let this = event_loop.get();
-        let current = this.fds.borrow(py).handle(py, fd, Direction::Read);
+        let current = this
+            .fds
+            .with_borrow(py, |v| v.handle(py, fd, Direction::Read));
         match current {
             Some(handle) if handle.get().callback(py).is(callback) => {
                 Self::remove_watch_fd(event_loop, fd, Direction::Read).map(drop)
@@ -762,7 +795,9 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         this.instruments.stats.tasks_created.add(1);
-        let has_factory = this.task_factory.borrow(py).is_some();
+        let has_factory = this
+            .task_factory
+            .with_borrow(py, std::option::Option::is_some);
         if has_factory || this.debug.load(Relaxed) {
             // Pass on only what the caller gave, as 3.14's `create_task(coro, **kwargs)` does.
             let all = kwargs.unwrap_or_else(|| PyDict::new(py));
@@ -788,15 +823,15 @@ impl LoopCore {
     #[getter(_task_factory)]
     fn task_factory_getter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.task_factory
-            .borrow(py)
-            .as_ref()
-            .map(|f| f.clone_ref(py))
+            .with_borrow(py, |v| v.as_ref().map(|f| f.clone_ref(py)))
     }
 
     #[setter(_task_factory)]
     fn task_factory_setter(&self, py: Python<'_>, factory: Option<Bound<'_, PyAny>>) {
         let factory = factory.filter(|f| !f.is_none()).map(Bound::unbind);
-        let old = std::mem::replace(&mut *self.task_factory.borrow_mut(py), factory);
+        let old = self
+            .task_factory
+            .with_borrow_mut(py, |v| std::mem::replace(v, factory));
         drop(old);
     }
 
@@ -857,9 +892,11 @@ impl LoopCore {
         if fork_guard::is_inherited(self.fork_generation) {
             return;
         }
-        if let Some(io) = self.io.borrow(py).as_ref() {
-            io.waker.wake();
-        }
+        self.io.with_borrow(py, |io| {
+            if let Some(io) = io {
+                io.waker.wake();
+            }
+        });
     }
 
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -989,11 +1026,12 @@ impl LoopCore {
 
     /// Number of timers in the heap, cancelled ones included (for tests and introspection).
     fn _scheduled_count(&self, py: Python<'_>) -> usize {
-        self.scheduled.borrow(py).len()
+        self.scheduled
+            .with_borrow(py, super::timers::TimerHeap::len)
     }
 
     fn _ready_count(&self, py: Python<'_>) -> usize {
-        self.ready.borrow(py).len()
+        self.ready.with_borrow(py, super::ready::ReadyQueue::len)
     }
 
     /// `context` (3.15's transports pass theirs) is where the callback runs; by default a copy
@@ -1038,14 +1076,14 @@ impl LoopCore {
         } else {
             Direction::Read
         };
-        self.fds.borrow(py).has(fd, dir)
+        self.fds.with_borrow(py, |v| v.has(fd, dir))
     }
 
     // ---- instruments (`python/ferroloop/_instrument.py` builds the public API on these) ----
 
     /// The loop-wide counters as a dict.
     fn _stats_core<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let fds = self.fds.borrow(py).len();
+        let fds = self.fds.with_borrow(py, super::fd_watchers::FdTable::len);
         self.instruments.stats_dict(py, &self.cancelled, fds)
     }
 
@@ -1124,34 +1162,44 @@ impl LoopCore {
         if self.closed.swap(true, Relaxed) {
             return;
         }
-        let ready = self.ready.borrow_mut(py).take_all();
-        let timers = self.scheduled.borrow_mut(py).drain_all();
+        let ready = self
+            .ready
+            .with_borrow_mut(py, super::ready::ReadyQueue::take_all);
+        let timers = self
+            .scheduled
+            .with_borrow_mut(py, super::timers::TimerHeap::drain_all);
         for h in &timers {
             mark_unscheduled(h);
         }
         self.cancelled.in_heap.store(0, Relaxed);
-        let watches = self.fds.borrow_mut(py).drain_all();
-        let io = self.io.borrow_mut(py).take();
-        let spare = self.recv_spare.borrow_mut(py).take();
+        let watches = self
+            .fds
+            .with_borrow_mut(py, super::fd_watchers::FdTable::drain_all);
+        let io = self.io.with_borrow_mut(py, std::option::Option::take);
+        let spare = self
+            .recv_spare
+            .with_borrow_mut(py, std::option::Option::take);
         self.instruments.stop_watchdog(py);
         drop((ready, timers, watches, io, spare));
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(ready) = self.ready.try_borrow_unchecked() {
+        self.ready.traverse(&visit, |ready, visit| {
             for item in ready.iter() {
                 match item {
                     Ready::Native(h) => visit.call(h)?,
                     Ready::Foreign(h) => visit.call(h)?,
                 }
             }
-        }
-        if let Some(heap) = self.scheduled.try_borrow_unchecked() {
+            Ok(())
+        })?;
+        self.scheduled.traverse(&visit, |heap, visit| {
             for h in heap.iter() {
                 visit.call(h)?;
             }
-        }
-        if let Some(fds) = self.fds.try_borrow_unchecked() {
+            Ok(())
+        })?;
+        self.fds.traverse(&visit, |fds, visit| {
             let mut result = Ok(());
             fds.visit(|w| {
                 if result.is_ok() {
@@ -1161,8 +1209,23 @@ impl LoopCore {
                         .and_then(|()| w.writer.as_ref().map_or(Ok(()), |h| visit.call(h)));
                 }
             });
-            result?;
+            result
+        })?;
+        self.task_factory
+            .traverse(&visit, |factory, visit| visit.call(factory))
+    }
+
+    /// tp_clear: a loop that is garbage lets go of its queued callbacks, timers, watchers and
+    /// task factory, any of which can lead back to it (a watcher's handle calling one of the
+    /// loop's own methods, a `sock_recv` waiter). Released after the borrows end.
+    fn __clear__(&self, py: Python<'_>) {
+        let ready = self.ready.with_borrow_mut(py, ReadyQueue::take_all);
+        let timers = self.scheduled.with_borrow_mut(py, TimerHeap::drain_all);
+        for h in &timers {
+            mark_unscheduled(h);
         }
-        Ok(())
+        let watches = self.fds.with_borrow_mut(py, FdTable::drain_all);
+        let factory = self.task_factory.with_borrow_mut(py, Option::take);
+        drop((ready, timers, watches, factory));
     }
 }

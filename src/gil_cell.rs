@@ -6,20 +6,24 @@
 //! conflicts. Every access takes a `Python<'_>` token, and the module declares `gil_used`, so
 //! the GIL serialises all threads that reach these cells. A `RefCell` inside still catches
 //! re-entrancy: code must never call into Python (or drop a Python object) while a borrow is
-//! held, because Python code may run another thread or re-enter the loop.
+//! held, because Python code may run another thread or re-enter the loop. Borrows are closures
+//! (`with_borrow`, `with_borrow_mut`), so none outlives the expression that takes it: take
+//! what is needed out, and call Python after.
 
-use std::cell::{Ref, RefCell, RefMut};
+use std::cell::RefCell;
 
-use pyo3::Python;
+use pyo3::gc::PyVisit;
+use pyo3::{PyTraverseError, Python};
 
 pub struct GilCell<T>(RefCell<T>);
 
-// SAFETY: every access goes through `borrow`/`borrow_mut`, which require a `Python<'_>` token,
+// SAFETY: every access goes through `with_borrow`/`with_borrow_mut`, which require a `Python<'_>` token,
 // i.e. the calling thread is attached to the interpreter. The extension module is declared
 // `gil_used = true`, so even free-threaded builds run with the GIL while ferroloop is
 // imported: at most one thread is attached at a time, and a borrow is never held across a
 // point where the GIL can be released (no Python calls, no `detach`) — so no two threads can
-// touch the `RefCell` concurrently.
+// touch the `RefCell` concurrently. `traverse` runs inside the GC's traverse, which holds the
+// GIL too.
 unsafe impl<T: Send> Sync for GilCell<T> {}
 
 impl<T: Default> Default for GilCell<T> {
@@ -31,16 +35,6 @@ impl<T: Default> Default for GilCell<T> {
 impl<T> GilCell<T> {
     pub fn new(value: T) -> Self {
         GilCell(RefCell::new(value))
-    }
-
-    #[inline]
-    pub fn borrow<'a>(&'a self, _py: Python<'_>) -> Ref<'a, T> {
-        self.0.borrow()
-    }
-
-    #[inline]
-    pub fn borrow_mut<'a>(&'a self, _py: Python<'_>) -> RefMut<'a, T> {
-        self.0.borrow_mut()
     }
 
     /// Run `f` on a shared borrow that ends with it: the borrow cannot outlive one expression,
@@ -62,10 +56,18 @@ impl<T> GilCell<T> {
         self.0.get_mut()
     }
 
-    /// Borrow without proving attachment; for the GC's traverse, which runs attached but gets
-    /// no token. Fails instead of panicking when a borrow is already active.
-    #[inline]
-    pub fn try_borrow_unchecked(&self) -> Option<Ref<'_, T>> {
-        self.0.try_borrow().ok()
+    /// For `__traverse__`, which runs attached but gets no token: run `f` on the value unless
+    /// a borrow is active (a collection can start inside one, from an allocation; the GC
+    /// then misses these references for one pass, which is safe). `visit` proves the caller
+    /// is a traverse.
+    pub fn traverse(
+        &self,
+        visit: &PyVisit<'_>,
+        f: impl FnOnce(&T, &PyVisit<'_>) -> Result<(), PyTraverseError>,
+    ) -> Result<(), PyTraverseError> {
+        match self.0.try_borrow() {
+            Ok(value) => f(&value, visit),
+            Err(_) => Ok(()),
+        }
     }
 }

@@ -47,6 +47,7 @@ impl Call {
     }
 }
 
+/// `module = "ferroloop"`: exported as `ferroloop.Handle` (see `lib.rs`).
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     /// `None` once `cancel()` released it.
@@ -108,7 +109,9 @@ impl CallSlot {
 
 impl Handle {
     /// `context=None` means "a copy of the current context", as in the standard loop.
-    pub fn new(
+    /// Crate-private: a `Handle` must be made, used and dropped attached to the interpreter
+    /// (its `Drop` relies on it), which only the loop's own paths guarantee.
+    pub(crate) fn new(
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
@@ -328,7 +331,7 @@ impl Handle {
                 && !this.is_cancelled()
             {
                 let cancel = (slf.as_ptr() as u64, crate::clock::monotonic_ns());
-                timer.cancelled.traced_cancels.borrow_mut(py).push(cancel);
+                timer.cancelled.traced_cancels.with_borrow_mut(py, |v| v.push(cancel));
             }
         }
         this.cancel_and_release(py);
@@ -408,6 +411,12 @@ impl Handle {
             visit.call(tb)?;
         }
         Ok(())
+    }
+
+    /// tp_clear: a handle that is garbage lets go of its callback and arguments (as `cancel()`
+    /// does), which may lead back to it or to its loop.
+    fn __clear__(&self, py: Python<'_>) {
+        drop(self.call.take(py));
     }
 }
 

@@ -85,25 +85,26 @@ impl Instruments {
 
     #[inline]
     fn trace_event(&self, py: Python<'_>, event: TraceEvent) {
-        if let Some(ring) = self.trace.borrow_mut(py).as_mut() {
-            ring.push(event);
-        }
+        self.trace.with_borrow_mut(py, |ring| {
+            if let Some(ring) = ring {
+                ring.push(event);
+            }
+        });
     }
 
     /// The id of `task`, recording it first if it is new (then it was just created, or
     /// existed before instrumentation started).
     fn task_id(&self, task: &Bound<'_, PyAny>, now_ns: u64) -> PyResult<u32> {
         let py = task.py();
-        if let Some(id) = self.tasks.borrow(py).find(task) {
+        if let Some(id) = self.tasks.with_borrow(py, |v| v.find(task)) {
             return Ok(id);
         }
         let identity = support::task_identity(task)?;
         let weak = PyWeakrefReference::new(task)?.into_any();
-        let parent = self.running.borrow(py).task;
+        let parent = self.running.with_borrow(py, |v| v.task);
         let id = self
             .tasks
-            .borrow_mut(py)
-            .add(task, weak, identity, parent, now_ns);
+            .with_borrow_mut(py, |v| v.add(task, weak, identity, parent, now_ns));
         if self.flags() & TRACE != 0 {
             self.trace_event(
                 py,
@@ -123,7 +124,7 @@ impl Instruments {
     pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
         let now = monotonic_ns();
-        let running = *self.running.borrow(py);
+        let running = self.running.with_borrow(py, |v| *v);
         let callback = handle.get().callback(py);
         let task = match callback_identity::task_owner(&callback) {
             Some(task) => report(py, self.task_id(&task, now)).unwrap_or(0),
@@ -133,7 +134,8 @@ impl Instruments {
         handle.get().instrument_tag.store(tag, Relaxed);
         if task != 0 {
             let by_itself = !threadsafe && running.task == task;
-            self.tasks.borrow_mut(py).woken(task, now, by_itself);
+            self.tasks
+                .with_borrow_mut(py, |v| v.woken(task, now, by_itself));
         }
         if self.flags() & TRACE != 0 {
             let (kind, b) = if threadsafe {
@@ -167,7 +169,7 @@ impl Instruments {
                     kind: Kind::TimerScheduled as u8,
                     a: handle.as_ptr() as u64,
                     b: when.to_bits(),
-                    task: self.running.borrow(py).task,
+                    task: self.running.with_borrow(py, |v| v.task),
                     label: 0,
                 },
             );
@@ -177,9 +179,14 @@ impl Instruments {
     /// The poller waited from `start_ns` for `took_ns` and returned `events` (trace on):
     /// the wait, then each fd's readiness.
     pub fn on_poll(&self, py: Python<'_>, start_ns: u64, took_ns: u64, events: &[Event]) {
+        self.trace.with_borrow_mut(py, |ring| {
+            Self::push_poll(ring.as_mut(), start_ns, took_ns, events);
+        });
+    }
+
+    fn push_poll(ring: Option<&mut TraceRing>, start_ns: u64, took_ns: u64, events: &[Event]) {
         let end = start_ns + took_ns;
-        let mut ring = self.trace.borrow_mut(py);
-        let Some(ring) = ring.as_mut() else {
+        let Some(ring) = ring else {
             return;
         };
         ring.push(TraceEvent {
@@ -245,7 +252,7 @@ impl Instruments {
 
     #[inline(never)]
     fn trace_io(&self, py: Python<'_>, kind: IoKind, fd: i32, bytes: usize) {
-        let task = self.running.borrow(py).task;
+        let task = self.running.with_borrow(py, |v| v.task);
         self.trace_event(
             py,
             TraceEvent {
@@ -288,7 +295,8 @@ impl Instruments {
         let handle_id = handle.as_ptr() as u64;
         let (task_obj, task, label, when) = self.identify(handle, native, describe, start)?;
         if task != 0 {
-            self.tasks.borrow_mut(py).step_started(task, start);
+            self.tasks
+                .with_borrow_mut(py, |v| v.step_started(task, start));
         }
         if flags & TRACE != 0 {
             // A task step is named after its task when the trace is written.
@@ -304,13 +312,15 @@ impl Instruments {
                 },
             );
         }
-        let outer = std::mem::replace(
-            &mut *self.running.borrow_mut(py),
-            Running {
-                handle: handle_id,
-                task,
-            },
-        );
+        let outer = self.running.with_borrow_mut(py, |v| {
+            std::mem::replace(
+                v,
+                Running {
+                    handle: handle_id,
+                    task,
+                },
+            )
+        });
         let watched = flags & BLOCKING != 0;
         if watched {
             self.watch_begin(py, handle);
@@ -321,7 +331,7 @@ impl Instruments {
         }
         let end = monotonic_ns();
         self.last_end.store(end, Relaxed);
-        *self.running.borrow_mut(py) = outer;
+        self.running.with_borrow_mut(py, |v| *v = outer);
         match task_obj.filter(|_| task != 0) {
             Some(task_obj) => self.after_step(&task_obj, task, handle_id, start, end, flags),
             None if flags & TRACE != 0 => self.end_event(py, handle_id, end, 0, 0, 0),
@@ -350,7 +360,7 @@ impl Instruments {
             return Ok((None, 0, label, None));
         }
         if tag != 0 && tag & NOT_A_TASK == 0 {
-            if let Some(task) = self.tasks.borrow(py).object(py, tag) {
+            if let Some(task) = self.tasks.with_borrow(py, |v| v.object(py, tag)) {
                 return Ok((Some(task), tag, 0, None));
             }
         }
@@ -378,16 +388,20 @@ impl Instruments {
 
     #[inline]
     fn watch_begin(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) {
-        if let Some(w) = self.watch.borrow(py).as_ref() {
-            w.begin(handle.as_ptr());
-        }
+        self.watch.with_borrow(py, |w| {
+            if let Some(w) = w {
+                w.begin(handle.as_ptr());
+            }
+        });
     }
 
     /// The watched callback returned: if the watchdog reported it, report its end.
     #[inline]
     fn watch_end(&self, event_loop: &Bound<'_, PyAny>, handle: &Bound<'_, PyAny>) {
         let py = handle.py();
-        let reported = self.watch.borrow(py).as_ref().and_then(|w| w.end());
+        let reported = self
+            .watch
+            .with_borrow(py, |v| v.as_ref().and_then(|w| w.end()));
         if let Some(elapsed) = reported {
             report(py, support::report_unblocked(event_loop, handle, elapsed));
         }
@@ -403,16 +417,20 @@ impl Instruments {
         flags: u8,
     ) {
         let py = task_obj.py();
-        let first_step = self.tasks.borrow_mut(py).stepped(task, start, end);
+        let first_step = self
+            .tasks
+            .with_borrow_mut(py, |v| v.stepped(task, start, end));
         if first_step {
             if let Some(name) = report(py, task_obj.call_method0(intern!(py, "get_name"))) {
-                let old = self.tasks.borrow_mut(py).rename(task, name.unbind());
+                let old = self
+                    .tasks
+                    .with_borrow_mut(py, |v| v.rename(task, name.unbind()));
                 drop(old);
             }
         }
         // A task waiting on a future, or one whose step queued its next step (a bare
         // yield such as sleep(0)), is pending: only otherwise ask the task.
-        let requeued = self.tasks.borrow(py).is_queued(task);
+        let requeued = self.tasks.with_borrow(py, |v| v.is_queued(task));
         let waiter = if requeued {
             None
         } else {
@@ -434,9 +452,9 @@ impl Instruments {
             self.end_event(py, handle_id, end, task, label, awaited);
         }
         if outcome != task_table::OUTCOME_PENDING {
-            self.tasks
-                .borrow_mut(py)
-                .finished(task, outcome, end, task_obj.as_ptr() as usize);
+            self.tasks.with_borrow_mut(py, |v| {
+                v.finished(task, outcome, end, task_obj.as_ptr() as usize);
+            });
             if flags & TRACE != 0 {
                 self.trace_event(
                     py,
@@ -462,7 +480,8 @@ impl Instruments {
         let label = callback_identity::innermost_label(&self.labels, task)?;
         let waiter_type = callback_identity::callback_label(&self.labels, waiter)?;
         let awaited_task = if callback_identity::is_task(waiter) {
-            self.tasks.borrow(task.py()).find(waiter).unwrap_or(0)
+            self.tasks
+                .with_borrow(task.py(), |v| v.find(waiter).unwrap_or(0))
         } else {
             0
         };
@@ -508,7 +527,7 @@ impl Instruments {
 
     /// Move the timer cancellations `cancels` logged into the trace.
     fn record_cancels(&self, py: Python<'_>, cancels: &CancelCounts) {
-        let logged = std::mem::take(&mut *cancels.traced_cancels.borrow_mut(py));
+        let logged = cancels.traced_cancels.with_borrow_mut(py, std::mem::take);
         for (handle, ts) in logged {
             self.trace_event(
                 py,
@@ -529,9 +548,10 @@ impl Instruments {
         overflow: Overflow,
         cancels: &CancelCounts,
     ) {
-        cancels.traced_cancels.borrow_mut(py).clear();
+        cancels.traced_cancels.with_borrow_mut(py, |v| v.clear());
         cancels.traced.store(true, Relaxed);
-        *self.trace.borrow_mut(py) = Some(TraceRing::new(capacity, overflow));
+        self.trace
+            .with_borrow_mut(py, |v| *v = Some(TraceRing::new(capacity, overflow)));
         self.set_flag(TRACE, true);
     }
 
@@ -544,7 +564,7 @@ impl Instruments {
         self.record_cancels(py, cancels);
         cancels.traced.store(false, Relaxed);
         self.set_flag(TRACE, false);
-        let Some(ring) = self.trace.borrow_mut(py).take() else {
+        let Some(ring) = self.trace.with_borrow_mut(py, |v| v.take()) else {
             return Ok(None);
         };
         let bytes = uninit_bytes(py, ring.len() * crate::trace::EVENT_BYTES)?;
@@ -566,17 +586,19 @@ impl Instruments {
     }
 
     pub fn labels<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let names = self.labels.borrow(py).names(py);
+        let names = self.labels.with_borrow(py, |v| v.names(py));
         PyList::new(py, names)
     }
 
     pub fn task_dicts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let dicts = self.tasks.borrow(py).to_dicts(py)?;
+        let dicts = self.tasks.with_borrow(py, |v| v.to_dicts(py))?;
         PyList::new(py, dicts)
     }
 
     pub fn clear_tasks(&self, py: Python<'_>) {
-        let records = self.tasks.borrow_mut(py).take_all();
+        let records = self
+            .tasks
+            .with_borrow_mut(py, super::task_table::TaskTable::take_all);
         drop(records);
     }
 
@@ -594,13 +616,13 @@ impl Instruments {
         let watch = Watch::new(to_ns(threshold).max(1));
         let loop_ref = PyWeakrefReference::new(event_loop)?.into_any().unbind();
         blocking::spawn(watch.clone(), loop_ref).map_err(crate::errors::os_error)?;
-        *self.watch.borrow_mut(py) = Some(watch);
+        self.watch.with_borrow_mut(py, |v| *v = Some(watch));
         self.set_flag(BLOCKING, true);
         Ok(())
     }
 
     pub fn stop_watchdog(&self, py: Python<'_>) {
-        let watch = self.watch.borrow_mut(py).take();
+        let watch = self.watch.with_borrow_mut(py, std::option::Option::take);
         if let Some(watch) = watch {
             watch.stop();
         }
@@ -608,10 +630,10 @@ impl Instruments {
     }
 
     pub fn blocking_threshold(&self, py: Python<'_>) -> Option<f64> {
-        self.watch
-            .borrow(py)
-            .as_ref()
-            .map(|w| w.threshold_ns.load(Relaxed) as f64 * 1e-9)
+        self.watch.with_borrow(py, |v| {
+            v.as_ref()
+                .map(|w| w.threshold_ns.load(Relaxed) as f64 * 1e-9)
+        })
     }
 
     pub fn stats_dict<'py>(

@@ -2,6 +2,12 @@
 //!
 //! This file only registers the module; see `event_loop.rs` for the loop itself and
 //! `docs/ARCHITECTURE.md` for how a call travels through it.
+//!
+//! Each class's `module` is where its public name lives, which is what `__module__`, reprs of
+//! the class, tracebacks and pickle's lookup show: `ferroloop` for `Handle` and
+//! `TimerHandle`, which the package exports (`ferroloop.Handle`, as asyncio's handles are
+//! `asyncio.Handle`), and `ferroloop._core` for every class that is an implementation detail
+//! behind a Python wrapper (the loop's and the transports' cores, `RecvWaiter`, `TlsRecords`).
 
 pub mod blocking;
 pub mod buffers;

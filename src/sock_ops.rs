@@ -140,7 +140,7 @@ pub fn recv_bytes_with_spare<'py>(
         return recv_bytes(py, fd, n);
     }
     // Taken out of the cell, so no borrow is held while Python objects are made or freed.
-    let kept = spare.borrow_mut(py).take();
+    let kept = spare.with_borrow_mut(py, std::option::Option::take);
     let buffer = match kept {
         Some(buffer) if buffer.size == n => buffer,
         other => {
@@ -150,7 +150,7 @@ pub fn recv_bytes_with_spare<'py>(
     };
     // SAFETY: the buffer holds `n` writable bytes and stays alive for the call.
     let received = unsafe { socket_io::recv_raw(fd, buffer.data(), n as usize) };
-    let keep = |buffer| *spare.borrow_mut(py) = Some(buffer);
+    let keep = |buffer| spare.with_borrow_mut(py, |v| *v = Some(buffer));
     match received {
         Ok(Some(len)) if len > COPY_OUT_MAX => buffer.finish(py, len).map(Some),
         Ok(Some(len)) => {

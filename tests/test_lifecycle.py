@@ -478,3 +478,29 @@ def test_a_loop_refuses_to_start_when_the_gil_is_disabled(monkeypatch: pytest.Mo
         ferroloop.new_event_loop()
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
     ferroloop.new_event_loop().close()
+
+
+
+def test_a_loop_core_in_a_cycle_through_its_fd_table_is_collected() -> None:
+    # LoopCore -> fd table -> reader Handle -> the core's bound method -> LoopCore: a cycle of
+    # objects none of which is Python code with a `__dict__` the GC could clear, and no
+    # `Loop.__del__` to close the loop first. Only LoopCore's and Handle's tp_clear break it.
+    import gc
+    import os
+
+    class BareCore(ferroloop._core.LoopCore):  # type: ignore[misc]  # weakref-able, no __del__
+        pass
+
+    read_fd, write_fd = os.pipe()
+    try:
+        core = BareCore()
+        core._add_reader(read_fd, core._write_to_self)
+        assert core._has_watcher(read_fd)
+        del core
+        gc.collect()
+        # Not a weakref: the GC clears those to unreachable objects even when it cannot free
+        # them. A leaked cycle stays among the objects it tracks.
+        assert not [o for o in gc.get_objects() if type(o) is BareCore]
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -169,26 +169,22 @@ impl ReadPipeCore {
 
     /// Mirrors `_UnixReadPipeTransport._read_ready`.
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
-        let data = {
-            let event_loop = self.event_loop(py).get();
-            let mut buf = event_loop.read_buffer(py);
-            match socket_io::read(self.ends.fd, &mut buf[..]) {
-                Ok(None) => return Ok(()),
-                Ok(Some(n)) => {
-                    self.ends.carried(n);
-                    PyBytes::new(py, &buf[..n])
-                }
-                Err(err) => {
-                    drop(buf);
-                    return common::fatal_error(
-                        self,
-                        py,
-                        os_error(err),
-                        "Fatal read error on pipe transport",
-                    );
-                }
+        let received = self.event_loop(py).get().with_read_buffer(py, |buf| {
+            socket_io::read(self.ends.fd, buf).map(|n| n.map(|n| PyBytes::new(py, &buf[..n])))
+        });
+        let data = match received {
+            Ok(None) => return Ok(()),
+            Ok(Some(data)) => data,
+            Err(err) => {
+                return common::fatal_error(
+                    self,
+                    py,
+                    os_error(err),
+                    "Fatal read error on pipe transport",
+                );
             }
         };
+        self.ends.carried(data.as_bytes().len());
         if data.as_bytes().is_empty() {
             return self.on_eof(py);
         }
@@ -286,10 +282,13 @@ impl ReadPipeCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.ends.event_loop)?;
-        if let Some(st) = self.state.try_borrow_unchecked() {
-            st.conn.visit(&visit)?;
-        }
-        Ok(())
+        self.state
+            .traverse(&visit, |st, visit| st.conn.visit(visit))
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let released = self.state.with_borrow_mut(py, |st| st.conn.clear());
+        drop(released);
     }
 }
 
@@ -549,9 +548,12 @@ impl WritePipeCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.ends.event_loop)?;
-        if let Some(st) = self.state.try_borrow_unchecked() {
-            st.conn.visit(&visit)?;
-        }
-        Ok(())
+        self.state
+            .traverse(&visit, |st, visit| st.conn.visit(visit))
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let released = self.state.with_borrow_mut(py, |st| st.conn.clear());
+        drop(released);
     }
 }

@@ -337,13 +337,11 @@ impl StreamCore {
         let received = if let Some(n) = queued {
             sock_ops::recv_bytes(py, self.fd, n.min(MAX_DIRECT_READ) as isize)
         } else {
-            let event_loop = self.event_loop(py).get();
-            let mut buf = event_loop.read_buffer(py);
-            match socket_io::recv(self.fd, &mut buf[..]) {
-                Ok(None) => Ok(None),
-                Ok(Some(n)) => Ok(Some(PyBytes::new(py, &buf[..n]))),
-                Err(err) => Err(os_error(err)),
-            }
+            self.event_loop(py).get().with_read_buffer(py, |buf| {
+                socket_io::recv(self.fd, buf)
+                    .map(|n| n.map(|n| PyBytes::new(py, &buf[..n])))
+                    .map_err(os_error)
+            })
         };
         let data = match received {
             Ok(None) => return Ok(()),
@@ -412,16 +410,16 @@ impl StreamCore {
     /// Mirrors `_SelectorSocketTransport._read_ready` (`_read_ready__get_buffer` for a
     /// `BufferedProtocol`, `_read_ready__data_received` otherwise).
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
-        let (protocol, buffered) = {
-            let st = self.state.borrow(py);
+        let reading = self.state.with_borrow(py, |st| {
             if st.conn.conn_lost.is_lost() {
-                return Ok(());
+                return None;
             }
-            match &st.conn.protocol {
-                // Bound, not Py: released without a thread-local check, once per read.
-                Some(p) => (p.bind(py).clone(), st.buffered),
-                None => return Ok(()),
-            }
+            // Bound, not Py: released without a thread-local check, once per read.
+            let protocol = st.conn.protocol.as_ref()?.bind(py).clone();
+            Some((protocol, st.buffered))
+        });
+        let Some((protocol, buffered)) = reading else {
+            return Ok(());
         };
         if let Err(err) = self.sock.fd(py) {
             return common::fatal_error(self, py, err, READ_ERROR);
@@ -667,10 +665,16 @@ impl StreamCore {
         visit.call(&self.event_loop)?;
         visit.call(&self.context)?;
         self.sock.traverse(&visit)?;
-        if let Some(st) = self.state.try_borrow_unchecked() {
-            st.conn.visit(&visit)?;
-            visit.call(&st.empty_waiter)?;
-        }
-        Ok(())
+        self.state.traverse(&visit, |st, visit| {
+            st.conn.visit(visit)?;
+            visit.call(&st.empty_waiter)
+        })
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let released = self
+            .state
+            .with_borrow_mut(py, |st| (st.conn.clear(), st.empty_waiter.take()));
+        drop(released);
     }
 }
