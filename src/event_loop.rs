@@ -143,7 +143,8 @@ impl LoopCore {
         }
     }
 
-    /// `call_soon` and `call_soon_threadsafe`: check, make the handle, queue it.
+    /// Mirrors `BaseEventLoop._call_soon` (for `call_soon` and `call_soon_threadsafe`): check,
+    /// make the handle, queue it.
     fn queue_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
@@ -172,6 +173,7 @@ impl LoopCore {
         Ok(handle)
     }
 
+    /// Mirrors `BaseEventLoop.call_at`: the timer handle, pushed on the heap.
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
@@ -502,7 +504,8 @@ impl LoopCore {
         Ok(())
     }
 
-    fn run_once_impl(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Mirrors `BaseEventLoop._run_once`: sweep, poll, queue due timers, run what is ready.
+    fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         self.instruments.stats.iterations.add(1);
         drop(self.sweep_cancelled_timers(py));
@@ -901,7 +904,7 @@ impl LoopCore {
 
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         slf.get().check_not_inherited()?;
-        slf.get().run_once_impl(slf)
+        slf.get().run_once(slf)
     }
 
     fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -914,7 +917,7 @@ impl LoopCore {
         let run_started = monotonic_ns();
         stats.run_started_ns.set(run_started);
         let result = loop {
-            if let Err(err) = this.run_once_impl(slf) {
+            if let Err(err) = this.run_once(slf) {
                 break Err(err);
             }
             if this.stopping.load(Relaxed) {
