@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
-use crate::poller::{Event, Interest, Poller};
+use crate::sys::{Event, Interest, Poller};
 
 pub struct FdWatch {
     /// The object the user passed (socket, file, int), so `remove_reader(sock)` still finds

@@ -19,9 +19,9 @@ use crate::callback_identity::{self, LabelTable};
 use crate::clock::{monotonic_ns, to_ns};
 use crate::gil_cell::GilCell;
 use crate::handles::Handle;
-use crate::poller::{Event, WAKER_TOKEN};
 use crate::stats::{CancelCounts, LoopStats};
 use crate::support;
+use crate::sys::{Event, WAKER_TOKEN};
 use crate::task_table::{self, TaskTable};
 use crate::trace::{IoKind, Kind, Overflow, TraceEvent, TraceRing};
 

@@ -21,14 +21,14 @@ use crate::buffers::ByteView;
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
-use crate::socket_io;
 use crate::socket_owner::SocketOwner;
+use crate::sys::nonblocking;
 
 /// `send(fd, data)` once, from the caller's buffer (any bytes-like object, as `socket.send`
 /// accepts): the number of bytes the socket took, 0 when it would block.
 pub fn send_now(fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<usize> {
     let view = ByteView::new(data)?;
-    let sent = socket_io::send(fd, view.as_slice()).map_err(os_error)?;
+    let sent = nonblocking::send(fd, view.as_slice()).map_err(os_error)?;
     Ok(sent.unwrap_or(0))
 }
 
@@ -41,39 +41,34 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<Bound<
         // socket.recv(0) returns b'' without a syscall; recv(fd, 0) would report EAGAIN.
         return Ok(Some(PyBytes::new(py, b"")));
     }
-    loop {
-        // SAFETY: PyBytesWriter_Create returns a writer owning an `n`-byte buffer, or NULL with
-        // an exception set. Every path below hands the writer back exactly once, to either
-        // PyBytesWriter_Discard or PyBytesWriter_FinishWithSize.
-        let writer = unsafe { ffi::compat::PyBytesWriter_Create(n) };
-        if writer.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: `writer` is valid; its buffer holds `n` writable bytes, and recv writes at
-        // most `n` bytes into it.
-        let received = unsafe {
-            let data = ffi::compat::PyBytesWriter_GetData(writer);
-            libc::recv(fd, data, n as usize, 0)
-        };
-        if received < 0 {
-            let err = std::io::Error::last_os_error();
+    // SAFETY: PyBytesWriter_Create returns a writer owning an `n`-byte buffer, or NULL with
+    // an exception set. Every path below hands the writer back exactly once, to either
+    // PyBytesWriter_Discard or PyBytesWriter_FinishWithSize.
+    let writer = unsafe { ffi::compat::PyBytesWriter_Create(n) };
+    if writer.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `writer` is valid; its buffer holds `n` writable bytes, and recv writes at most
+    // `n` bytes into it.
+    let received = unsafe {
+        let data = ffi::compat::PyBytesWriter_GetData(writer);
+        nonblocking::recv_raw(fd, data, n as usize)
+    };
+    let received = match received {
+        Ok(Some(len)) => len,
+        other => {
             // SAFETY: the writer is discarded once, and not used afterwards.
             unsafe { ffi::compat::PyBytesWriter_Discard(writer) };
-            match err.kind() {
-                std::io::ErrorKind::Interrupted => continue,
-                std::io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(os_error(err)),
-            }
+            return other.map(|_| None).map_err(os_error);
         }
-        // SAFETY: `received` <= n bytes were initialised by recv; finishing consumes the writer
-        // and returns a new reference (or NULL with an exception set).
-        let bytes = unsafe {
-            let obj =
-                ffi::compat::PyBytesWriter_FinishWithSize(writer, received as ffi::Py_ssize_t);
-            Bound::from_owned_ptr_or_err(py, obj)?
-        };
-        return Ok(Some(bytes.cast_into()?));
-    }
+    };
+    // SAFETY: `received` <= n bytes were initialised by recv; finishing consumes the writer and
+    // returns a new reference (or NULL with an exception set).
+    let bytes = unsafe {
+        let obj = ffi::compat::PyBytesWriter_FinishWithSize(writer, received as ffi::Py_ssize_t);
+        Bound::from_owned_ptr_or_err(py, obj)?
+    };
+    Ok(Some(bytes.cast_into()?))
 }
 
 /// Below this `sock_recv` size a fresh `bytes` per call is cheap (pymalloc or a small malloc).
@@ -149,7 +144,7 @@ pub fn recv_bytes_with_spare<'py>(
         }
     };
     // SAFETY: the buffer holds `n` writable bytes and stays alive for the call.
-    let received = unsafe { socket_io::recv_raw(fd, buffer.data(), n as usize) };
+    let received = unsafe { nonblocking::recv_raw(fd, buffer.data(), n as usize) };
     let keep = |buffer| spare.with_borrow_mut(py, |v| *v = Some(buffer));
     match received {
         Ok(Some(len)) if len > COPY_OUT_MAX => buffer.finish(py, len).map(Some),

@@ -24,7 +24,7 @@ use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
-use crate::socket_io;
+use crate::sys::nonblocking;
 use crate::trace::IoKind;
 
 use super::common::{self, Connection, TransportCore};
@@ -57,7 +57,7 @@ impl Ends {
     fn carried(&self, n: usize) {
         let before = self.carried.fetch_add(n as u64, Relaxed);
         if before < GROW_AFTER_BYTES && before + n as u64 >= GROW_AFTER_BYTES {
-            socket_io::grow_pipe(self.fd, GROWN_PIPE_SIZE);
+            nonblocking::grow_pipe(self.fd, GROWN_PIPE_SIZE);
         }
     }
 }
@@ -170,7 +170,7 @@ impl ReadPipeCore {
     /// Mirrors `_UnixReadPipeTransport._read_ready`.
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
         let received = self.event_loop(py).get().with_read_buffer(py, |buf| {
-            socket_io::read(self.ends.fd, buf).map(|n| n.map(|n| PyBytes::new(py, &buf[..n])))
+            nonblocking::read(self.ends.fd, buf).map(|n| n.map(|n| PyBytes::new(py, &buf[..n])))
         });
         let data = match received {
             Ok(None) => return Ok(()),
@@ -355,7 +355,7 @@ impl WriteCore for WritePipeCore {
     }
 
     fn write_fd(fd: RawFd, slices: &[&[u8]]) -> std::io::Result<Option<usize>> {
-        socket_io::write_vectored(fd, slices)
+        nonblocking::write_vectored(fd, slices)
     }
 
     fn wrote(&self, _py: Python<'_>, n: usize) {

@@ -26,9 +26,9 @@ use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::sock_ops;
-use crate::socket_io;
 use crate::socket_owner::SocketOwner;
 use crate::support;
+use crate::sys::nonblocking;
 use crate::trace::IoKind;
 
 use super::common::{self, Connection, TransportCore};
@@ -158,7 +158,7 @@ impl WriteCore for StreamCore {
     }
 
     fn write_fd(fd: RawFd, slices: &[&[u8]]) -> std::io::Result<Option<usize>> {
-        socket_io::send_vectored(fd, slices)
+        nonblocking::send_vectored(fd, slices)
     }
 
     fn wrote(&self, py: Python<'_>, n: usize) {
@@ -211,7 +211,7 @@ impl WriteCore for StreamCore {
                     }
                     common::call_connection_lost(self, py)
                 } else if eof {
-                    socket_io::shutdown_write(self.writable_fd(py)?).map_err(os_error)
+                    nonblocking::shutdown_write(self.writable_fd(py)?).map_err(os_error)
                 } else {
                     Ok(())
                 }
@@ -304,7 +304,7 @@ impl StreamCore {
             })?;
             // SAFETY: `ptr` addresses the `len` writable bytes of the exporter's buffer, which
             // `view` keeps alive (and pinned) until it is dropped after the call.
-            unsafe { socket_io::recv_raw(self.fd, ptr, len) }.map_err(os_error)
+            unsafe { nonblocking::recv_raw(self.fd, ptr, len) }.map_err(os_error)
         });
         let nbytes = match received {
             Ok(None) => return Ok(()),
@@ -330,7 +330,7 @@ impl StreamCore {
         // After a large read, receive straight into a bytes sized to what is queued: for big
         // messages that saves copying them out of the scratch buffer, for an ioctl.
         let queued = if self.large_reads.load(Relaxed) {
-            socket_io::bytes_available(self.fd).filter(|&n| n >= LARGE_READ)
+            nonblocking::bytes_available(self.fd).filter(|&n| n >= LARGE_READ)
         } else {
             None
         };
@@ -338,7 +338,7 @@ impl StreamCore {
             sock_ops::recv_bytes(py, self.fd, n.min(MAX_DIRECT_READ) as isize)
         } else {
             self.event_loop(py).get().with_read_buffer(py, |buf| {
-                socket_io::recv(self.fd, buf)
+                nonblocking::recv(self.fd, buf)
                     .map(|n| n.map(|n| PyBytes::new(py, &buf[..n])))
                     .map_err(os_error)
             })
@@ -456,7 +456,7 @@ impl StreamCore {
             Some(st.write.buffer.is_empty())
         });
         if empty == Some(true) {
-            socket_io::shutdown_write(self.writable_fd(py)?).map_err(os_error)?;
+            nonblocking::shutdown_write(self.writable_fd(py)?).map_err(os_error)?;
         }
         Ok(())
     }

@@ -23,8 +23,8 @@ use pyo3::PyClass;
 use crate::buffers::ByteView;
 use crate::errors::{is_fatal_to_loop, os_error};
 use crate::fd_watchers::Direction;
-use crate::socket_io::MAX_IOVECS;
 use crate::support;
+use crate::sys::nonblocking::MAX_IOVECS;
 use crate::trace::IoKind;
 use crate::write_buffer::WriteBuffer;
 

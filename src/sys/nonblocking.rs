@@ -1,30 +1,19 @@
-//! Non-blocking syscalls for the transports: recv, send, vectored send and shutdown for
-//! sockets; read and vectored write for pipes and character devices.
+//! Non-blocking reads and writes for the transports and the socket operations: recv, send,
+//! vectored send and shutdown for sockets; read and vectored write for pipes and character
+//! devices; `FIONREAD`; Linux's pipe sizing (`F_SETPIPE_SZ`).
 //!
-//! EINTR is retried; "would block" (EAGAIN) comes back as `Ok(None)` rather than an error, so
-//! the common "nothing to read yet" case costs no exception. Sends use `MSG_NOSIGNAL`: a peer
-//! that went away is an `EPIPE` error, never a SIGPIPE.
+//! EINTR is retried; "would block" (EAGAIN) comes back as `Ok(None)` rather than an error
+//! ([`retry_nonblocking`]). Sends use `MSG_NOSIGNAL`: a peer that went away is an `EPIPE`
+//! error, never a SIGPIPE. Any thread; no GIL needed.
 
 use std::io;
 use std::os::fd::RawFd;
 
-/// Most slices one vectored send takes (Linux's IOV_MAX is 1024).
-pub const MAX_IOVECS: usize = 1024;
+use super::{check, retry_nonblocking};
 
-fn retry<T>(mut call: impl FnMut() -> isize, done: impl Fn(usize) -> T) -> io::Result<Option<T>> {
-    loop {
-        let rc = call();
-        if rc >= 0 {
-            return Ok(Some(done(rc as usize)));
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(err),
-        }
-    }
-}
+/// Most slices one vectored write takes (Linux's IOV_MAX is 1024): the one cap for sockets
+/// and pipes, and for what a transport's buffer hands over at once.
+pub const MAX_IOVECS: usize = 1024;
 
 /// recv into raw memory.
 ///
@@ -32,7 +21,7 @@ fn retry<T>(mut call: impl FnMut() -> isize, done: impl Fn(usize) -> T) -> io::R
 /// `ptr` must point to `len` writable bytes that stay valid for the call.
 pub unsafe fn recv_raw(fd: RawFd, ptr: *mut libc::c_void, len: usize) -> io::Result<Option<usize>> {
     // SAFETY: the caller guarantees `ptr`/`len` describe writable memory.
-    retry(|| unsafe { libc::recv(fd, ptr, len, 0) }, |n| n)
+    retry_nonblocking(|| unsafe { libc::recv(fd, ptr, len, 0) })
 }
 
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
@@ -42,10 +31,9 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
 
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is a valid slice for the duration of the call; send only reads it.
-    retry(
-        || unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) },
-        |n| n,
-    )
+    retry_nonblocking(|| unsafe {
+        libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+    })
 }
 
 /// The first `MAX_IOVECS` slices as iovecs, which borrow them: use them while `bufs` lives.
@@ -71,10 +59,7 @@ pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
     msg.msg_iovlen = iov.len() as _;
     // SAFETY: every iovec points into a slice borrowed for this call, and sendmsg only reads
     // through them; `msg` and `iov` outlive the call.
-    retry(
-        || unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) },
-        |n| n,
-    )
+    retry_nonblocking(|| unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) })
 }
 
 /// Bytes queued for reading on `fd` (`FIONREAD`); None if the kernel won't say.
@@ -88,10 +73,7 @@ pub fn bytes_available(fd: RawFd) -> Option<usize> {
 /// `read(2)`, for pipes (recv only works on sockets).
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is a valid, writable slice for the duration of the call.
-    retry(
-        || unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) },
-        |n| n,
-    )
+    retry_nonblocking(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// One `writev(2)` of up to `MAX_IOVECS` slices, for pipes.
@@ -99,27 +81,24 @@ pub fn write_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<Option<usize>> {
     let iov = iovecs(bufs);
     // SAFETY: every iovec points into a slice borrowed for this call and writev only reads
     // through them; `iov` outlives the call.
-    retry(
-        || unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) },
-        |n| n,
-    )
+    retry_nonblocking(|| unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) })
 }
 
-/// Ask for a bigger pipe buffer (`F_SETPIPE_SZ`); best effort — a non-pipe, the per-user
+/// Ask for a bigger pipe buffer (`F_SETPIPE_SZ`, Linux only; elsewhere nothing); best effort — a non-pipe, the per-user
 /// pipe-buffer budget or `pipe-max-size` may refuse, and then the pipe just keeps its size.
+#[cfg(target_os = "linux")]
 pub fn grow_pipe(fd: RawFd, size: usize) {
     // SAFETY: fcntl with an integer argument; failure is reported through the return value,
     // which is deliberately ignored.
     unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int) };
 }
 
+#[cfg(not(target_os = "linux"))]
+pub fn grow_pipe(_fd: RawFd, _size: usize) {}
+
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: shutdown takes no pointers; an invalid fd is reported as an error.
-    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The poller: a thin, level-triggered epoll wrapper plus an eventfd waker, in pure Rust.
+//! The poller on Linux: a thin, level-triggered epoll wrapper, in pure Rust.
 //!
 //! asyncio's `add_reader`/`add_writer` are level-triggered (a callback runs on every iteration
 //! while its fd stays ready), so this is plain epoll without `EPOLLET` or `EPOLLONESHOT`: no
@@ -7,11 +7,11 @@
 //! behind the loop's back (epoll forgets those by itself); modifying one is an error, because
 //! its number may belong to another file by now.
 //!
-//! `wait` is the only blocking call; the loop calls it with the GIL released. The [`Waker`] is
-//! written from any thread (`call_soon_threadsafe`) to end a wait early.
+//! `wait` is the only blocking call; the loop calls it with the GIL released. The waker
+//! (`eventfd.rs`) is written from any thread (`call_soon_threadsafe`) to end a wait early.
 //!
 //! ```
-//! use _core::poller::{Poller, Interest};
+//! use _core::sys::{Interest, Poller};
 //! let poller = Poller::new().unwrap();
 //! let mut events = Vec::with_capacity(8);
 //! assert_eq!(poller.wait(&mut events, Some(0.0)).unwrap(), 0);
@@ -21,55 +21,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Token reported for the waker's own events.
-pub const WAKER_TOKEN: u64 = u64::MAX;
-
-/// Longest single wait, as in the standard loop (`MAXIMUM_SELECT_TIMEOUT`, one day).
-pub const MAX_TIMEOUT: f64 = 24.0 * 3600.0;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Interest {
-    pub readable: bool,
-    pub writable: bool,
-}
-
-impl Interest {
-    fn epoll_bits(self) -> u32 {
-        let mut bits = 0;
-        if self.readable {
-            bits |= libc::EPOLLIN as u32;
-        }
-        if self.writable {
-            bits |= libc::EPOLLOUT as u32;
-        }
-        bits
-    }
-
-    pub fn is_empty(self) -> bool {
-        !self.readable && !self.writable
-    }
-}
-
-/// One readiness report: which fd, and whether its reader and/or writer should run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub token: u64,
-    pub readable: bool,
-    pub writable: bool,
-}
-
-impl Event {
-    fn from_epoll(ev: &libc::epoll_event) -> Event {
-        let bits = ev.events;
-        // Like the stdlib's EpollSelector: anything but plain EPOLLIN (HUP, ERR) also wakes the
-        // writer, anything but plain EPOLLOUT also wakes the reader.
-        Event {
-            token: ev.u64,
-            readable: bits & !(libc::EPOLLOUT as u32) != 0,
-            writable: bits & !(libc::EPOLLIN as u32) != 0,
-        }
-    }
-}
+use super::check;
+use super::event::{Event, Interest, MAX_TIMEOUT};
 
 pub struct Poller {
     epoll: OwnedFd,
@@ -77,11 +30,8 @@ pub struct Poller {
 
 impl Poller {
     pub fn new() -> io::Result<Poller> {
-        // SAFETY: epoll_create1 has no pointer arguments; the result is checked below.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: epoll_create1 has no pointer arguments.
+        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Poller { epoll })
@@ -94,12 +44,7 @@ impl Poller {
         };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call; the epoll fd is
         // owned by `self`. An invalid `fd` is reported as an error, not undefined behaviour.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &raw mut ev) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &raw mut ev) }).map(drop)
     }
 
     /// Register `fd` for `new` interest, given what it was registered for before (`old`).
@@ -169,19 +114,16 @@ impl Poller {
         };
         // SAFETY: `raw` is a writable buffer of CAPACITY epoll_events; epoll writes at most
         // `maxevents` entries into it.
-        let n = unsafe {
+        let waited = check(unsafe {
             libc::epoll_wait(
                 self.epoll.as_raw_fd(),
                 raw.as_mut_ptr().cast(),
                 CAPACITY as libc::c_int,
                 timeout_ms,
             )
-        };
+        });
         events.clear();
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
+        let n = waited? as usize;
         events.extend(raw[..n].iter().map(|ev| {
             // SAFETY: epoll_wait initialised the first `n` entries.
             Event::from_epoll(unsafe { ev.assume_init_ref() })
@@ -190,55 +132,10 @@ impl Poller {
     }
 }
 
-/// An eventfd registered in the poller: any thread may `wake` the loop.
-pub struct Waker {
-    fd: OwnedFd,
-}
-
-impl Waker {
-    pub fn new(poller: &Poller) -> io::Result<Waker> {
-        // SAFETY: eventfd has no pointer arguments; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is freshly created and owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let waker = Waker { fd };
-        waker.register(poller)?;
-        Ok(waker)
-    }
-
-    /// Watch this waker in `poller` (a new waker is registered in the poller it was made for).
-    pub fn register(&self, poller: &Poller) -> io::Result<()> {
-        poller.set_interest(
-            self.fd.as_raw_fd(),
-            WAKER_TOKEN,
-            Interest::default(),
-            Interest {
-                readable: true,
-                writable: false,
-            },
-        )
-    }
-
-    pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64. A full counter (EAGAIN) still leaves the fd
-        // readable, which is all a wake needs, so the result is deliberately ignored.
-        unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
-    }
-
-    pub fn drain(&self) {
-        let mut buf: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a valid u64; EAGAIN (nothing pending) is fine.
-        unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut buf).cast(), 8) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::event::Interest;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
@@ -338,23 +235,6 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         let mut ev = Vec::new();
         assert_eq!(p.wait(&mut ev, Some(0.0)).unwrap(), 0);
-    }
-
-    #[test]
-    fn waker_ends_a_wait_from_another_thread() {
-        let p = Poller::new().unwrap();
-        let waker = std::sync::Arc::new(Waker::new(&p).unwrap());
-        let w2 = waker.clone();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            w2.wake();
-        });
-        let mut ev = Vec::new();
-        assert_eq!(p.wait(&mut ev, Some(5.0)).unwrap(), 1);
-        assert_eq!(ev[0].token, WAKER_TOKEN);
-        waker.drain();
-        assert_eq!(p.wait(&mut ev, Some(0.0)).unwrap(), 0);
-        t.join().unwrap();
     }
 
     #[test]
