@@ -222,22 +222,19 @@ pub fn remove_writer<C: WriteCore>(this: &C, py: Python<'_>) -> PyResult<()> {
 }
 
 /// Call `protocol.pause_writing()`/`resume_writing()`; a failure goes to the exception
-/// handler, as `_FlowControlMixin` does.
-fn notify_flow<C: WriteCore>(this: &C, py: Python<'_>, pause: bool) -> PyResult<()> {
-    let (kind, method, message) = if pause {
+/// handler, as `_FlowControlMixin` does. (Any transport with flow control: datagrams too.)
+pub fn notify_flow<C: TransportCore>(this: &C, py: Python<'_>, pause: bool) -> PyResult<()> {
+    let (method, message) = if pause {
         (
-            IoKind::PauseWriting,
             intern!(py, "pause_writing"),
             "protocol.pause_writing() failed",
         )
     } else {
         (
-            IoKind::ResumeWriting,
             intern!(py, "resume_writing"),
             "protocol.resume_writing() failed",
         )
     };
-    this.on_flow(py, kind);
     let Some(protocol) =
         this.with_connection(py, |conn| conn.protocol.as_ref().map(|p| p.clone_ref(py)))
     else {
@@ -256,6 +253,7 @@ fn notify_flow<C: WriteCore>(this: &C, py: Python<'_>, pause: bool) -> PyResult<
 /// `_maybe_pause_protocol`.
 pub fn maybe_pause_protocol<C: WriteCore>(this: &C, py: Python<'_>) -> PyResult<()> {
     if this.with_write_side(py, |_, side| side.flow.should_pause(side.buffer.len())) {
+        this.on_flow(py, IoKind::PauseWriting);
         notify_flow(this, py, true)?;
     }
     Ok(())
@@ -264,6 +262,7 @@ pub fn maybe_pause_protocol<C: WriteCore>(this: &C, py: Python<'_>) -> PyResult<
 /// `_maybe_resume_protocol`.
 pub fn maybe_resume_protocol<C: WriteCore>(this: &C, py: Python<'_>) -> PyResult<()> {
     if this.with_write_side(py, |_, side| side.flow.should_resume(side.buffer.len())) {
+        this.on_flow(py, IoKind::ResumeWriting);
         notify_flow(this, py, false)?;
     }
     Ok(())
