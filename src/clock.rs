@@ -5,27 +5,15 @@
 pub const CLOCK_RESOLUTION: f64 = 1e-9;
 
 #[inline]
-fn now() -> libc::timespec {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on the
-    // platforms we build for, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    ts
-}
-
-#[inline]
 pub fn monotonic() -> f64 {
-    let ts = now();
+    let ts = crate::sys::clock::monotonic_timespec();
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// The same clock in integer nanoseconds, for instrumentation timestamps.
 #[inline]
 pub fn monotonic_ns() -> u64 {
-    let ts = now();
+    let ts = crate::sys::clock::monotonic_timespec();
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

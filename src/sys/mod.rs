@@ -5,6 +5,7 @@
 //! - [`epoll`] and [`eventfd`] — Linux: the poller and the waker. A kqueue backend for macOS
 //!   and the BSDs is a `kqueue.rs` (with a pipe or `EVFILT_USER` waker) exporting the same
 //!   `Poller` and `Waker`, chosen by the `cfg` below; nothing above this module changes;
+//! - [`clock`]: the monotonic clock;
 //! - [`nonblocking`]: non-blocking reads and writes on sockets, pipes and character devices (recv,
 //!   send, sendmsg, read, writev), `shutdown`, `FIONREAD`, and the Linux pipe sizing.
 //!
@@ -18,6 +19,7 @@
 
 use std::io;
 
+pub mod clock;
 pub mod event;
 pub mod nonblocking;
 
