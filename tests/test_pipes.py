@@ -12,6 +12,7 @@ import asyncio
 import errno
 import gc
 import hashlib
+import logging
 import os
 import socket
 import stat
@@ -153,6 +154,26 @@ def test_pause_reading_holds_data_until_resume(
         transport.resume_reading()
 
     run(any_loop, scenario())
+
+
+def test_pausing_and_resuming_reading_is_logged_in_debug_mode(
+    any_loop: asyncio.AbstractEventLoop, pipe_fds: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    read_fd, _ = pipe_fds
+    any_loop.set_debug(True)
+
+    async def scenario() -> None:
+        transport, proto = await any_loop.connect_read_pipe(Recorder, open(read_fd, "rb"))
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            transport.pause_reading()
+            transport.resume_reading()
+        transport.close()
+        assert await proto.lost is None
+
+    run(any_loop, scenario())
+    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert any(m.endswith("pauses reading") for m in messages), messages
+    assert any(m.endswith("resumes reading") for m in messages), messages
 
 
 def test_closing_a_read_pipe_closes_the_pipe_once(
