@@ -18,6 +18,7 @@ use crate::errors::is_fatal_to_loop;
 use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
 use crate::support;
+use crate::trace::IoKind;
 
 /// `_conn_lost`: how many times the connection was found lost (writes to it included). It
 /// saturates: a wrapped count would read 0, "connected", and send to a released fd.
@@ -54,6 +55,8 @@ pub struct Connection {
     pub protocol_connected: bool,
     pub closing: bool,
     pub conn_lost: ConnLost,
+    /// `_paused`: reading was paused (`pause_reading`); unused by write-only transports.
+    pub paused: bool,
 }
 
 impl Connection {
@@ -64,6 +67,7 @@ impl Connection {
             protocol_connected: true,
             closing: false,
             conn_lost: ConnLost::default(),
+            paused: false,
         }
     }
 
@@ -126,6 +130,9 @@ pub trait TransportCore {
         self.event_loop(py).get().debug_enabled()
     }
 
+    /// Flow control happened (reading or writing paused or resumed): for the trace.
+    fn record_flow(&self, _py: Python<'_>, _kind: IoKind) {}
+
     /// `logger.debug("%r <what>", transport)` in debug mode, as the stdlib transports do.
     fn log_debug(&self, py: Python<'_>, what: &str) -> PyResult<()> {
         if self.debug(py) {
@@ -157,6 +164,55 @@ pub fn watch<C: TransportCore>(
         context,
     )?;
     Ok(())
+}
+
+/// `is_reading()`: neither closing nor paused.
+pub fn is_reading<C: TransportCore>(this: &C, py: Python<'_>) -> bool {
+    this.with_connection(py, |conn| !conn.closing && !conn.paused)
+}
+
+/// `_start_reading`, scheduled right after `connection_made` (the stdlib's
+/// `call_soon(self._add_reader, fd, self._read_ready)`): install the reader unless reading
+/// was paused or the transport closed in between.
+pub fn start_reading<C: TransportCore + PyClass<Frozen = True> + Sync>(
+    slf: &Bound<'_, C>,
+) -> PyResult<()> {
+    if is_reading(slf.get(), slf.py()) {
+        add_reader(slf)?;
+    }
+    Ok(())
+}
+
+/// Mirrors `pause_reading` of `_SelectorTransport` and `_UnixReadPipeTransport`.
+pub fn pause_reading<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<()> {
+    if !is_reading(this, py) {
+        return Ok(());
+    }
+    this.with_connection(py, |conn| conn.paused = true);
+    remove_reader(this, py)?;
+    this.record_flow(py, IoKind::PauseReading);
+    this.log_debug(py, "pauses reading")
+}
+
+/// Mirrors `resume_reading` of `_SelectorTransport` and `_UnixReadPipeTransport`.
+pub fn resume_reading<C: TransportCore + PyClass<Frozen = True> + Sync>(
+    slf: &Bound<'_, C>,
+) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
+    let resumed = this.with_connection(py, |conn| {
+        if conn.closing || !conn.paused {
+            return false;
+        }
+        conn.paused = false;
+        true
+    });
+    if !resumed {
+        return Ok(());
+    }
+    add_reader(slf)?;
+    this.record_flow(py, IoKind::ResumeReading);
+    this.log_debug(py, "resumes reading")
 }
 
 /// Install the core's `_read_ready` as its fd's reader.

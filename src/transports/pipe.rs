@@ -25,7 +25,6 @@ use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
 use crate::sys::nonblocking;
-use crate::trace::IoKind;
 
 use super::common::{self, Connection, TransportCore};
 use super::write_side::{self, Flushed, WriteCore, WriteSide};
@@ -107,7 +106,6 @@ macro_rules! pipe_transport_core {
 
 struct ReadState {
     conn: Connection,
-    paused: bool,
 }
 
 #[pyclass(module = "ferroloop._core", frozen)]
@@ -119,11 +117,6 @@ pub struct ReadPipeCore {
 pipe_transport_core!(ReadPipeCore);
 
 impl ReadPipeCore {
-    fn is_reading_now(&self, py: Python<'_>) -> bool {
-        self.state
-            .with_borrow(py, |st| !st.conn.closing && !st.paused)
-    }
-
     /// The read returned b"": the writer closed its end.
     fn on_eof(&self, py: Python<'_>) -> PyResult<()> {
         self.log_debug(py, "was closed by peer")?;
@@ -153,18 +146,12 @@ impl ReadPipeCore {
             ends: Ends::new(event_loop, fd),
             state: GilCell::new(ReadState {
                 conn: Connection::new(transport, protocol),
-                paused: false,
             }),
         }
     }
 
-    /// Install the reader (scheduled right after `connection_made`, as the stdlib's
-    /// `call_soon(self._loop._add_reader, self._fileno, self._read_ready)`).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().is_reading_now(slf.py()) {
-            common::add_reader(slf)?;
-        }
-        Ok(())
+        common::start_reading(slf)
     }
 
     /// Mirrors `_UnixReadPipeTransport._read_ready`.
@@ -203,38 +190,19 @@ impl ReadPipeCore {
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
-        self.is_reading_now(py)
+        common::is_reading(self, py)
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
         self.state.with_borrow(py, |st| st.conn.closing)
     }
 
-    /// Mirrors `_UnixReadPipeTransport.pause_reading`.
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if !self.is_reading_now(py) {
-            return Ok(());
-        }
-        self.state.with_borrow_mut(py, |st| st.paused = true);
-        common::remove_reader(self, py)?;
-        self.log_debug(py, "pauses reading")
+        common::pause_reading(self, py)
     }
 
-    /// Mirrors `_UnixReadPipeTransport.resume_reading`.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let resumed = slf.get().state.with_borrow_mut(py, |st| {
-            if st.conn.closing || !st.paused {
-                return false;
-            }
-            st.paused = false;
-            true
-        });
-        if !resumed {
-            return Ok(());
-        }
-        common::add_reader(slf)?;
-        slf.get().log_debug(py, "resumes reading")
+        common::resume_reading(slf)
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) {
@@ -277,7 +245,7 @@ impl ReadPipeCore {
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.with_borrow(py, |st| st.paused)
+        self.state.with_borrow(py, |st| st.conn.paused)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -385,8 +353,6 @@ impl WriteCore for WritePipeCore {
             }
         }
     }
-
-    fn on_flow(&self, _py: Python<'_>, _kind: IoKind) {}
 }
 
 #[pymethods]

@@ -44,7 +44,6 @@ struct StreamState {
     conn: Connection,
     write: WriteSide,
     buffered: bool,
-    paused: bool,
     eof: bool,
     empty_waiter: Option<Py<PyAny>>,
 }
@@ -96,6 +95,10 @@ impl TransportCore for StreamCore {
 
     fn close_after_error(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
         self._force_close(py, exc)
+    }
+
+    fn record_flow(&self, py: Python<'_>, kind: IoKind) {
+        self.io_event(py, kind, 0);
     }
 }
 
@@ -218,10 +221,6 @@ impl WriteCore for StreamCore {
             }
         }
     }
-
-    fn on_flow(&self, py: Python<'_>, kind: IoKind) {
-        self.io_event(py, kind, 0);
-    }
 }
 
 impl StreamCore {
@@ -233,11 +232,6 @@ impl StreamCore {
     fn empty_waiter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state
             .with_borrow(py, |st| st.empty_waiter.as_ref().map(|w| w.clone_ref(py)))
-    }
-
-    fn is_reading_now(&self, py: Python<'_>) -> bool {
-        self.state
-            .with_borrow(py, |st| !st.conn.closing && !st.paused)
     }
 
     /// Count (and, when tracing, record) an I/O event on this socket.
@@ -391,20 +385,14 @@ impl StreamCore {
                 conn: Connection::new(transport, protocol),
                 write: WriteSide::default(),
                 buffered,
-                paused: false,
                 eof: false,
                 empty_waiter: None,
             }),
         })
     }
 
-    /// Install the reader (scheduled by the transport right after `connection_made`, as the
-    /// stdlib's `call_soon(self._add_reader, self._sock_fd, self._read_ready)`).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().is_reading_now(slf.py()) {
-            common::add_reader(slf)?;
-        }
-        Ok(())
+        common::start_reading(slf)
     }
 
     /// Mirrors `_SelectorSocketTransport._read_ready` (`_read_ready__get_buffer` for a
@@ -522,37 +510,15 @@ impl StreamCore {
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
-        self.is_reading_now(py)
+        common::is_reading(self, py)
     }
 
-    /// Mirrors `_SelectorSocketTransport.pause_reading`.
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if !self.is_reading_now(py) {
-            return Ok(());
-        }
-        self.state.with_borrow_mut(py, |st| st.paused = true);
-        common::remove_reader(self, py)?;
-        self.io_event(py, IoKind::PauseReading, 0);
-        self.log_debug(py, "pauses reading")
+        common::pause_reading(self, py)
     }
 
-    /// Mirrors `_SelectorSocketTransport.resume_reading`.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let resumed = this.state.with_borrow_mut(py, |st| {
-            if st.conn.closing || !st.paused {
-                return false;
-            }
-            st.paused = false;
-            true
-        });
-        if !resumed {
-            return Ok(());
-        }
-        common::add_reader(slf)?;
-        this.io_event(py, IoKind::ResumeReading, 0);
-        this.log_debug(py, "resumes reading")
+        common::resume_reading(slf)
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
@@ -643,7 +609,7 @@ impl StreamCore {
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.with_borrow(py, |st| st.paused)
+        self.state.with_borrow(py, |st| st.conn.paused)
     }
 
     #[getter]

@@ -172,9 +172,6 @@ pub trait WriteCore: TransportCore + PyClass<Frozen = True> + Sync {
 
     /// `_write_ready`'s body (3.12+'s socket `writelines` calls it too).
     fn flush_buffer(&self, py: Python<'_>) -> PyResult<()>;
-
-    /// The protocol is about to be told to pause or resume writing (for the trace).
-    fn on_flow(&self, _py: Python<'_>, _kind: IoKind) {}
 }
 
 /// `isinstance(data, (bytes, bytearray, memoryview))`: what the stdlib transports' `write`
@@ -253,7 +250,7 @@ pub fn notify_flow<C: TransportCore>(this: &C, py: Python<'_>, pause: bool) -> P
 /// `_maybe_pause_protocol`.
 pub fn maybe_pause_protocol<C: WriteCore>(this: &C, py: Python<'_>) -> PyResult<()> {
     if this.with_write_side(py, |_, side| side.flow.should_pause(side.buffer.len())) {
-        this.on_flow(py, IoKind::PauseWriting);
+        this.record_flow(py, IoKind::PauseWriting);
         notify_flow(this, py, true)?;
     }
     Ok(())
@@ -262,7 +259,7 @@ pub fn maybe_pause_protocol<C: WriteCore>(this: &C, py: Python<'_>) -> PyResult<
 /// `_maybe_resume_protocol`.
 pub fn maybe_resume_protocol<C: WriteCore>(this: &C, py: Python<'_>) -> PyResult<()> {
     if this.with_write_side(py, |_, side| side.flow.should_resume(side.buffer.len())) {
-        this.on_flow(py, IoKind::ResumeWriting);
+        this.record_flow(py, IoKind::ResumeWriting);
         notify_flow(this, py, false)?;
     }
     Ok(())
