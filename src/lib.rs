@@ -13,7 +13,6 @@ pub mod blocking;
 pub mod buffers;
 pub mod callback_identity;
 pub mod clock;
-pub mod datagram_io;
 pub mod errors;
 pub mod event_loop;
 pub mod fastcall;

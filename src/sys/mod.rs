@@ -7,7 +7,9 @@
 //!   `Poller` and `Waker`, chosen by the `cfg` below; nothing above this module changes;
 //! - [`clock`]: the monotonic clock;
 //! - [`nonblocking`]: non-blocking reads and writes on sockets, pipes and character devices (recv,
-//!   send, sendmsg, read, writev), `shutdown`, `FIONREAD`, and the Linux pipe sizing.
+//!   send, sendmsg, read, writev), `shutdown`, `FIONREAD`, and the Linux pipe sizing;
+//! - [`datagram`]: `sendto`/`recvfrom` and the socket addresses they carry (the one file here
+//!   that touches Python objects: addresses convert as the `socket` module converts them).
 //!
 //! Every call goes through the `libc` crate's dynamic symbols (not raw syscalls), so a fault
 //! injection shim loaded with `LD_PRELOAD` sees each of them. Errors are checked in one
@@ -20,6 +22,7 @@
 use std::io;
 
 pub mod clock;
+pub mod datagram;
 pub mod event;
 pub mod nonblocking;
 

@@ -21,24 +21,23 @@ use pyo3::exceptions::{
 };
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::PyBytes;
 
 use crate::buffers::ByteView;
-use crate::datagram_io::{self, SockAddr};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
 use crate::socket_owner::SocketOwner;
 use crate::support;
+use crate::sys::datagram::{self as datagram_io, SockAddr};
 use crate::trace::IoKind;
 
-use super::common::{
-    self, is_fatal_to_loop, ConnLost, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
-};
+use super::common::{self, Connection, TransportCore};
+use super::write_side::{self, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 /// `_SelectorTransport.max_size`: the most one read takes (the loop's scratch buffer).
-const MAX_SIZE: usize = crate::transports::stream::MAX_READ;
+const MAX_SIZE: usize = crate::event_loop::MAX_READ;
 
 /// Where a datagram goes.
 enum Dest {
@@ -56,11 +55,7 @@ struct Outgoing {
 }
 
 struct DatagramState {
-    transport: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
-    closing: bool,
-    paused: bool,
-    conn_lost: ConnLost,
+    conn: Connection,
     /// `_call_connection_lost` ran: the socket is closed, the transport spent.
     released: bool,
     buffer: VecDeque<Outgoing>,
@@ -98,21 +93,37 @@ pub struct DatagramCore {
     state: GilCell<DatagramState>,
 }
 
-fn clone_opt(py: Python<'_>, obj: Option<&Py<PyAny>>) -> Option<Py<PyAny>> {
-    obj.map(|o| o.clone_ref(py))
-}
+const WRITE_ERROR: &str = "Fatal write error on datagram transport";
 
-impl DatagramCore {
+impl TransportCore for DatagramCore {
+    fn is_quiet_error(exc: &Bound<'_, PyAny>) -> bool {
+        exc.is_instance_of::<PyOSError>()
+    }
+
     fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
         self.event_loop.bind(py)
     }
 
-    fn refs(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
-        let st = self.state.borrow(py);
-        (
-            clone_opt(py, st.transport.as_ref()),
-            clone_opt(py, st.protocol.as_ref()),
-        )
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.sock.raw_fd()
+    }
+
+    fn with_connection<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Connection) -> R) -> R {
+        self.state.with_borrow_mut(py, |st| f(&mut st.conn))
+    }
+
+    fn close_after_error(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
+        self.force_close(py, exc)
+    }
+
+    fn record_flow(&self, py: Python<'_>, kind: IoKind) {
+        self.io_event(py, kind, 0);
+    }
+}
+
+impl DatagramCore {
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.peers(py).1
     }
 
     fn io_event(&self, py: Python<'_>, kind: IoKind, bytes: usize) {
@@ -122,96 +133,58 @@ impl DatagramCore {
             .on_io(py, kind, self.sock.raw_fd(), bytes);
     }
 
-    fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        common::watch(
-            this.event_loop(py),
-            this.sock.raw_fd(),
-            Direction::Read,
-            slf.as_any(),
-            intern!(py, "_read_ready"),
-            None,
-        )
-    }
-
     fn add_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         common::watch(
-            this.event_loop(py),
-            this.sock.raw_fd(),
-            Direction::Write,
             slf.as_any(),
+            this,
+            Direction::Write,
             intern!(py, "_sendto_ready"),
-            None,
         )?;
-        this.state.borrow_mut(py).writer_installed = true;
+        this.state
+            .with_borrow_mut(py, |st| st.writer_installed = true);
         Ok(())
     }
 
-    fn unwatch(&self, py: Python<'_>, dir: Direction) -> PyResult<()> {
-        if dir == Direction::Write {
-            self.state.borrow_mut(py).writer_installed = false;
-        }
-        common::unwatch(self.event_loop(py), self.sock.raw_fd(), dir)
+    fn remove_writer(&self, py: Python<'_>) -> PyResult<()> {
+        self.state
+            .with_borrow_mut(py, |st| st.writer_installed = false);
+        common::unwatch(self, py, Direction::Write)
     }
 
-    fn is_reading_now(&self, py: Python<'_>) -> bool {
-        let st = self.state.borrow(py);
-        !st.closing && !st.paused
-    }
-
-    /// `_SelectorTransport._fatal_error`: OS errors are only logged in debug mode, anything
-    /// else goes to the exception handler; then `_force_close(exc)`.
-    fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
-        if is_fatal_to_loop(py, &err) {
-            return Err(err);
-        }
-        let exc = err.into_value(py).into_any();
-        let exc = exc.bind(py);
-        let (transport, protocol) = self.refs(py);
-        if exc.is_instance_of::<PyOSError>() {
-            if self.event_loop(py).get().debug_enabled() {
-                if let Some(t) = &transport {
-                    support::log_transport_error(t.bind(py), message, exc)?;
-                }
-            }
-        } else {
-            common::report(self.event_loop(py), message, exc, transport, protocol)?;
-        }
-        self.force_close(py, exc.clone().unbind())
-    }
-
-    /// `_force_close(exc)`: drop what is buffered, stop watching, schedule `connection_lost`.
+    /// Mirrors `_SelectorTransport._force_close`: drop what is buffered, stop watching,
+    /// schedule `connection_lost`.
     fn force_close(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
-        let (dropped, was_closing, transport) = {
-            let mut st = self.state.borrow_mut(py);
-            if st.conn_lost.is_lost() {
-                return Ok(());
+        let closed = self.state.with_borrow_mut(py, |st| {
+            if st.conn.conn_lost.is_lost() {
+                return None;
             }
             let dropped = std::mem::take(&mut st.buffer);
             st.buffer_size = 0;
-            let was_closing = st.closing;
-            st.closing = true;
-            st.conn_lost.record();
-            (dropped, was_closing, clone_opt(py, st.transport.as_ref()))
+            let was_closing = st.conn.closing;
+            st.conn.closing = true;
+            st.conn.conn_lost.record();
+            Some((dropped, was_closing))
+        });
+        let Some((dropped, was_closing)) = closed else {
+            return Ok(());
         };
         // Dropped outside the borrow: an address object's finalizer may call the transport.
         let had_buffer = !dropped.is_empty();
         drop(dropped);
         if had_buffer {
-            self.unwatch(py, Direction::Write)?;
+            self.remove_writer(py)?;
         }
         if !was_closing {
-            self.unwatch(py, Direction::Read)?;
+            common::remove_reader(self, py)?;
         }
-        common::schedule_connection_lost(self.event_loop(py), transport, exc, None)
+        common::schedule_connection_lost(self, py, exc)
     }
 
     /// `self._protocol.error_received(exc)`: its exceptions are the caller's.
     fn error_received(&self, py: Python<'_>, err: PyErr) -> PyResult<()> {
-        let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
+        let protocol = self.protocol(py);
         let Some(protocol) = protocol else {
             return Ok(());
         };
@@ -227,7 +200,7 @@ impl DatagramCore {
         if err.is_instance_of::<PyOSError>(py) {
             self.error_received(py, err)
         } else {
-            self.fatal_error(py, err, "Fatal write error on datagram transport")
+            common::fatal_error(self, py, err, WRITE_ERROR)
         }
     }
 
@@ -236,21 +209,18 @@ impl DatagramCore {
         if self.connected {
             return Dest::Peer;
         }
-        {
-            let st = self.state.borrow(py);
-            if let Some((last, raw)) = &st.last_to {
-                if last.is(addr) {
-                    return Dest::Raw(*raw);
-                }
-            }
+        let known = self.state.with_borrow(py, |st| match &st.last_to {
+            Some((last, raw)) if last.is(addr) => Some(*raw),
+            _ => None,
+        });
+        if let Some(raw) = known {
+            return Dest::Raw(raw);
         }
         match SockAddr::from_python(addr, self.family) {
             Some(raw) => {
                 let old = self
                     .state
-                    .borrow_mut(py)
-                    .last_to
-                    .replace((addr.clone().unbind(), raw));
+                    .with_borrow_mut(py, |st| st.last_to.replace((addr.clone().unbind(), raw)));
                 drop(old);
                 Dest::Raw(raw)
             }
@@ -347,70 +317,52 @@ impl DatagramCore {
             return self.receive_through_socket(py);
         }
         let fd = self.sock.fd(py)?;
-        let (data, from) = {
-            let mut buf = self.event_loop(py).get().read_buffer(py);
-            match datagram_io::recv_from(fd, &mut buf[..MAX_SIZE]) {
-                Ok(None) => return Ok(None),
-                Err(err) => return Err(os_error(err)),
-                Ok(Some((n, from))) => (PyBytes::new(py, &buf[..n]), from),
-            }
+        let received = self.event_loop(py).get().with_read_buffer(py, |buf| {
+            datagram_io::recv_from(fd, &mut buf[..MAX_SIZE])
+                .map(|r| r.map(|(n, from)| (PyBytes::new(py, &buf[..n]), from)))
+        });
+        let (data, from) = match received {
+            Ok(None) => return Ok(None),
+            Err(err) => return Err(os_error(err)),
+            Ok(Some(received)) => received,
         };
         self.io_event(py, IoKind::Read, data.as_bytes().len());
-        if let Some((last, addr)) = &self.state.borrow(py).last_from {
-            if last.same_as(&from) {
-                return Ok(Some((data.into_any(), addr.bind(py).clone())));
-            }
+        let known = self.state.with_borrow(py, |st| match &st.last_from {
+            Some((last, addr)) if last.same_as(&from) => Some(addr.bind(py).clone()),
+            _ => None,
+        });
+        if let Some(addr) = known {
+            return Ok(Some((data.into_any(), addr)));
         }
         // Not under a borrow: allocating the address may run the GC, and finalizers with it.
         let addr = from.to_python(py)?;
         let old = self
             .state
-            .borrow_mut(py)
-            .last_from
-            .replace((from, addr.clone().unbind()));
+            .with_borrow_mut(py, |st| st.last_from.replace((from, addr.clone().unbind())));
         drop(old);
         Ok(Some((data.into_any(), addr)))
     }
 
-    fn notify_flow(&self, py: Python<'_>, pause: bool) -> PyResult<()> {
-        let (transport, protocol) = self.refs(py);
-        let (method, message, kind) = if pause {
-            (
-                intern!(py, "pause_writing"),
-                "protocol.pause_writing() failed",
-                IoKind::PauseWriting,
-            )
-        } else {
-            (
-                intern!(py, "resume_writing"),
-                "protocol.resume_writing() failed",
-                IoKind::ResumeWriting,
-            )
-        };
-        self.io_event(py, kind, 0);
-        common::notify_flow(self.event_loop(py), method, message, transport, protocol)
-    }
-
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        if self
+            .state
+            .with_borrow_mut(py, |st| st.flow.should_pause(st.buffer_size))
         {
-            let mut st = self.state.borrow_mut(py);
-            let size = st.buffer_size;
-            if !st.flow.should_pause(size) {
-                return Ok(());
-            }
+            self.record_flow(py, IoKind::PauseWriting);
+            write_side::notify_flow(self, py, true)?;
         }
-        self.notify_flow(py, true)
+        Ok(())
     }
 
     fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        if self
+            .state
+            .with_borrow_mut(py, |st| st.flow.should_resume(st.buffer_size))
         {
-            let mut st = self.state.borrow_mut(py);
-            let size = st.buffer_size;
-            if !st.flow.should_resume(size) {
-                return Ok(());
-            }
+            self.record_flow(py, IoKind::ResumeWriting);
+            write_side::notify_flow(self, py, false)?;
         }
-        self.notify_flow(py, false)
+        Ok(())
     }
 
     /// The address `sendto(data, addr)` sends to: `addr`, or `_address` for an endpoint made
@@ -465,11 +417,7 @@ impl DatagramCore {
             header_size,
             sends_empty,
             state: GilCell::new(DatagramState {
-                transport: Some(transport.unbind()),
-                protocol: Some(protocol.unbind()),
-                closing: false,
-                paused: false,
-                conn_lost: ConnLost::default(),
+                conn: Connection::new(transport, protocol),
                 released: false,
                 buffer: VecDeque::new(),
                 buffer_size: 0,
@@ -481,22 +429,19 @@ impl DatagramCore {
         })
     }
 
-    /// Scheduled right after `connection_made`: start reading (unless paused or closing).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().is_reading_now(slf.py()) {
-            Self::add_reader(slf)?;
-        }
-        Ok(())
+        common::start_reading(slf)
     }
 
+    /// Mirrors `_SelectorDatagramTransport._read_ready`.
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
-        if self.state.borrow(py).conn_lost.is_lost() {
+        if self.state.with_borrow(py, |st| st.conn.conn_lost.is_lost()) {
             return Ok(());
         }
         match self.receive(py) {
             Ok(None) => Ok(()),
             Ok(Some((data, addr))) => {
-                let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
+                let protocol = self.protocol(py);
                 if let Some(protocol) = protocol {
                     protocol
                         .bind(py)
@@ -505,7 +450,9 @@ impl DatagramCore {
                 Ok(())
             }
             Err(err) if err.is_instance_of::<PyOSError>(py) => self.error_received(py, err),
-            Err(err) => self.fatal_error(py, err, "Fatal read error on datagram transport"),
+            Err(err) => {
+                common::fatal_error(self, py, err, "Fatal read error on datagram transport")
+            }
         }
     }
 
@@ -517,10 +464,7 @@ impl DatagramCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if !(data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>())
-        {
+        if !write_side::is_bytes_like(data) {
             let name = data.get_type().name()?;
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {}",
@@ -531,31 +475,33 @@ impl DatagramCore {
             return Ok(());
         }
         let addr = this.checked_address(py, addr.unwrap_or_else(|| py.None().into_bound(py)))?;
-        let buffer_empty = {
-            let mut st = this.state.borrow_mut(py);
-            if st.conn_lost.is_lost() && this.address.is_some() {
-                let warn = st.conn_lost.count() >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                st.conn_lost.record();
-                drop(st);
+        let state = this.state.with_borrow_mut(py, |st| {
+            if st.conn.conn_lost.is_lost() && this.address.is_some() {
+                let warn = st.conn.conn_lost.count() >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn.conn_lost.record();
+                return Err(warn);
+            }
+            Ok((st.released, st.buffer.is_empty()))
+        });
+        let buffer_empty = match state {
+            Err(warn) => {
                 if warn {
                     support::log_warning(py, "socket.send() raised exception.")?;
                 }
                 return Ok(());
             }
-            if st.released {
-                // The stdlib's transport has dropped its socket by now and fails the same way.
+            // The stdlib's transport has dropped its socket by now and fails the same way.
+            Ok((true, _)) => {
                 return Err(PyAttributeError::new_err(
                     "'NoneType' object has no attribute 'sendto'",
                 ));
             }
-            st.buffer.is_empty()
+            Ok((false, empty)) => empty,
         };
         // A memoryview that is not C-contiguous: the socket's BufferError, fatal as there.
         let view = match ByteView::new(data) {
             Ok(view) => view,
-            Err(err) => {
-                return this.fatal_error(py, err, "Fatal write error on datagram transport")
-            }
+            Err(err) => return common::fatal_error(this, py, err, WRITE_ERROR),
         };
         let dest = this.dest_for(py, &addr);
         if buffer_empty {
@@ -565,113 +511,82 @@ impl DatagramCore {
                 Sent::WouldBlock => Self::add_writer(slf)?,
             }
         }
-        {
-            let mut st = this.state.borrow_mut(py);
+        this.state.with_borrow_mut(py, |st| {
             st.buffer.push_back(Outgoing {
                 data: view.as_slice().into(),
                 dest,
             });
             st.buffer_size += view.len() + this.header_size;
-        }
+        });
         this.maybe_pause_protocol(py)
     }
 
     fn _sendto_ready(&self, py: Python<'_>) -> PyResult<()> {
         loop {
-            let Some(item) = self.state.borrow_mut(py).buffer.pop_front() else {
+            let Some(item) = self.state.with_borrow_mut(py, |st| st.buffer.pop_front()) else {
                 break;
             };
             match self.send(py, &item.data, None, &item.dest) {
                 Sent::Done => {
-                    self.state.borrow_mut(py).buffer_size -= item.data.len() + self.header_size;
+                    let size = item.data.len() + self.header_size;
+                    self.state.with_borrow_mut(py, |st| st.buffer_size -= size);
                 }
                 Sent::WouldBlock => {
-                    self.state.borrow_mut(py).buffer.push_front(item);
+                    self.state
+                        .with_borrow_mut(py, |st| st.buffer.push_front(item));
                     break;
                 }
                 Sent::Failed(err) => {
-                    self.state.borrow_mut(py).buffer_size -= item.data.len() + self.header_size;
+                    let size = item.data.len() + self.header_size;
+                    self.state.with_borrow_mut(py, |st| st.buffer_size -= size);
                     return self.after_failed_send(py, err);
                 }
             }
         }
         self.maybe_resume_protocol(py)?; // may append to the buffer
-        let (drained, closing, transport) = {
-            let st = self.state.borrow(py);
-            (
-                st.buffer.is_empty(),
-                st.closing,
-                clone_opt(py, st.transport.as_ref()),
-            )
-        };
+        let (drained, closing) = self
+            .state
+            .with_borrow(py, |st| (st.buffer.is_empty(), st.conn.closing));
         if drained {
-            self.unwatch(py, Direction::Write)?;
+            self.remove_writer(py)?;
             if closing {
-                if let Some(t) = transport {
-                    t.bind(py)
-                        .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
-                }
+                common::call_connection_lost(self, py)?;
             }
         }
         Ok(())
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
-        self.is_reading_now(py)
+        common::is_reading(self, py)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if !self.is_reading_now(py) {
-            return Ok(());
-        }
-        self.state.borrow_mut(py).paused = true;
-        self.unwatch(py, Direction::Read)?;
-        self.io_event(py, IoKind::PauseReading, 0);
-        if self.event_loop(py).get().debug_enabled() {
-            if let Some(t) = clone_opt(py, self.state.borrow(py).transport.as_ref()) {
-                support::log_transport_debug(t.bind(py), "pauses reading")?;
-            }
-        }
-        Ok(())
+        common::pause_reading(self, py)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut st = this.state.borrow_mut(py);
-            if st.closing || !st.paused {
-                return Ok(());
-            }
-            st.paused = false;
-        }
-        Self::add_reader(slf)?;
-        this.io_event(py, IoKind::ResumeReading, 0);
-        if this.event_loop(py).get().debug_enabled() {
-            if let Some(t) = clone_opt(py, this.state.borrow(py).transport.as_ref()) {
-                support::log_transport_debug(t.bind(py), "resumes reading")?;
-            }
-        }
-        Ok(())
+        common::resume_reading(slf)
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let (drained, transport) = {
-            let mut st = self.state.borrow_mut(py);
-            if st.closing {
-                return Ok(());
+        let drained = self.state.with_borrow_mut(py, |st| {
+            if st.conn.closing {
+                return None;
             }
-            st.closing = true;
+            st.conn.closing = true;
             let drained = st.buffer.is_empty();
             if drained {
-                st.conn_lost.record();
+                st.conn.conn_lost.record();
             }
-            (drained, clone_opt(py, st.transport.as_ref()))
+            Some(drained)
+        });
+        let Some(drained) = drained else {
+            return Ok(());
         };
-        self.unwatch(py, Direction::Read)?;
+        common::remove_reader(self, py)?;
         if drained {
-            self.unwatch(py, Direction::Write)?;
-            common::schedule_connection_lost(self.event_loop(py), transport, py.None(), None)?;
+            self.remove_writer(py)?;
+            common::schedule_connection_lost(self, py, py.None())?;
         }
         Ok(())
     }
@@ -686,32 +601,30 @@ impl DatagramCore {
 
     #[pyo3(signature = (exc, message="Fatal error on transport"))]
     fn _fatal_error(&self, py: Python<'_>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        self.fatal_error(py, PyErr::from_value(exc), message)
+        common::fatal_error(self, py, PyErr::from_value(exc), message)
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
+        self.state.with_borrow(py, |v| v.conn.closing)
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) {
         let old = self
             .state
-            .borrow_mut(py)
-            .protocol
-            .replace(protocol.unbind());
+            .with_borrow_mut(py, |st| st.conn.replace_protocol(protocol));
         drop(old);
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_opt(py, self.state.borrow(py).protocol.as_ref())
+        self.protocol(py)
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).buffer_size
+        self.state.with_borrow(py, |v| v.buffer_size)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow(py).flow.limits()
+        self.state.with_borrow(py, |v| v.flow.limits())
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -721,56 +634,50 @@ impl DatagramCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let limits = common::write_buffer_limits(py, high, low)?;
-        self.state.borrow_mut(py).flow.set_limits(limits);
+        let limits = write_side::write_buffer_limits(py, high, low)?;
+        self.state
+            .with_borrow_mut(py, |st| st.flow.set_limits(limits));
         self.maybe_pause_protocol(py)
     }
 
     /// Deliver `connection_lost(exc)` and let go of the protocol and the transport; the
     /// Python side closes the socket.
     fn _connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let protocol = clone_opt(py, self.state.borrow(py).protocol.as_ref());
-        let result = common::deliver_connection_lost(protocol, &exc);
-        let released = {
-            let mut st = self.state.borrow_mut(py);
+        let result = common::connection_lost(self, py, &exc);
+        let released = self.state.with_borrow_mut(py, |st| {
             st.released = true;
-            st.closing = true;
-            st.conn_lost.mark();
-            st.last_from = None;
-            st.last_to = None;
-            (st.protocol.take(), st.transport.take())
-        };
+            (st.last_from.take(), st.last_to.take())
+        });
         drop(released);
         result
     }
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
+        self.state.with_borrow(py, |v| v.conn.closing)
     }
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).paused
+        self.state.with_borrow(py, |st| st.conn.paused)
     }
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> u32 {
-        self.state.borrow(py).conn_lost.count()
+        self.state.with_borrow(py, |v| v.conn.conn_lost.count())
     }
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).flow.paused()
+        self.state.with_borrow(py, |v| v.flow.paused())
     }
 
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.event_loop)?;
         self.sock.traverse(&visit)?;
         visit.call(&self.address)?;
-        if let Some(st) = self.state.try_borrow_unchecked() {
-            visit.call(&st.transport)?;
-            visit.call(&st.protocol)?;
+        self.state.traverse(&visit, |st, visit| {
+            st.conn.visit(visit)?;
             if let Some((_, addr)) = &st.last_from {
                 visit.call(addr)?;
             }
@@ -782,7 +689,19 @@ impl DatagramCore {
                     visit.call(addr)?;
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let released = self.state.with_borrow_mut(py, |st| {
+            (
+                st.conn.clear(),
+                st.last_from.take(),
+                st.last_to.take(),
+                std::mem::take(&mut st.buffer),
+            )
+        });
+        drop(released);
     }
 }

@@ -7,7 +7,7 @@
 //! scoped IPv6 names, Unix paths), which the caller leaves to `socket.sendto` itself.
 //! `SockAddr::to_python` is `makesockaddr` of CPython's `socketmodule.c` for AF_INET,
 //! AF_INET6 and AF_UNIX. Syscalls go through the `libc` crate (interposable), retry EINTR and
-//! report "would block" as `Ok(None)`, as in `socket_io`.
+//! report "would block" as `Ok(None)` ([`retry_nonblocking`]).
 //!
 //! Pure Rust but for the conversions, which need the GIL.
 
@@ -18,6 +18,8 @@ use std::os::fd::RawFd;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
+
+use super::retry_nonblocking;
 
 // The C library's address text conversions (POSIX; the `libc` crate does not bind them).
 extern "C" {
@@ -37,21 +39,6 @@ pub struct SockAddr {
     len: libc::socklen_t,
 }
 
-fn retry(mut call: impl FnMut() -> isize) -> io::Result<Option<usize>> {
-    loop {
-        let rc = call();
-        if rc >= 0 {
-            return Ok(Some(rc as usize));
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(err),
-        }
-    }
-}
-
 /// `sendto(fd, buf, addr)`; `addr` None: `send` on a connected socket.
 pub fn send_to(fd: RawFd, buf: &[u8], addr: Option<&SockAddr>) -> io::Result<Option<usize>> {
     let (name, len) = match addr {
@@ -63,7 +50,7 @@ pub fn send_to(fd: RawFd, buf: &[u8], addr: Option<&SockAddr>) -> io::Result<Opt
     };
     // SAFETY: `buf` is a valid slice for the call and only read; `name` is null with length
     // 0, or points to a sockaddr_storage of which the first `len` bytes are initialised.
-    retry(|| unsafe {
+    retry_nonblocking(|| unsafe {
         libc::sendto(
             fd,
             buf.as_ptr().cast(),
@@ -80,7 +67,7 @@ pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, SockAdd
     let mut addr = SockAddr::empty();
     // SAFETY: `buf` is writable for its length; `addr.storage` is a sockaddr_storage of the
     // size passed in `addr.len`, which the kernel updates to the size it wrote.
-    let n = retry(|| unsafe {
+    let n = retry_nonblocking(|| unsafe {
         addr.len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         libc::recvfrom(
             fd,
