@@ -331,7 +331,10 @@ impl Handle {
                 && !this.is_cancelled()
             {
                 let cancel = (slf.as_ptr() as u64, crate::clock::monotonic_ns());
-                timer.cancelled.traced_cancels.with_borrow_mut(py, |v| v.push(cancel));
+                timer
+                    .cancelled
+                    .traced_cancels
+                    .with_borrow_mut(py, |v| v.push(cancel));
             }
         }
         this.cancel_and_release(py);

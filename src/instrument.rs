@@ -548,7 +548,9 @@ impl Instruments {
         overflow: Overflow,
         cancels: &CancelCounts,
     ) {
-        cancels.traced_cancels.with_borrow_mut(py, |v| v.clear());
+        cancels
+            .traced_cancels
+            .with_borrow_mut(py, std::vec::Vec::clear);
         cancels.traced.store(true, Relaxed);
         self.trace
             .with_borrow_mut(py, |v| *v = Some(TraceRing::new(capacity, overflow)));
@@ -564,7 +566,7 @@ impl Instruments {
         self.record_cancels(py, cancels);
         cancels.traced.store(false, Relaxed);
         self.set_flag(TRACE, false);
-        let Some(ring) = self.trace.with_borrow_mut(py, |v| v.take()) else {
+        let Some(ring) = self.trace.with_borrow_mut(py, std::option::Option::take) else {
             return Ok(None);
         };
         let bytes = uninit_bytes(py, ring.len() * crate::trace::EVENT_BYTES)?;

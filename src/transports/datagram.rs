@@ -623,8 +623,8 @@ impl DatagramCore {
         self.state.with_borrow(py, |v| v.buffer_size)
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.with_borrow(py, |v| v.flow.limits())
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        self.state.with_borrow(py, |st| st.flow.reported(py))
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -634,9 +634,11 @@ impl DatagramCore {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let limits = write_side::write_buffer_limits(py, high, low)?;
-        self.state
-            .with_borrow_mut(py, |st| st.flow.set_limits(limits));
+        let marks = write_side::write_buffer_limits(py, high, low)?;
+        let replaced = self
+            .state
+            .with_borrow_mut(py, |st| st.flow.set_limits(marks));
+        drop(replaced); // after the borrow
         self.maybe_pause_protocol(py)
     }
 

@@ -25,6 +25,7 @@ use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
 use crate::sys::nonblocking;
+use crate::trace::IoKind;
 
 use super::common::{self, Connection, TransportCore};
 use super::write_side::{self, Flushed, WriteCore, WriteSide};
@@ -52,6 +53,15 @@ impl Ends {
         }
     }
 
+    /// Count (and, when tracing, record) an I/O event on this pipe.
+    fn io_event(&self, py: Python<'_>, kind: IoKind, bytes: usize) {
+        self.event_loop
+            .bind(py)
+            .get()
+            .instruments()
+            .on_io(py, kind, self.fd, bytes);
+    }
+
     /// Count `n` bytes moved through the pipe; grow its buffer once it proves busy.
     fn carried(&self, n: usize) {
         let before = self.carried.fetch_add(n as u64, Relaxed);
@@ -61,7 +71,7 @@ impl Ends {
     }
 }
 
-/// `_fatal_error` of both pipe transports only logs EIO (the other end of a pty went away).
+/// `_fatal_error` of the read pipe only logs EIO (the other end of a pty went away).
 fn is_eio(exc: &Bound<'_, PyAny>) -> bool {
     exc.is_instance_of::<PyOSError>()
         && exc
@@ -70,13 +80,20 @@ fn is_eio(exc: &Bound<'_, PyAny>) -> bool {
             .is_ok_and(|e| e == libc::EIO)
 }
 
+/// `_fatal_error` of the write pipe only logs any OSError (EPIPE when the reader went away
+/// is the common one).
+fn is_os_error(exc: &Bound<'_, PyAny>) -> bool {
+    exc.is_instance_of::<PyOSError>()
+}
+
 /// Both pipe cores answer the close path the same way (`_UnixReadPipeTransport` and
-/// `_UnixWritePipeTransport` share `_fatal_error` and `_close(exc)`).
+/// `_UnixWritePipeTransport` have the same `_fatal_error` and `_close(exc)` but for which
+/// errors are only logged: `$quiet`).
 macro_rules! pipe_transport_core {
-    ($core:ty) => {
+    ($core:ty, $quiet:path) => {
         impl TransportCore for $core {
             fn is_quiet_error(exc: &Bound<'_, PyAny>) -> bool {
-                is_eio(exc)
+                $quiet(exc)
             }
 
             fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
@@ -98,6 +115,10 @@ macro_rules! pipe_transport_core {
             fn close_after_error(&self, py: Python<'_>, exc: Py<PyAny>) -> PyResult<()> {
                 self._close(py, exc)
             }
+
+            fn record_flow(&self, py: Python<'_>, kind: IoKind) {
+                self.ends.io_event(py, kind, 0);
+            }
         }
     };
 }
@@ -114,7 +135,7 @@ pub struct ReadPipeCore {
     state: GilCell<ReadState>,
 }
 
-pipe_transport_core!(ReadPipeCore);
+pipe_transport_core!(ReadPipeCore, is_eio);
 
 impl ReadPipeCore {
     /// The read returned b"": the writer closed its end.
@@ -172,6 +193,7 @@ impl ReadPipeCore {
             }
         };
         self.ends.carried(data.as_bytes().len());
+        self.ends.io_event(py, IoKind::Read, data.as_bytes().len());
         if data.as_bytes().is_empty() {
             return self.on_eof(py);
         }
@@ -278,7 +300,7 @@ pub struct WritePipeCore {
 
 const PIPE_WRITE_ERROR: &str = "Fatal write error on pipe transport";
 
-pipe_transport_core!(WritePipeCore);
+pipe_transport_core!(WritePipeCore, is_os_error);
 
 impl WriteCore for WritePipeCore {
     const WRITE_ERROR: &'static str = PIPE_WRITE_ERROR;
@@ -326,8 +348,9 @@ impl WriteCore for WritePipeCore {
         nonblocking::write_vectored(fd, slices)
     }
 
-    fn wrote(&self, _py: Python<'_>, n: usize) {
+    fn wrote(&self, py: Python<'_>, n: usize) {
         self.ends.carried(n);
+        self.ends.io_event(py, IoKind::Write, n);
     }
 
     fn write_failed(&self, py: Python<'_>, err: PyErr) -> PyResult<()> {
