@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import inspect
 import socket
-from asyncio import futures, selector_events, transports, trsock
+from asyncio import futures, selector_events, transports
 from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._core_backed import CoreMethod, ReadSide, bind_core
-from ._transports import SocketTransport
+from ._transports import SocketTransport, record_socket_extra
 
 _STDLIB_TRANSPORT: Any = selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
 
@@ -72,16 +72,7 @@ class DatagramSocketTransport(ReadSide, transports._FlowControlMixin, transports
         extra: dict[str, Any] | None = None,
     ) -> None:
         transports.Transport.__init__(self, extra)  # the flow-control state is the core's
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+        record_socket_extra(self._extra, sock)
         self._loop = loop
         self._sock: socket.socket | None = sock
         self._sock_fd = sock.fileno()

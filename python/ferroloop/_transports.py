@@ -32,6 +32,20 @@ def _server_call(server: Any, method: str, transport: Any) -> None:
         getattr(server, method)()
 
 
+def record_socket_extra(extra: dict[str, Any], sock: socket.socket) -> None:
+    """The extra info the standard library's `_SelectorTransport.__init__` records for a socket."""
+    extra["socket"] = trsock.TransportSocket(sock)
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
+        try:
+            extra["peername"] = sock.getpeername()
+        except OSError:
+            extra["peername"] = None
+
+
 _BOUND = tuple(dict.fromkeys(ReadSide.BOUND + WriteSide.BOUND))
 
 
@@ -54,16 +68,7 @@ class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
         context: Any = None,
     ) -> None:
         transports.Transport.__init__(self, extra)  # not _FlowControlMixin's: no state here
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+        record_socket_extra(self._extra, sock)
         self._loop = loop
         self._sock: socket.socket | None = sock
         self._sock_fd = sock.fileno()
