@@ -126,7 +126,7 @@ fn is_step_wrapper(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 /// The object a method-like callback is bound to, if it is bound.
-fn bound_self<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+pub fn bound_self<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let py = callback.py();
     let p = callback.as_ptr();
     // SAFETY: `p` is a live object; the type checks come before the accessors they guard, and

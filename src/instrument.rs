@@ -42,6 +42,8 @@ const NOT_A_TASK: u32 = 1 << 31;
 struct Running {
     handle: u64,
     task: u32,
+    /// The address of the running task (0: none), which a step that wakes itself names again.
+    task_addr: usize,
 }
 
 #[derive(Default)]
@@ -123,21 +125,37 @@ impl Instruments {
     /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed).
     pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
-        let now = monotonic_ns();
+        let tracing = self.flags() & TRACE != 0;
         let running = self.running.with_borrow(py, |v| *v);
         let callback = handle.get().callback(py);
-        let task = match callback_identity::task_owner(&callback) {
-            Some(task) => report(py, self.task_id(&task, now)).unwrap_or(0),
-            None => 0,
+        let owner = callback_identity::bound_self(&callback);
+        // A task that queues its own next step (a bare yield, `sleep(0)`) is the running one:
+        // known without a type check or a table lookup, and woken at the end of this step
+        // (the statistics need no clock read of their own for it).
+        let by_itself = !threadsafe
+            && running.task != 0
+            && owner
+                .as_ref()
+                .is_some_and(|o| o.as_ptr() as usize == running.task_addr);
+        let now = if by_itself && !tracing {
+            task_table::AT_STEP_END
+        } else {
+            monotonic_ns()
+        };
+        let task = match owner {
+            _ if by_itself => running.task,
+            Some(owner) if callback_identity::is_task(&owner) => {
+                report(py, self.task_id(&owner, now)).unwrap_or(0)
+            }
+            _ => 0,
         };
         let tag = if task == 0 { NOT_A_TASK } else { task };
         handle.get().instrument_tag.store(tag, Relaxed);
         if task != 0 {
-            let by_itself = !threadsafe && running.task == task;
             self.tasks
                 .with_borrow_mut(py, |v| v.woken(task, now, by_itself));
         }
-        if self.flags() & TRACE != 0 {
+        if tracing {
             let (kind, b) = if threadsafe {
                 // SAFETY: returns the calling thread's ident; no preconditions.
                 let ident = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
@@ -312,12 +330,14 @@ impl Instruments {
                 },
             );
         }
+        let task_addr = task_obj.as_ref().map_or(0, |t| t.as_ptr() as usize);
         let outer = self.running.with_borrow_mut(py, |v| {
             std::mem::replace(
                 v,
                 Running {
                     handle: handle_id,
                     task,
+                    task_addr,
                 },
             )
         });
@@ -417,7 +437,7 @@ impl Instruments {
         flags: u8,
     ) {
         let py = task_obj.py();
-        let first_step = self
+        let (first_step, requeued) = self
             .tasks
             .with_borrow_mut(py, |v| v.stepped(task, start, end));
         if first_step {
@@ -430,7 +450,6 @@ impl Instruments {
         }
         // A task waiting on a future, or one whose step queued its next step (a bare
         // yield such as sleep(0)), is pending: only otherwise ask the task.
-        let requeued = self.tasks.with_borrow(py, |v| v.is_queued(task));
         let waiter = if requeued {
             None
         } else {

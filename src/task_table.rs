@@ -12,6 +12,10 @@ use pyo3::types::PyDict;
 
 use crate::callback_identity::AddrMap;
 
+/// A wake-up time meaning "when the running step ends": a step that queues its own next step
+/// (a bare yield) is woken from then, and its end time is read anyway.
+pub const AT_STEP_END: u64 = u64::MAX;
+
 pub const OUTCOME_PENDING: u8 = 0;
 pub const OUTCOME_RESULT: u8 = 1;
 pub const OUTCOME_CANCELLED: u8 = 2;
@@ -32,7 +36,8 @@ pub struct TaskRecord {
     idle_ns: u64,
     max_step_ns: u64,
     self_wakes: u64,
-    /// When its next step was queued (0: not queued).
+    /// When its next step was queued (0: not queued; `AT_STEP_END` until the step that queued
+    /// it ends).
     woken_ns: u64,
     last_end_ns: u64,
 }
@@ -69,11 +74,6 @@ impl TaskTable {
             }
             Some(Bound::from_borrowed_ptr(py, referent))
         }
-    }
-
-    /// Whether the task's next step is queued (it woke itself during this step).
-    pub fn is_queued(&self, id: u32) -> bool {
-        self.get(id).is_some_and(|r| r.woken_ns != 0)
     }
 
     fn get(&self, id: u32) -> Option<&TaskRecord> {
@@ -141,22 +141,27 @@ impl TaskTable {
             return;
         };
         if r.woken_ns != 0 {
+            // (`AT_STEP_END` never reaches here: the step that queued this one ended first.)
             r.wake_wait_ns += start_ns.saturating_sub(r.woken_ns);
             r.woken_ns = 0;
         }
     }
 
-    /// Record a finished step; returns true for the task's first one.
-    pub fn stepped(&mut self, id: u32, start_ns: u64, end_ns: u64) -> bool {
+    /// Record a finished step; returns whether it was the task's first one, and whether its
+    /// next step is queued already (it woke itself during this one).
+    pub fn stepped(&mut self, id: u32, start_ns: u64, end_ns: u64) -> (bool, bool) {
         let Some(r) = self.record(id) else {
-            return false;
+            return (false, false);
         };
         let took = end_ns.saturating_sub(start_ns);
         r.steps += 1;
         r.busy_ns += took;
         r.max_step_ns = r.max_step_ns.max(took);
         r.last_end_ns = end_ns;
-        r.steps == 1
+        if r.woken_ns == AT_STEP_END {
+            r.woken_ns = end_ns;
+        }
+        (r.steps == 1, r.woken_ns != 0)
     }
 
     /// The task's name as it is now (`create_task(name=...)` may set it after the task has

@@ -10,9 +10,11 @@ import json
 import os
 import socket
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ferroloop
+from ferroloop import _trace
 import pytest
 from ferro_helpers import run_python
 
@@ -100,6 +102,34 @@ def test_pipe_reads_writes_and_flow_control_are_recorded(tmp_path: Path) -> None
     assert after["bytes_read"] - before["bytes_read"] == 200_300
 
 
+def test_pipe_reads_are_named_after_their_transport(tmp_path: Path) -> None:
+    out = tmp_path / "pipe_names.json"
+
+    class Reader(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.got = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data: bytes) -> None:
+            self.got.set_result(data)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        rfd, wfd = os.pipe()
+        transport, reader = await loop.connect_read_pipe(Reader, os.fdopen(rfd, "rb", 0))
+        os.write(wfd, b"hello")
+        assert await reader.got == b"hello"
+        transport.close()
+        os.close(wfd)
+        await asyncio.sleep(0)
+        return rfd
+
+    with ferroloop.trace(out, html=False):
+        rfd = ferroloop.run(main())
+    slices = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X"]
+    reads = [e for e in slices if e["args"].get("fd") == rfd]
+    assert [e["name"] for e in reads] == [f"data_received on ReadPipeTransport(fd {rfd})"]
+
+
 def test_every_sock_operation_records_the_bytes_of_each_call(tmp_path: Path) -> None:
     out = tmp_path / "sock.json"
 
@@ -144,11 +174,13 @@ def test_every_sock_operation_records_the_bytes_of_each_call(tmp_path: Path) -> 
     assert after["bytes_read"] - before["bytes_read"] == 100
 
 
-def test_the_rest_of_a_partial_sock_sendall_is_recorded_too(tmp_path: Path) -> None:
-    out = tmp_path / "sendall.json"
-    size = 4 * 1024 * 1024  # more than a socketpair's buffers take at once
+def send_and_drain(
+    send: Callable[[asyncio.AbstractEventLoop, socket.socket], Awaitable[Any]], size: int
+) -> tuple[int, int, int]:
+    """Run `send` on one end of a socketpair while the other end reads `size` bytes; the two
+    fds, and how many bytes the loop's counters say were written meanwhile."""
 
-    async def main() -> tuple[int, int]:
+    async def main() -> tuple[int, int, int]:
         loop = asyncio.get_running_loop()
         a, b = socket.socketpair()
         a.setblocking(False)
@@ -160,20 +192,43 @@ def test_the_rest_of_a_partial_sock_sendall_is_recorded_too(tmp_path: Path) -> N
                 got += len(await loop.sock_recv(b, 256 * 1024))
             return got
 
+        before = loop.stats()["bytes_written"]  # type: ignore[attr-defined]
         draining = loop.create_task(drain())
-        await loop.sock_sendall(a, b"s" * size)
+        await send(loop, a)
         assert await draining == size
+        written = loop.stats()["bytes_written"] - before  # type: ignore[attr-defined]
         fds = a.fileno(), b.fileno()
         a.close()
         b.close()
-        return fds
+        return fds[0], fds[1], written
 
+    return ferroloop.run(main())
+
+
+SENT_IN_PARTS = 4 * 1024 * 1024  # more than a socketpair's buffers take at once
+
+
+def test_the_rest_of_a_partial_sock_sendall_is_recorded_send_by_send(tmp_path: Path) -> None:
+    out = tmp_path / "sendall.json"
     with ferroloop.trace(out, html=False):
-        fa, fb = ferroloop.run(main())
+        fa, fb, written = send_and_drain(lambda loop, a: loop.sock_sendall(a, b"s" * SENT_IN_PARTS), SENT_IN_PARTS)
     events = io_events(out)
     writes = [b for name, fd, b in events if fd == fa and name.startswith("write")]
-    assert len(writes) == 2 and sum(writes) == size  # the first send, then the rest
-    assert sum(b for name, fd, b in events if fd == fb and name.startswith("read")) == size
+    # the first send, then one per time the socket had room: each with its own bytes
+    assert len(writes) > 2 and all(0 < b < SENT_IN_PARTS for b in writes)
+    assert sum(writes) == written == SENT_IN_PARTS
+    assert sum(b for name, fd, b in events if fd == fb and name.startswith("read")) == SENT_IN_PARTS
+
+
+def test_sock_sendfile_records_the_bytes_of_each_sendfile_call(tmp_path: Path) -> None:
+    out = tmp_path / "sendfile.json"
+    path = tmp_path / "payload"
+    path.write_bytes(os.urandom(SENT_IN_PARTS))
+    with open(path, "rb") as file, ferroloop.trace(out, html=False):
+        fa, _, written = send_and_drain(lambda loop, a: loop.sock_sendfile(a, file), SENT_IN_PARTS)
+    writes = [b for name, fd, b in io_events(out) if fd == fa and name.startswith("write")]
+    assert len(writes) > 1 and all(b > 0 for b in writes)
+    assert sum(writes) == written == SENT_IN_PARTS
 
 
 def spin_marks(trace: dict[str, Any]) -> list[str]:
@@ -254,3 +309,37 @@ def test_the_command_line_drop_option_reaches_the_buffer(tmp_path: Path) -> None
     assert trace["otherData"]["dropped_when_full"] == "newest"
     assert trace["otherData"]["dropped_events"] > 0
     assert "a: three" in result.stdout  # the program ran to its end all the same
+
+
+def test_recorded_events_are_in_timestamp_order_with_cancelled_timers(tmp_path: Path) -> None:
+    out = tmp_path / "cancels.json"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            # cancelled inside a step, which then goes on recording (a wake-up, the step's
+            # end, the next steps) before the loop's next iteration
+            timers = [loop.call_later(10, print) for _ in range(3)]
+            for timer in timers:
+                timer.cancel()
+            loop.call_soon(lambda: None)
+            await asyncio.sleep(0)
+
+    with ferroloop.trace(out, html=False) as session:
+        ferroloop.run(main())
+    (recording,) = session.recordings
+    cancels = [ev for ev in recording.events if ev[5] == _trace._K.timer_cancelled]
+    assert len(cancels) == 60
+    stamps = [ev[0] for ev in recording.events]
+    assert stamps == sorted(stamps)
+    # per track in the written trace too, each cancellation inside the step that made it
+    by_track: dict[tuple[int, str], list[float]] = {}
+    for e in json.loads(out.read_text())["traceEvents"]:
+        if e["ph"] in ("X", "i"):
+            by_track.setdefault((e["tid"], e["ph"]), []).append(e["ts"])
+    assert all(ts == sorted(ts) for ts in by_track.values())
+    trace = json.loads(out.read_text())["traceEvents"]
+    steps = [e for e in trace if e["ph"] == "X" and " step: " in e["name"] and e["name"].endswith("main()")]
+    assert steps
+    for cancel in (e for e in trace if e["name"] == "timer cancelled"):
+        assert any(s["ts"] <= cancel["ts"] <= s["ts"] + s["dur"] for s in steps)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._core_backed import CoreMethod, ReadSide, bind_core
+from ._instrument import on_new_transport
 from ._transports import SocketTransport, record_socket_extra
 
 _STDLIB_TRANSPORT: Any = selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
@@ -91,6 +92,7 @@ class DatagramSocketTransport(ReadSide, transports._FlowControlMixin, transports
         self._core = core
         bind_core(self, self.BOUND)
         loop._transports[self._sock_fd] = self
+        on_new_transport(loop, self._sock_fd, self)
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(core._start_reading)

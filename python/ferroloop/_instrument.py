@@ -303,6 +303,14 @@ def on_new_loop(loop: Loop) -> None:
         runner.trace_session.attach(loop)
 
 
+def on_new_transport(loop: Any, fd: int, transport: Any) -> None:
+    """A transport was made on `loop`: a trace recording it names the transport's I/O after it
+    (`data_received on ReadPipeTransport(fd 5)`)."""
+    session = loop._trace_session
+    if session is not None:
+        session.note_transport(loop, fd, transport)
+
+
 def on_loop_close(loop: Loop) -> None:
     warn_pending_at_close(loop)
     session = getattr(loop, "_trace_session", None)

@@ -12,6 +12,7 @@ listed in `_stdlib.BORROWED_LOOP_METHODS`; everything else is ferroloop's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import selectors
 import socket
@@ -102,6 +103,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         def _asyncgen_firstiter_hook(self, agen: Any) -> None: ...
         def _asyncgen_finalizer_hook(self, agen: Any) -> None: ...
         def _ensure_fd_no_transport(self, fd: Any) -> None: ...
+        def _sock_write_done(self, fd: int, fut: Any, handle: Any = None) -> None: ...
         def _check_signal(self, sig: int) -> None: ...
         def _handle_signal(self, sig: int) -> None: ...
         def _child_watcher_callback(self, pid: int, returncode: int, transp: Any) -> None: ...
@@ -138,6 +140,9 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
         self._blocking_hook: Callable[[dict[str, Any]], object] | None = None
         self._trace_session: Any = None
+        # sock_sendfile: the bytes of each pending sendfile counted so far (see
+        # `_sock_sendfile_native_impl`)
+        self._sendfile_counted: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._pending_at_close: list[str] = []
         _instrument.on_new_loop(self)
 
@@ -364,15 +369,52 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
             base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
-        # The common case, the socket takes it all, is one Rust send; otherwise the standard
-        # library's state machine sends the rest (it tries once more, then waits to write).
-        sent = self._sock_send_now(sock.fileno(), data)
+        # The common case, the socket takes it all, is one Rust send; otherwise the rest goes
+        # out as the standard library's sock_sendall sends it (3.11 through 3.15 alike: wait
+        # to write, one `_sock_sendall` per event), each send counted on its own.
+        fd = sock.fileno()
+        sent = self._sock_send_now(fd, data)
         if sent == len(data):
             return
-        rest = data if sent == 0 else memoryview(data).cast("B")[sent:]
-        fd = sock.fileno()
-        await _SELECTOR_SOCK_SENDALL(self, sock, rest)
-        self._sock_io_done(fd, memoryview(rest).nbytes, True)
+        view = memoryview(data).cast("B") if sent else memoryview(data)
+        fut = self.create_future()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_writer(fd, self._sock_sendall, fut, sock, view, [sent])
+        fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
+        await fut
+
+    def _sock_sendall(self, fut: Any, sock: socket.socket, view: memoryview, pos: list[int]) -> None:
+        # The standard library's step, with the bytes of its send counted: it moves `pos` on
+        # after a partial send, and leaves it where it was when its send finished the data.
+        start = pos[0]
+        _SELECTOR_SOCK_SENDALL_STEP(self, fut, sock, view, pos)
+        if pos[0] != start:
+            self._sock_io_done(sock.fileno(), pos[0] - start, True)
+        elif fut.done() and not fut.cancelled() and fut._exception is None:
+            self._sock_io_done(sock.fileno(), len(view) - start, True)
+
+    def _sock_sendfile_native_impl(
+        self,
+        fut: Any,
+        registered_fd: int | None,
+        sock: socket.socket,
+        fileno: int,
+        offset: int,
+        count: int | None,
+        blocksize: int,
+        total_sent: int,
+    ) -> None:
+        # The standard library's step, with the bytes sent counted. A step that sent bytes
+        # waits to write and passes the new total to the next step, so each `os.sendfile`
+        # call's bytes are counted when the next step starts (the step after the last send
+        # finds the end or the count and sends nothing). A sendfile cancelled while waiting
+        # leaves its last send uncounted.
+        counted = self._sendfile_counted.pop(fut, 0)
+        if total_sent > counted:
+            self._sock_io_done(sock.fileno(), total_sent - counted, True)
+        _UNIX_SOCK_SENDFILE_STEP(self, fut, registered_fd, sock, fileno, offset, count, blocksize, total_sent)
+        if not fut.done():
+            self._sendfile_counted[fut] = total_sent
 
     # The standard library's operations, with the bytes each call moved counted (and traced).
 
@@ -455,7 +497,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 # The check the interpreter's add_signal_handler makes (3.14 deprecated the public name).
 _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or coroutines.iscoroutinefunction
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
-_SELECTOR_SOCK_SENDALL = selector_events.BaseSelectorEventLoop.sock_sendall
+_SELECTOR_SOCK_SENDALL_STEP = selector_events.BaseSelectorEventLoop._sock_sendall  # type: ignore[attr-defined]
+_UNIX_SOCK_SENDFILE_STEP = unix_events._UnixSelectorEventLoop._sock_sendfile_native_impl  # type: ignore[attr-defined]
 _SELECTOR_SOCK_RECV_INTO = selector_events.BaseSelectorEventLoop.sock_recv_into
 _SELECTOR_SOCK_RECVFROM = selector_events.BaseSelectorEventLoop.sock_recvfrom
 _SELECTOR_SOCK_RECVFROM_INTO = selector_events.BaseSelectorEventLoop.sock_recvfrom_into

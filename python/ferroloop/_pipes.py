@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _core
 from ._core_backed import CoreBacked, ReadSide, WriteSide, bind_core
+from ._instrument import on_new_transport
 
 
 def _check_fd(pipe: Any, message: str, allow_char: bool = True) -> tuple[int, int]:
@@ -91,6 +92,7 @@ class ReadPipeTransport(_PipeTransportBase, ReadSide, transports.ReadTransport):
         self._fileno = fileno
         self._core = _core.ReadPipeCore(loop, fileno, self, protocol)
         bind_core(self, ReadSide.BOUND)
+        on_new_transport(loop, fileno, self)
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(self._core._start_reading)
@@ -116,6 +118,7 @@ class WritePipeTransport(_PipeTransportBase, WriteSide, transports._FlowControlM
         watches_peer = stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)
         self._core = _core.WritePipeCore(loop, fileno, self, protocol, watches_peer)
         bind_core(self, WriteSide.BOUND)
+        on_new_transport(loop, fileno, self)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._core._start_reading)
         if waiter is not None:

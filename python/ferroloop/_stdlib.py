@@ -29,7 +29,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     ),
     "asyncio.selector_events": (
         "BaseSelectorEventLoop._stop_serving",
-        "BaseSelectorEventLoop.sock_sendall",  # the rest of a send `Loop.sock_sendall` began
+        # the rest of a send `Loop.sock_sendall` began, one step per event, counted
+        "BaseSelectorEventLoop._sock_sendall",
         # wrapped by `Loop` to count the bytes each call moved
         "BaseSelectorEventLoop.sock_recv_into",
         "BaseSelectorEventLoop.sock_recvfrom",

@@ -602,6 +602,10 @@ def _records(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
         yield ts, a, b, task, kind_label & 0xFFFFFF, kind_label >> 24
 
 
+def _timestamp(event: tuple[int, int, int, int, int, int]) -> int:
+    return event[0]
+
+
 def _transport_name(fd: int, transport: Any) -> str:
     """A transport's type and peer: `SocketTransport(fd 7, peer ('127.0.0.1', 5000))`."""
     peer = transport.get_extra_info("peername")
@@ -672,7 +676,11 @@ class TraceSession:
         data, dropped = stopped
         self.recordings.append(
             Recording(
-                events=list(_records(data)),
+                # In timestamp order: a few kinds reach the ring after later events (a timer's
+                # cancellation at the next iteration, a poll's wait once it returned, a call from
+                # another thread during it); the sort is stable, so events of one timestamp keep
+                # the order they were recorded in (a callback's end before the next one's start).
+                events=sorted(_records(data), key=_timestamp),
                 dropped=dropped,
                 drop=self.drop,
                 labels=list(loop._trace_labels()),

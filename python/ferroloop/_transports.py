@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _core
 from ._core_backed import ReadSide, WriteSide, bind_core
+from ._instrument import on_new_transport
 
 # 3.13's Server tracks its transports (for close_clients/abort_clients): _attach(transport).
 _SERVER_TRACKS_TRANSPORTS = (
@@ -80,8 +81,7 @@ class SocketTransport(ReadSide, WriteSide, transports._FlowControlMixin):
         if server is not None:
             _server_call(server, "_attach", self)
         loop._transports[self._sock_fd] = self
-        if loop._trace_session is not None:
-            loop._trace_session.note_transport(loop, self._sock_fd, self)
+        on_new_transport(loop, self._sock_fd, self)
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]
         loop.call_soon(protocol.connection_made, self, context=context)
         loop.call_soon(core._start_reading, context=context)
