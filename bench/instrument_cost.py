@@ -1,6 +1,7 @@
 """`python -m bench.instrument_cost`: what seeing a run costs (issue 9's cost table).
 
-The same two workloads on ferroloop with its instruments off (statistics are always on, so
+The same two workloads on ferroloop with its instruments off, off with one idle extra thread
+(as any program with an executor has), (statistics are always on, so
 "off" and "statistics only" are the same build and the same code path), with the blocking
 detector on, with per-task statistics on, and with the full trace recording:
 
@@ -27,16 +28,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-MODES = ("off", "detector", "task_stats", "trace")
+MODES = ("off", "idle_thread", "detector", "task_stats", "trace")
 WORKLOADS = ("sleep0_pingpong", "protocol_echo")
 ROOT = Path(__file__).resolve().parent.parent
+_IDLE = threading.Event()
 
 
 def _instrument(loop: asyncio.AbstractEventLoop, mode: str) -> None:
-    if mode == "detector":
+    if mode == "idle_thread":
+        # the baseline of a program with any other thread (an executor's, `to_thread`'s): glibc
+        # then takes its multi-threaded paths, as it does once the detector's watchdog exists
+        threading.Thread(target=_IDLE.wait, daemon=True).start()
+    elif mode == "detector":
         loop.set_blocking_threshold(0.1)  # type: ignore[attr-defined]
     elif mode == "task_stats":
         loop.set_task_stats(True)  # type: ignore[attr-defined]
