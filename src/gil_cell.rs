@@ -33,7 +33,7 @@ impl<T: Default> Default for GilCell<T> {
 }
 
 impl<T> GilCell<T> {
-    pub fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         GilCell(RefCell::new(value))
     }
 

@@ -9,7 +9,6 @@
 //! handles a program keeps do not keep what they reference alive.
 
 use std::cell::UnsafeCell;
-use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
+use crate::callback_context::ContextSlot;
 use crate::stats::CancelCounts;
 use crate::support;
 use crate::threadsafe_handle::{self, RunLock};
@@ -52,8 +52,9 @@ impl Call {
 pub struct Handle {
     /// `None` once `cancel()` released it.
     call: CallSlot,
-    /// Released in `Drop`, through the attached interpreter.
-    context: ManuallyDrop<Py<PyAny>>,
+    /// Released in `Drop`, through the attached interpreter. Empty while the context would be
+    /// an empty copy nobody has seen (see `callback_context.rs`).
+    context: ContextSlot,
     cancelled: AtomicBool,
     /// A timer still in its loop's heap (always false for other handles).
     pub(crate) scheduled: AtomicBool,
@@ -119,10 +120,7 @@ impl Handle {
         timer: Option<TimerState>,
         debug: bool,
     ) -> PyResult<Handle> {
-        let context = match context {
-            Some(c) if !c.is_none() => c.unbind(),
-            _ => copy_current_context(py)?,
-        };
+        let context = ContextSlot::capture(py, context)?;
         let source_traceback = if debug {
             Some(support::extract_stack(py)?)
         } else {
@@ -133,7 +131,7 @@ impl Handle {
                 callback: callback.unbind(),
                 args: args.unbind(),
             }),
-            context: ManuallyDrop::new(context),
+            context,
             cancelled: AtomicBool::new(false),
             scheduled: AtomicBool::new(timer.is_some()),
             timer,
@@ -231,7 +229,22 @@ impl Handle {
         if let Some(lock) = this.run_lock() {
             lock.begin();
         }
-        let ctx = this.context.as_ptr();
+        let (ctx, lent) = match this.context.begin_run(py) {
+            Ok(entered) => entered,
+            Err(err) => {
+                if let Some(lock) = this.run_lock() {
+                    lock.end();
+                }
+                return report_callback_error(
+                    slf.as_any(),
+                    event_loop,
+                    err,
+                    this,
+                    &callback,
+                    &args,
+                );
+            }
+        };
         // SAFETY: `ctx` is a live object owned by this handle; the check only reads its type.
         let result = if unsafe { ffi::PyContext_CheckExact(ctx) } == 0 {
             // Not a contextvars.Context: the standard loop calls `context.run(callback, *args)`,
@@ -239,8 +252,8 @@ impl Handle {
             let mut call_args = vec![callback.clone()];
             call_args.extend(args.iter());
             PyTuple::new(py, call_args).and_then(|call_args| {
-                this.context
-                    .bind(py)
+                // SAFETY: `ctx` is the live object this handle owns (see above).
+                unsafe { Bound::from_borrowed_ptr(py, ctx) }
                     .call_method1(intern!(py, "run"), call_args)
             })
         // SAFETY: `ctx` is a live Context owned by this handle for the whole call; one that is
@@ -261,6 +274,7 @@ impl Handle {
                 r
             }
         };
+        this.context.end_run(py, lent);
         if let Some(lock) = this.run_lock() {
             lock.end();
         }
@@ -284,8 +298,7 @@ impl Drop for Handle {
             drop(call.callback.into_bound(py));
             drop(call.args.into_bound(py));
         }
-        // SAFETY: `context` is taken exactly once, here, and never used afterwards.
-        drop(unsafe { ManuallyDrop::take(&mut self.context) }.into_bound(py));
+        self.context.release(py);
     }
 }
 
@@ -311,12 +324,6 @@ fn report_callback_error(
     }
     event_loop.call_method1("call_exception_handler", (context,))?;
     Ok(())
-}
-
-pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set;
-    // `from_owned_ptr_or_err` takes ownership of exactly that.
-    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
 }
 
 #[pymethods]
@@ -360,8 +367,8 @@ impl Handle {
         Ok(slf.get_type().unbind())
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.context.get(py)
     }
 
     #[getter]
@@ -380,8 +387,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.context.get(py)
     }
 
     #[getter]
@@ -409,7 +416,9 @@ impl Handle {
             }
             Ok(())
         })?;
-        visit.call(&*self.context)?;
+        if let Some(context) = self.context.context(py) {
+            visit.call(context)?;
+        }
         if let Some(tb) = &self.source_traceback {
             visit.call(tb)?;
         }

@@ -11,6 +11,7 @@
 
 pub mod blocking;
 pub mod buffers;
+pub mod callback_context;
 pub mod callback_identity;
 pub mod clock;
 pub mod errors;

@@ -8,6 +8,7 @@ import contextvars
 import logging
 import math
 import random
+import socket
 import time
 from typing import Any
 
@@ -401,6 +402,81 @@ def test_changes_made_by_a_callback_stay_in_its_context(loop: ferroloop.Loop) ->
     run_one_iteration(loop)
     assert seen == ["set by first", "unset"]
     assert shared[request_id] == "set by first"
+    assert request_id.get() == "unset"
+
+
+def context_of(handle: asyncio.Handle) -> contextvars.Context:
+    """The handle's context (`get_context()` is 3.12+; `_context` is on every release)."""
+    context: contextvars.Context = getattr(handle, "_context")  # noqa: B009
+    return context
+
+
+def test_callbacks_scheduled_from_an_empty_context_each_get_their_own(
+    any_loop: asyncio.AbstractEventLoop,
+) -> None:
+    # ferroloop keeps no copy of an empty context per handle; what a callback sets must still
+    # stay in that callback's context, on the first run and on the thousandth.
+    seen: list[str] = []
+    for i in range(1000):
+        any_loop.call_soon(request_id.set, f"set by {i}")
+        any_loop.call_soon(lambda: seen.append(request_id.get()))
+    run_one_iteration(any_loop)
+    assert seen == ["unset"] * 1000
+    assert request_id.get() == "unset"
+
+
+def test_a_handle_keeps_what_its_callback_set_in_its_context(any_loop: asyncio.AbstractEventLoop) -> None:
+    def set_and_report(label: str, seen: list[str]) -> None:
+        seen.append(request_id.get())
+        request_id.set(label)
+
+    seen: list[str] = []
+    soon = any_loop.call_soon(set_and_report, "soon", seen)
+    timer = any_loop.call_later(0, set_and_report, "timer", seen)
+    untouched = any_loop.call_soon(seen.append, "ran")
+    run_for(any_loop, 0.005)
+    assert seen == ["unset", "ran", "unset"]
+    assert context_of(soon)[request_id] == "soon"
+    assert context_of(timer)[request_id] == "timer"
+    assert request_id not in context_of(untouched)
+    assert context_of(untouched) is context_of(untouched)
+
+
+def test_get_context_is_the_context_the_callback_runs_in(any_loop: asyncio.AbstractEventLoop) -> None:
+    before_run = any_loop.call_soon(request_id.set, "before")
+    seen: list[bool] = []
+    handles: list[asyncio.Handle] = []
+
+    def look_at_own_context() -> None:
+        request_id.set("inside")
+        seen.append(context_of(handles[0])[request_id] == "inside")
+
+    handles.append(any_loop.call_soon(look_at_own_context))
+    context = context_of(before_run)
+    run_one_iteration(any_loop)
+    assert context[request_id] == "before"
+    assert context_of(before_run) is context
+    assert seen == [True]
+    assert context_of(handles[0])[request_id] == "inside"
+
+
+def test_a_watcher_sees_what_it_set_on_its_earlier_runs(
+    any_loop: asyncio.AbstractEventLoop, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    left, right = tcp_pair
+    left.send(b"x")
+    seen: list[str] = []
+
+    def on_readable() -> None:
+        seen.append(request_id.get())
+        request_id.set(f"run {len(seen)}")
+        if len(seen) == 3:
+            any_loop.remove_reader(right)
+
+    any_loop.add_reader(right, on_readable)
+    for _ in range(4):
+        run_one_iteration(any_loop)
+    assert seen == ["unset", "run 1", "run 2"]
     assert request_id.get() == "unset"
 
 
