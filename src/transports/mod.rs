@@ -6,4 +6,5 @@ pub mod common;
 pub mod datagram;
 pub mod pipe;
 pub mod stream;
+pub mod stream_feed;
 pub mod write_side;

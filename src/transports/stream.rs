@@ -32,6 +32,7 @@ use crate::sys::nonblocking;
 use crate::trace::IoKind;
 
 use super::common::{self, Connection, TransportCore};
+use super::stream_feed;
 use super::write_side::{self, Flushed, WriteCore, WriteSide};
 
 /// A read at least this large makes the next one go straight into a right-sized `bytes`.
@@ -43,7 +44,7 @@ const MAX_DIRECT_READ: usize = 128 * 1024;
 struct StreamState {
     conn: Connection,
     write: WriteSide,
-    buffered: bool,
+    read_path: ReadPath,
     eof: bool,
     empty_waiter: Option<Py<PyAny>>,
 }
@@ -63,14 +64,32 @@ pub struct StreamCore {
     state: GilCell<StreamState>,
 }
 
-fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
-    static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let cls = BUFFERED.import(protocol.py(), "asyncio.protocols", "BufferedProtocol")?;
-    protocol.is_instance(cls)
+/// Where a read goes: `_read_ready__get_buffer`, `_read_ready__data_received`, or the latter
+/// done by the transport for the standard library's stream reader (`stream_feed.rs`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadPath {
+    ProtocolBuffer,
+    DataReceived,
+    StdlibStreamReader,
+}
+
+impl ReadPath {
+    fn of(protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+        static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let cls = BUFFERED.import(protocol.py(), "asyncio.protocols", "BufferedProtocol")?;
+        Ok(if protocol.is_instance(cls)? {
+            ReadPath::ProtocolBuffer
+        } else if stream_feed::feeds_stdlib_reader(protocol)? {
+            ReadPath::StdlibStreamReader
+        } else {
+            ReadPath::DataReceived
+        })
+    }
 }
 
 const WRITE_ERROR: &str = "Fatal write error on socket transport";
 const READ_ERROR: &str = "Fatal read error on socket transport";
+const DATA_RECEIVED_FAILED: &str = "Fatal error: protocol.data_received() call failed.";
 
 impl TransportCore for StreamCore {
     fn is_quiet_error(exc: &Bound<'_, PyAny>) -> bool {
@@ -323,13 +342,8 @@ impl StreamCore {
     fn read_into_bytes(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         // After a large read, receive straight into a bytes sized to what is queued: for big
         // messages that saves copying them out of the scratch buffer, for an ioctl.
-        let queued = if self.large_reads.load(Relaxed) {
-            nonblocking::bytes_available(self.fd).filter(|&n| n >= LARGE_READ)
-        } else {
-            None
-        };
-        let received = if let Some(n) = queued {
-            sock_ops::recv_bytes(py, self.fd, n.min(MAX_DIRECT_READ) as isize)
+        let received = if let Some(n) = self.large_read_queued() {
+            sock_ops::recv_bytes(py, self.fd, n as isize)
         } else {
             self.event_loop(py).get().with_read_buffer(py, |buf| {
                 nonblocking::recv(self.fd, buf)
@@ -351,12 +365,59 @@ impl StreamCore {
             return self.on_eof(py, protocol);
         }
         if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
-            return common::fatal_error(
-                self,
-                py,
-                err,
-                "Fatal error: protocol.data_received() call failed.",
-            );
+            return common::fatal_error(self, py, err, DATA_RECEIVED_FAILED);
+        }
+        Ok(())
+    }
+}
+
+impl StreamCore {
+    /// Bytes queued on the socket when the last read was large and at least `LARGE_READ` are
+    /// waiting (worth receiving straight into their destination, for an ioctl), else `None`.
+    fn large_read_queued(&self) -> Option<usize> {
+        if self.large_reads.load(Relaxed) {
+            nonblocking::bytes_available(self.fd)
+                .filter(|&n| n >= LARGE_READ)
+                .map(|n| n.min(MAX_DIRECT_READ))
+        } else {
+            None
+        }
+    }
+
+    /// `_read_ready__data_received` for an `asyncio.StreamReaderProtocol` whose reader the
+    /// transport feeds itself (`stream_feed.rs`); through `data_received` when it may not.
+    fn read_into_stream_reader(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some((reader, buffer)) = stream_feed::reader_to_feed(protocol) else {
+            return self.read_into_bytes(py, protocol);
+        };
+        // (bytes received, whether they went into the buffer): a bytearray that cannot grow
+        // fails as `bytearray.extend` in `data_received` would, after the read.
+        let direct = self
+            .large_read_queued()
+            .and_then(|queued| stream_feed::recv_into_end(&buffer, self.fd, queued));
+        let received = if let Some(direct) = direct {
+            direct.map(|n| n.map(|n| (n, Ok(()))))
+        } else {
+            self.event_loop(py).get().with_read_buffer(py, |buf| {
+                let n = nonblocking::recv(self.fd, buf).map_err(os_error)?;
+                Ok(n.map(|n| (n, stream_feed::append(&buffer, &buf[..n]))))
+            })
+        };
+        let (nbytes, appended) = match received {
+            Ok(None) => return Ok(()),
+            Ok(Some(read)) => read,
+            Err(err) => return common::fatal_error(self, py, err, READ_ERROR),
+        };
+        self.large_reads.store(nbytes >= LARGE_READ, Relaxed);
+        self.io_event(py, IoKind::Read, nbytes);
+        if nbytes == 0 {
+            return self.on_eof(py, protocol);
+        }
+        if let Err(err) = appended {
+            return common::fatal_error(self, py, err, DATA_RECEIVED_FAILED);
+        }
+        if let Err(err) = stream_feed::after_feed(&reader) {
+            return common::fatal_error(self, py, err, DATA_RECEIVED_FAILED);
         }
         Ok(())
     }
@@ -374,7 +435,7 @@ impl StreamCore {
         sock: Bound<'_, PyAny>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let buffered = is_buffered_protocol(&protocol)?;
+        let read_path = ReadPath::of(&protocol)?;
         Ok(StreamCore {
             event_loop: event_loop.unbind(),
             fd,
@@ -384,7 +445,7 @@ impl StreamCore {
             state: GilCell::new(StreamState {
                 conn: Connection::new(transport, protocol),
                 write: WriteSide::default(),
-                buffered,
+                read_path,
                 eof: false,
                 empty_waiter: None,
             }),
@@ -404,18 +465,18 @@ impl StreamCore {
             }
             // Bound, not Py: released without a thread-local check, once per read.
             let protocol = st.conn.protocol.as_ref()?.bind(py).clone();
-            Some((protocol, st.buffered))
+            Some((protocol, st.read_path))
         });
-        let Some((protocol, buffered)) = reading else {
+        let Some((protocol, read_path)) = reading else {
             return Ok(());
         };
         if let Err(err) = self.sock.fd(py) {
             return common::fatal_error(self, py, err, READ_ERROR);
         }
-        if buffered {
-            self.read_into_protocol_buffer(py, &protocol)
-        } else {
-            self.read_into_bytes(py, &protocol)
+        match read_path {
+            ReadPath::ProtocolBuffer => self.read_into_protocol_buffer(py, &protocol),
+            ReadPath::StdlibStreamReader => self.read_into_stream_reader(py, &protocol),
+            ReadPath::DataReceived => self.read_into_bytes(py, &protocol),
         }
     }
 
@@ -522,9 +583,9 @@ impl StreamCore {
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = is_buffered_protocol(&protocol)?;
+        let read_path = ReadPath::of(&protocol)?;
         let old = self.state.with_borrow_mut(py, |st| {
-            st.buffered = buffered;
+            st.read_path = read_path;
             st.conn.replace_protocol(protocol)
         });
         drop(old);
