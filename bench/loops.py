@@ -23,6 +23,8 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 KNOWN_LOOPS: tuple[str, ...] = ("ferroloop", "asyncio", "uvloop", "rloop", "rsloop")
 SUBJECT = "ferroloop"
 BASELINES: tuple[str, ...] = ("uvloop", "asyncio")
+#: The other fast loops: the report's "best peer" column is the fastest of these per workload.
+PEERS: tuple[str, ...] = ("uvloop", "rloop", "rsloop")
 
 
 def loop_factory(name: str) -> LoopFactory:

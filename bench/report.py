@@ -9,7 +9,7 @@ import statistics
 import textwrap
 from dataclasses import dataclass, field
 
-from .loops import BASELINES, SUBJECT
+from .loops import BASELINES, PEERS, SUBJECT
 from .workloads import Workload
 
 
@@ -79,14 +79,26 @@ def ratio(subject: float | None, baseline: float | None) -> str:
     return f"{subject / baseline:.2f}"
 
 
+def best_peer(medians: dict[str, float | None]) -> str:
+    """`SUBJECT` over the fastest peer that ran the workload, naming that peer."""
+    measured = [(median, peer) for peer in PEERS if (median := medians.get(peer)) is not None]
+    if not measured or medians.get(SUBJECT) is None:
+        return "—"
+    fastest, peer = max(measured)
+    return f"{ratio(medians[SUBJECT], fastest)} ({peer})"
+
+
 def table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
     baselines = [b for b in BASELINES if b in loops and SUBJECT in loops]
+    with_peers = SUBJECT in loops and any(p in loops for p in PEERS)
     header = ["workload", "unit", *loops, *(f"{SUBJECT}/{b}" for b in baselines)]
+    header += [f"{SUBJECT}/best peer"] if with_peers else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for w in workloads:
         medians = {loop: samples.median(w.name, loop) for loop in loops}
         cells = [w.name, f"{w.unit}/s", *(rate(medians[loop]) for loop in loops)]
         cells += [ratio(medians[SUBJECT], medians[b]) for b in baselines]
+        cells += [best_peer(medians)] if with_peers else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

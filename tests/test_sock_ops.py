@@ -581,3 +581,30 @@ def test_sock_ops_on_a_closed_loop_raise(
             loop.run_until_complete(coro)
     finally:
         coro.close()
+
+
+def test_a_sock_sendall_cancelled_midway_sent_a_prefix_of_its_data(
+    any_loop: asyncio.AbstractEventLoop, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # What reached the peer before the cancellation is the data's beginning, with nothing
+    # skipped or repeated, and a later sendall's bytes follow it directly.
+    client, server = tcp_pair
+    data = bytes(i % 251 for i in range(len(BIG) * 4))
+
+    async def main() -> tuple[bytes, bytes]:
+        pending = asyncio.ensure_future(any_loop.sock_sendall(client, data))
+        await asyncio.sleep(0.01)
+        assert not pending.done()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        reader = asyncio.ensure_future(recv_exactly(any_loop, server, len(data) + 5))
+        await any_loop.sock_sendall(client, b"after")
+        client.shutdown(socket.SHUT_WR)
+        received = await reader
+        return received[:-5], received[-5:]
+
+    sent, tail = any_loop.run_until_complete(main())
+    assert 0 < len(sent) < len(data)
+    assert sent == data[: len(sent)]
+    assert tail == b"after"
