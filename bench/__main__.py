@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .chart import write_chart
-from .loops import KNOWN_LOOPS, loop_version
+from .loops import KNOWN_LOOPS, NATIVE, SELECTABLE_LOOPS, loop_version
 from .report import Samples, machine, readme_section, render, replace_readme_section, utc_now
 from .workloads import Workload, all_workloads
 
@@ -90,8 +90,11 @@ def worker_environment(ferroloop_from: str) -> dict[str, str]:
 def available_loops(requested: list[str], notes: list[str]) -> list[str]:
     found = []
     for name in requested:
-        if name not in KNOWN_LOOPS:
-            sys.exit(f"unknown loop {name!r}; choose from {', '.join(KNOWN_LOOPS)}")
+        if name not in SELECTABLE_LOOPS:
+            sys.exit(f"unknown loop {name!r}; choose from {', '.join(SELECTABLE_LOOPS)}")
+        if name == NATIVE:
+            found.append(name)
+            continue
         try:
             importlib.import_module(name)
         except ImportError as exc:

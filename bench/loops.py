@@ -21,6 +21,10 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 # In report order; ferroloop first because every ratio is about it.
 KNOWN_LOOPS: tuple[str, ...] = ("ferroloop", "asyncio", "uvloop", "rloop", "rsloop")
+#: Not a loop: the native echo server (`bench/echo_client`'s `echo_server`), the limit the
+#: server-alone echoes are measured against. Only those workloads run it; chosen with --loops.
+NATIVE = "native"
+SELECTABLE_LOOPS: tuple[str, ...] = (*KNOWN_LOOPS, NATIVE)
 SUBJECT = "ferroloop"
 BASELINES: tuple[str, ...] = ("uvloop", "asyncio")
 #: The other fast loops: the report's "best peer" column is the fastest of these per workload.
@@ -28,6 +32,8 @@ PEERS: tuple[str, ...] = ("uvloop", "rloop", "rsloop")
 
 
 def loop_factory(name: str) -> LoopFactory:
+    if name == NATIVE:
+        raise NotImplementedError("the native limit is measured by the server-alone echoes only")
     if name == "asyncio":
         return asyncio.SelectorEventLoop
     if name not in KNOWN_LOOPS:
@@ -40,6 +46,8 @@ def loop_version(name: str) -> str:
     """The distribution version, or the module's own `__version__` for a source checkout."""
     if name == "asyncio":
         return f"CPython {platform.python_version()}"
+    if name == NATIVE:
+        return "bench/echo_client echo_server (Rust, epoll, no loop)"
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

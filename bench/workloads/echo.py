@@ -118,8 +118,7 @@ async def serve_streams(connections: int, message_size: int) -> None:
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0, backlog=connections)
     print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await all_closed
+    await serve_until(server, all_closed)
 
 
 class EchoServerProtocol(asyncio.Protocol):
@@ -154,8 +153,17 @@ async def serve_protocol(connections: int, message_size: int, ssl_context: ssl.S
         lambda: EchoServerProtocol(on_lost), "127.0.0.1", 0, backlog=connections, ssl=ssl_context
     )
     print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await all_closed
+    await serve_until(server, all_closed)
+
+
+async def serve_until(server: asyncio.AbstractServer, done: Awaitable[object]) -> None:
+    """Keep `server` listening until `done`, then close it. Not `async with server`: rsloop's
+    Server is no asynchronous context manager."""
+    try:
+        await done
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 SERVERS: dict[str, Callable[[int, int], Coroutine[object, object, None]]] = {
@@ -351,14 +359,15 @@ def measure_against_server(
     drive: BoundClient | None,
     round_trips: int,
     native_client: Callable[[int, list[str]], float] | None = None,
+    server_command: list[str] | None = None,
 ) -> Timing:
-    """Start `python -m server_module *server_arguments` (which pins itself to SERVER_CPU and
-    prints its port), pin this process to CLIENT_CPU, run `drive(port, notes)` on the named
+    """Start `python -m server_module *server_arguments` (or `server_command`; either pins
+    itself to SERVER_CPU and prints its port), pin this process to CLIENT_CPU, run `drive(port, notes)` on the named
     loop (or `native_client(port, notes)`, a client that is no loop at all), then reap the
     server. Returns `round_trips` over the seconds the client measured."""
     # Start the server before pinning: it inherits this process's affinity and pins itself.
     server = subprocess.Popen(
-        [sys.executable, "-m", server_module, *server_arguments],
+        server_command or [sys.executable, "-m", server_module, *server_arguments],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -17,10 +17,12 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
+from ..loops import NATIVE
 from . import Timing, Workload, echo
 from .echo import (
     CONNECTIONS,
     ROUND_TRIPS,
+    SERVER_CPU,
     STYLES,
     WARM_UP_ROUND_TRIPS,
     echo_workload,
@@ -30,6 +32,8 @@ from .echo import (
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "echo_client"
 CLIENT_BINARY = CLIENT_DIR / "target" / "release" / "echo_client"
+#: The native limit (`--loops ...,native`): the same echo with no loop at all.
+SERVER_BINARY = CLIENT_DIR / "target" / "release" / "echo_server"
 #: Message sizes measured this way (the both-ends echoes cover 100 KiB too).
 SIZES = (1024, 10 * 1024)
 
@@ -46,7 +50,7 @@ def build_failure() -> str | None:
         capture_output=True,
         text=True,
     )
-    if build.returncode != 0 or not CLIENT_BINARY.exists():
+    if build.returncode != 0 or not (CLIENT_BINARY.exists() and SERVER_BINARY.exists()):
         last = (build.stderr.strip().splitlines() or ["no output"])[-1]
         return f"native-client echoes skipped: building bench/echo_client failed: {last}"
     return None
@@ -73,6 +77,7 @@ def measure(style: str, message_size: int, loop_name: str, size: int) -> Timing:
     if failure is not None:
         raise RuntimeError(failure)
     per_connection = max(1, size // CONNECTIONS)
+    native_server = [str(SERVER_BINARY), str(SERVER_CPU), str(CONNECTIONS)] if loop_name == NATIVE else None
     return measure_against_server(
         echo.__name__,
         [style, loop_name, str(CONNECTIONS), str(message_size)],
@@ -81,6 +86,7 @@ def measure(style: str, message_size: int, loop_name: str, size: int) -> Timing:
         None,
         per_connection * CONNECTIONS,
         native_client=lambda port, notes: run_native_client(port, message_size, per_connection),
+        server_command=native_server,
     )
 
 

@@ -78,9 +78,10 @@ async def serve() -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(HttpProtocol, "127.0.0.1", 0, backlog=1024)
     print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        # The worker kills this process once wrk is done; the sleep only bounds an orphan.
-        await asyncio.sleep(SERVER_DEADLINE_SECONDS)
+    # The worker kills this process once wrk is done; the sleep only bounds an orphan. (Not
+    # `async with server`: rsloop's Server is no asynchronous context manager.)
+    await asyncio.sleep(SERVER_DEADLINE_SECONDS)
+    server.close()
 
 
 def run_server(loop_name: str) -> None:

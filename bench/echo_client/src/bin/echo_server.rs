@@ -1,0 +1,176 @@
+//! `echo_server CPU CONNECTIONS`: the bench's native echo server, the limit an echo server on
+//! an event loop is measured against. It pins itself to CPU, listens on 127.0.0.1 (an
+//! ephemeral port, printed on stdout), accepts CONNECTIONS connections and echoes what each
+//! sends until all of them have closed, then exits. It exits on its own after
+//! DEADLINE_SECONDS, as the bench's Python servers do.
+//!
+//! It does what a minimal event loop does for a Protocol echo and nothing more: one thread, one
+//! level-triggered epoll set that it sleeps in when nothing is ready (as every candidate loop
+//! does), `recv` of whatever is there into one buffer, `send` of it straight back (waiting for
+//! the socket to become writable only when the kernel's buffer is full). No Python, no
+//! callbacks, no allocation per message: what is left is the system calls and the kernel's
+//! loopback path, which bound what any loop on this machine can reach.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+const DEADLINE_SECONDS: u32 = 300;
+const RECV_SIZE: usize = 256 * 1024;
+const LISTENER_TOKEN: u64 = u64::MAX;
+
+fn parse_args() -> Result<(usize, usize), String> {
+    let values: Vec<String> = std::env::args().skip(1).collect();
+    if values.len() != 2 {
+        return Err("usage: echo_server CPU CONNECTIONS".into());
+    }
+    let number = |i: usize| -> Result<usize, String> {
+        values[i]
+            .parse()
+            .map_err(|e| format!("argument {}: {e}", i + 1))
+    };
+    Ok((number(0)?, number(1)?))
+}
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+fn pin_to(cpu: usize) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t; CPU_SET ignores a CPU beyond its capacity.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 means this thread.
+    check(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) }).map(|_| ())
+}
+
+fn watch(epoll: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: both fds are open; `event` is a valid epoll_event for the call.
+    check(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) }).map(|_| ())
+}
+
+/// Send all of `data`, sleeping in poll() for writability when the socket's buffer is full.
+fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is readable for its whole length.
+        let sent = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            data = &data[sent as usize..];
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                let mut writable = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                check(unsafe { libc::poll(&mut writable, 1, -1) })?;
+            }
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+fn serve(cpu: usize, connections: usize) -> io::Result<()> {
+    pin_to(cpu)?;
+    // SAFETY: alarm only arms the process's SIGALRM timer, whose default action ends it.
+    unsafe { libc::alarm(DEADLINE_SECONDS) };
+    let listener = TcpListener::bind(("127.0.0.1", 0))?;
+    listener.set_nonblocking(true)?;
+    println!("{}", listener.local_addr()?.port());
+    // SAFETY: epoll_create1 returns a new fd or -1.
+    let epoll = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: `epoll` is a new fd that nothing else owns.
+    let _epoll_owner = unsafe { OwnedFd::from_raw_fd(epoll) };
+    watch(epoll, listener.as_raw_fd(), LISTENER_TOKEN)?;
+    let mut streams: Vec<Option<TcpStream>> = Vec::with_capacity(connections);
+    let mut open = 0usize;
+    let mut buffer = vec![0u8; RECV_SIZE];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; connections + 1];
+    while streams.len() < connections || open > 0 {
+        // SAFETY: `events` has room for `events.len()` entries, which epoll_wait fills.
+        let ready = unsafe {
+            libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as libc::c_int, -1)
+        };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for event in &events[..ready as usize] {
+            let token = event.u64;
+            if token == LISTENER_TOKEN {
+                while streams.len() < connections {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(true)?;
+                            stream.set_nodelay(true)?;
+                            watch(epoll, stream.as_raw_fd(), streams.len() as u64)?;
+                            streams.push(Some(stream));
+                            open += 1;
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(err) => return Err(err),
+                    }
+                }
+                continue;
+            }
+            let slot = &mut streams[token as usize];
+            let Some(stream) = slot.as_ref() else {
+                continue;
+            };
+            let fd = stream.as_raw_fd();
+            // SAFETY: `buffer` is writable for its whole length.
+            let n = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::ConnectionReset => {}
+                    _ => return Err(err),
+                }
+            }
+            if n <= 0 {
+                *slot = None; // closing the stream removes it from the epoll set
+                open -= 1;
+                continue;
+            }
+            send_all(fd, &buffer[..n as usize])?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let (cpu, connections) = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(cpu, connections) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("echo_server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
