@@ -9,6 +9,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -43,7 +44,11 @@ def test_a_blocking_task_step_is_reported_while_it_blocks_with_its_stack(
     # the stack is the loop thread's, taken while it was still inside the blocking call
     assert "in parse_huge_document" in blocked and "time.sleep(0.3)" in blocked
     assert blocked.index("in handler") < blocked.index("in parse_huge_document")
-    assert returned.startswith("task 'request-handler' (") and "blocked the event loop for 0.2" in returned
+    assert returned.startswith("task 'request-handler' (")
+    # "in all" counts from the watchdog's first sighting (within a tick of the start when the
+    # machine is idle, later when it is loaded), which came at least a threshold before the end.
+    in_all = re.search(r"blocked the event loop for (\d+\.\d+) s in all", returned)
+    assert in_all is not None and 0.1 <= float(in_all.group(1)) < 5
     assert loop.stats()["blocked_episodes"] == 1
 
 
