@@ -705,7 +705,9 @@ impl LoopCore {
     }
 
     fn is_reader_callback(&self, py: Python<'_>, fd: RawFd, callback: &Bound<'_, PyAny>) -> bool {
-        let current = self.fds.with_borrow(py, |v| v.handle(py, fd, Direction::Read));
+        let current = self
+            .fds
+            .with_borrow(py, |v| v.handle(py, fd, Direction::Read));
         current.is_some_and(|handle| handle.get().callback(py).is(callback))
     }
 

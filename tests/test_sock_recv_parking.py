@@ -14,9 +14,8 @@ import warnings
 import weakref
 from collections.abc import Iterator
 
-import pytest
-
 import ferroloop
+import pytest
 
 pytestmark = pytest.mark.timeout(30)  # a lost registration must fail fast, not hang
 
