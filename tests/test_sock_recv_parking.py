@@ -14,8 +14,9 @@ import warnings
 import weakref
 from collections.abc import Iterator
 
-import ferroloop
 import pytest
+
+import ferroloop
 
 pytestmark = pytest.mark.timeout(30)  # a lost registration must fail fast, not hang
 
