@@ -370,7 +370,13 @@ impl LoopCore {
     /// EPOLL_CTL_DEL by number failed and, level-triggered, it would wake every wait from now
     /// on. If deleting it by number fails again (the number is closed or another file's),
     /// nothing can reach that registration any more: the poller is rebuilt from the table.
+    /// The same goes for a parked entry's registration (see `fd_watchers`): data arrived that
+    /// no `sock_recv` waits for, so it is deleted before it wakes every wait.
     fn drop_orphan_registrations(&self, py: Python<'_>, io: &Io, fds: &[RawFd]) -> PyResult<()> {
+        let parked: Vec<FdWatch> = self.fds.with_borrow_mut(py, |table| {
+            fds.iter().filter_map(|&fd| table.drop_parked(fd)).collect()
+        });
+        drop(parked);
         if fds.iter().all(|&fd| io.poller.forget(fd).is_ok()) {
             return Ok(());
         }
@@ -522,6 +528,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
+        owner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
@@ -537,6 +544,7 @@ impl LoopCore {
                 fileobj.clone().unbind(),
                 dir,
                 handle.clone_ref(py),
+                owner,
             )
         });
         let (replaced, old_fileobj) = match added {
@@ -671,6 +679,38 @@ impl LoopCore {
         Ok(data)
     }
 
+    /// Park `fd`'s reader (see `fd_watchers`) if it is still the handle that calls `callback`:
+    /// a finished `sock_recv` waiter leaves the registration to the socket's next one.
+    pub fn park_reader_if_callback(
+        event_loop: &Bound<'_, LoopCore>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        owner: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = event_loop.py();
+        let this = event_loop.get();
+        if !this.is_reader_callback(py, fd, callback) || this.closed.load(Relaxed) {
+            return Ok(());
+        }
+        let io = this.io(py)?;
+        let poller = (!fork_guard::is_inherited(this.fork_generation)).then_some(&io.poller);
+        let (removed, emptied, result) = this
+            .fds
+            .with_borrow_mut(py, |v| v.park_reader(poller, fd, owner));
+        if let Some(handle) = &removed {
+            handle.get().cancel_handle();
+        }
+        drop((removed, emptied));
+        result.map_err(os_error)
+    }
+
+    fn is_reader_callback(&self, py: Python<'_>, fd: RawFd, callback: &Bound<'_, PyAny>) -> bool {
+        let current = self
+            .fds
+            .with_borrow(py, |v| v.handle(py, fd, Direction::Read));
+        current.is_some_and(|handle| handle.get().callback(py).is(callback))
+    }
+
     /// Remove `fd`'s reader if it is still the handle that calls `callback` (a waiter that
     /// finished must not remove a reader someone installed after it).
     pub fn remove_reader_if_callback(
@@ -678,17 +718,13 @@ impl LoopCore {
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let py = event_loop.py();
-        let this = event_loop.get();
-        let current = this
-            .fds
-            .with_borrow(py, |v| v.handle(py, fd, Direction::Read));
-        match current {
-            Some(handle) if handle.get().callback(py).is(callback) => {
-                Self::remove_watch_fd(event_loop, fd, Direction::Read).map(drop)
-            }
-            _ => Ok(()),
+        if event_loop
+            .get()
+            .is_reader_callback(event_loop.py(), fd, callback)
+        {
+            Self::remove_watch_fd(event_loop, fd, Direction::Read)?;
         }
+        Ok(())
     }
 }
 
@@ -1013,8 +1049,8 @@ impl LoopCore {
         future: Bound<'_, PyAny>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let sock = SocketOwner::new(sock, fd)?;
-        let waiter = RecvWaiter::new(slf.clone().unbind(), sock, n, future.unbind());
+        let owner = SocketOwner::new(sock.clone(), fd)?;
+        let waiter = RecvWaiter::new(slf.clone().unbind(), owner, n, future.unbind());
         let waiter = Bound::new(py, waiter)?;
         let fd_obj = fd.into_pyobject(py)?;
         Self::add_watch(
@@ -1024,6 +1060,7 @@ impl LoopCore {
             waiter.into_any(),
             PyTuple::empty(py),
             None,
+            Some(&sock),
         )
     }
 
@@ -1047,7 +1084,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_watch(slf, &fd, Direction::Read, callback, args, context)
+        Self::add_watch(slf, &fd, Direction::Read, callback, args, context, None)
     }
 
     /// `context` (3.15's transports pass theirs) is where the callback runs; by default a copy
@@ -1060,7 +1097,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_watch(slf, &fd, Direction::Write, callback, args, context)
+        Self::add_watch(slf, &fd, Direction::Write, callback, args, context, None)
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
@@ -1209,7 +1246,8 @@ impl LoopCore {
                     result = visit
                         .call(&w.fileobj)
                         .and_then(|()| w.reader.as_ref().map_or(Ok(()), |h| visit.call(h)))
-                        .and_then(|()| w.writer.as_ref().map_or(Ok(()), |h| visit.call(h)));
+                        .and_then(|()| w.writer.as_ref().map_or(Ok(()), |h| visit.call(h)))
+                        .and_then(|()| w.parked_for.as_ref().map_or(Ok(()), |p| visit.call(p)));
                 }
             });
             result

@@ -213,7 +213,12 @@ impl RecvWaiter {
         if matches!(outcome, Ok(None)) {
             return Ok(()); // A spurious wake-up: stay registered.
         }
-        LoopCore::remove_reader_if_callback(event_loop, this.sock.raw_fd(), slf.as_any())?;
+        LoopCore::park_reader_if_callback(
+            event_loop,
+            this.sock.raw_fd(),
+            slf.as_any(),
+            this.sock.object(py),
+        )?;
         match outcome {
             Ok(data) => {
                 future.call_method1(intern!(py, "set_result"), (data,))?;

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 from ferro_helpers import run_python
 
 

@@ -376,7 +376,7 @@ def test_many_watchers(loop: ferroloop.Loop) -> None:
     pairs = [socket.socketpair() for _ in range(100)]
     fired: set[int] = set()
     try:
-        for i, (a, b) in enumerate(pairs):
+        for i, (a, _b) in enumerate(pairs):
             a.setblocking(False)
 
             def on_readable(i: int = i, a: socket.socket = a) -> None:

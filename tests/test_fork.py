@@ -9,8 +9,9 @@ import json
 import os
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -66,7 +66,7 @@ def test_create_task_keywords_are_checked_like_the_stdlib() -> None:
         results = []
         for kwargs in ({"name": "n", "context": None}, {"bogus": 1}):
             coro = answer()
-            results.append(outcome(lambda: event_loop.create_task(coro, **kwargs).cancel()))
+            results.append(outcome(lambda coro=coro, kwargs=kwargs: event_loop.create_task(coro, **kwargs).cancel()))
             coro.close()
         return results
 
@@ -126,7 +126,7 @@ def test_gather_wait_for_and_timeouts(loop: ferroloop.Loop) -> None:
         results = await asyncio.gather(*(asyncio.sleep(0.001 * i, i) for i in range(10)))
         try:
             await asyncio.wait_for(asyncio.sleep(3600), 0.01)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
         else:
             timed_out = False

@@ -14,7 +14,6 @@ import pytest
 import ferroloop
 from ferro_helpers import on_both_loops
 
-
 # -- run_until_complete -----------------------------------------------------------------------
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import gc
 
-import ferroloop
 import pytest
 import soak
+
+import ferroloop
 
 pytestmark = pytest.mark.timeout(120)
 

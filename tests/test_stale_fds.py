@@ -10,8 +10,9 @@ import socket
 import time
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 
 pytestmark = pytest.mark.timeout(30)
 

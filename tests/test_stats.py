@@ -11,8 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import ferroloop
 import pytest
+
+import ferroloop
 from ferro_helpers import run_python
 
 

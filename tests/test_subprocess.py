@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 import ferroloop
-from ferroloop import _subprocess
 from ferro_helpers import on_both_loops
+from ferroloop import _subprocess
 
 pytestmark = pytest.mark.timeout(60)
 

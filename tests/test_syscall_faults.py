@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ferro_helpers import run_python
 
 pytestmark = pytest.mark.timeout(120)

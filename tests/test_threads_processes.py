@@ -9,9 +9,10 @@ import asyncio
 import threading
 from typing import Any
 
-import ferroloop
 import pytest
 from test_fork import in_child
+
+import ferroloop
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,8 +24,9 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 from ferro_helpers import on_both_loops
 from tls_helpers import HOSTNAME, Echo, Pki, Recorder, record_errors, run
 

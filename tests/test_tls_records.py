@@ -17,8 +17,9 @@ import threading
 from asyncio import sslproto
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 from ferroloop._tls import TlsProtocol
 from tls_helpers import HOSTNAME, Echo, Pki, Recorder, record_errors, run
 

@@ -13,8 +13,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 from ferro_helpers import run_python
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

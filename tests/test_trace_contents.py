@@ -12,8 +12,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 
 
 async def hold(lock: asyncio.Lock) -> None:

@@ -9,14 +9,15 @@ import asyncio
 import json
 import os
 import socket
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-import ferroloop
-from ferroloop import _trace
 import pytest
+
+import ferroloop
 from ferro_helpers import run_python
+from ferroloop import _trace
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

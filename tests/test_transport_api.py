@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+import ferroloop
+
 pytestmark = pytest.mark.timeout(30)
 
 BIG = hashlib.sha256(b"ferroloop").digest() * (1 << 19)  # 16 MiB: far beyond socket buffers

@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import ferroloop
 import pytest
+
+import ferroloop
 from transport_fuzz import play, random_program
 
 pytestmark = pytest.mark.timeout(120)

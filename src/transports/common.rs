@@ -162,6 +162,7 @@ pub fn watch<C: TransportCore>(
         callback,
         PyTuple::empty(py),
         context,
+        None,
     )?;
     Ok(())
 }
