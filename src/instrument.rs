@@ -42,8 +42,22 @@ const NOT_A_TASK: u32 = 1 << 31;
 struct Running {
     handle: u64,
     task: u32,
+    /// How many times the running task queued its own next step during this step, while
+    /// the trace is off (the trace records each such wake-up itself, with its time).
+    self_wakes: u32,
     /// The address of the running task (0: none), which a step that wakes itself names again.
     task_addr: usize,
+}
+
+/// A callback `begin_callback` saw start, for `end_callback`.
+pub struct Started<'py> {
+    /// The instruments on when it started (the callback may switch them).
+    flags: u8,
+    start: u64,
+    handle_id: u64,
+    task: u32,
+    task_obj: Option<Bound<'py, PyAny>>,
+    outer: Running,
 }
 
 #[derive(Default)]
@@ -122,26 +136,55 @@ impl Instruments {
         Ok(id)
     }
 
-    /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed).
+    /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed). The common case
+    /// first, inline: the running task queueing its own next step (a bare yield, `sleep(0)`)
+    /// is recognised by the address its callback is bound to, and is woken at the end of this
+    /// step (no type check, no table lookup, no clock read of its own).
+    #[inline]
     pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
+        let py = handle.py();
+        if !threadsafe && self.flags() & TRACE == 0 {
+            let owner = handle.get().callback_owner_addr(py);
+            if self.woke_itself(py, owner) {
+                let task = self.running.with_borrow(py, |v| v.task);
+                handle.get().instrument_tag.store(task, Relaxed);
+                return;
+            }
+        }
+        self.identify_queued(handle, threadsafe);
+    }
+
+    /// Whether the object at `owner` is the running task (then its self-wake is counted).
+    #[inline]
+    fn woke_itself(&self, py: Python<'_>, owner: usize) -> bool {
+        self.running.with_borrow_mut(py, |r| {
+            let itself = r.task != 0 && owner == r.task_addr;
+            if itself {
+                r.self_wakes += 1;
+            }
+            itself
+        })
+    }
+
+    #[inline(never)]
+    fn identify_queued(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
         let tracing = self.flags() & TRACE != 0;
         let running = self.running.with_borrow(py, |v| *v);
         let callback = handle.get().callback(py);
         let owner = callback_identity::bound_self(&callback);
-        // A task that queues its own next step (a bare yield, `sleep(0)`) is the running one:
-        // known without a type check or a table lookup, and woken at the end of this step
-        // (the statistics need no clock read of their own for it).
         let by_itself = !threadsafe
             && running.task != 0
             && owner
                 .as_ref()
                 .is_some_and(|o| o.as_ptr() as usize == running.task_addr);
-        let now = if by_itself && !tracing {
-            task_table::AT_STEP_END
-        } else {
-            monotonic_ns()
-        };
+        if by_itself && !tracing {
+            // Bound in a way only `bound_self` reads; counted as in `on_call_soon`.
+            self.woke_itself(py, running.task_addr);
+            handle.get().instrument_tag.store(running.task, Relaxed);
+            return;
+        }
+        let now = monotonic_ns();
         let task = match owner {
             _ if by_itself => running.task,
             Some(owner) if callback_identity::is_task(&owner) => {
@@ -284,86 +327,130 @@ impl Instruments {
         );
     }
 
-    /// Run one ready callback with the instruments that are on. `native` is the handle when it
-    /// is one of ferroloop's (its tag saves looking at the callback again); `describe` gives
-    /// what the handle calls and a timer's due time, and is asked only when that is needed.
-    pub fn run_callback<'py>(
+    /// A ready callback is about to run with the instruments that are on (call
+    /// `end_callback` after it). `native` is the handle when it is one of ferroloop's (its tag
+    /// saves looking at the callback again); `describe` gives what the handle calls and a
+    /// timer's due time, and is asked only when that is needed.
+    #[inline]
+    pub fn begin_callback<'py>(
         &self,
-        event_loop: &Bound<'py, PyAny>,
         handle: &Bound<'py, PyAny>,
         native: Option<&Handle>,
         describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
-        run: impl FnOnce() -> PyResult<()>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Started<'py>> {
         let py = handle.py();
         let flags = self.flags();
-        if flags & (TASKS | TRACE) == 0 {
-            // The blocking detector alone: two stores before and after.
-            self.watch_begin(py, handle);
-            let result = run();
-            self.watch_end(event_loop, handle);
-            return result;
+        let mut started = Started {
+            flags,
+            start: 0,
+            handle_id: handle.as_ptr() as u64,
+            task: 0,
+            task_obj: None,
+            outer: Running::default(),
+        };
+        if flags & (TASKS | TRACE) != 0 {
+            self.begin_followed(handle, native, describe, &mut started)?;
         }
+        if flags & BLOCKING != 0 {
+            self.watch_begin(py, handle);
+        }
+        Ok(started)
+    }
+
+    #[inline]
+    fn begin_followed<'py>(
+        &self,
+        handle: &Bound<'py, PyAny>,
+        native: Option<&Handle>,
+        describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
+        started: &mut Started<'py>,
+    ) -> PyResult<()> {
+        let py = handle.py();
         // The previous callback's end, when one just ended in this iteration: back-to-back
         // callbacks share a clock read.
-        let start = match self.last_end.swap(0, Relaxed) {
+        let start = match self.last_end.load(Relaxed) {
             0 => monotonic_ns(),
-            previous => previous,
+            previous => {
+                self.last_end.store(0, Relaxed);
+                previous
+            }
         };
-        let handle_id = handle.as_ptr() as u64;
         let (task_obj, task, label, when) = self.identify(handle, native, describe, start)?;
-        if task != 0 {
-            self.tasks
-                .with_borrow_mut(py, |v| v.step_started(task, start));
-        }
-        if flags & TRACE != 0 {
+        if started.flags & TRACE != 0 {
             // A task step is named after its task when the trace is written.
             self.trace_event(
                 py,
                 TraceEvent {
                     ts: start,
                     kind: Kind::CallbackStart as u8,
-                    a: handle_id,
+                    a: started.handle_id,
                     b: when.map_or(0, f64::to_bits),
                     task,
                     label,
                 },
             );
         }
-        let task_addr = task_obj.as_ref().map_or(0, |t| t.as_ptr() as usize);
-        let outer = self.running.with_borrow_mut(py, |v| {
-            std::mem::replace(
-                v,
-                Running {
-                    handle: handle_id,
-                    task,
-                    task_addr,
-                },
-            )
-        });
-        let watched = flags & BLOCKING != 0;
-        if watched {
-            self.watch_begin(py, handle);
-        }
-        let result = run();
-        if watched {
+        let task_addr = match &task_obj {
+            Some(t) if task != 0 => t.as_ptr() as usize,
+            _ => 0,
+        };
+        let running = Running {
+            handle: started.handle_id,
+            task,
+            self_wakes: 0,
+            task_addr,
+        };
+        started.outer = self
+            .running
+            .with_borrow_mut(py, |v| std::mem::replace(v, running));
+        started.start = start;
+        started.task = task;
+        started.task_obj = task_obj;
+        Ok(())
+    }
+
+    /// The callback `begin_callback` started has returned.
+    #[inline]
+    pub fn end_callback<'py>(
+        &self,
+        event_loop: &Bound<'py, PyAny>,
+        handle: &Bound<'py, PyAny>,
+        started: Started<'py>,
+    ) {
+        let py = handle.py();
+        let flags = started.flags;
+        if flags & BLOCKING != 0 {
             self.watch_end(event_loop, handle);
+        }
+        if flags & (TASKS | TRACE) == 0 {
+            return;
         }
         let end = monotonic_ns();
         self.last_end.store(end, Relaxed);
-        self.running.with_borrow_mut(py, |v| *v = outer);
-        match task_obj.filter(|_| task != 0) {
-            Some(task_obj) => self.after_step(&task_obj, task, handle_id, start, end, flags),
-            None if flags & TRACE != 0 => self.end_event(py, handle_id, end, 0, 0, 0),
+        let ran = self
+            .running
+            .with_borrow_mut(py, |v| std::mem::replace(v, started.outer));
+        match started.task_obj.filter(|_| started.task != 0) {
+            Some(task_obj) => {
+                let span = (started.start, end);
+                self.after_step(
+                    &task_obj,
+                    started.task,
+                    started.handle_id,
+                    span,
+                    ran.self_wakes,
+                    flags,
+                );
+            }
+            None if flags & TRACE != 0 => self.end_event(py, started.handle_id, end, 0, 0, 0),
             None => {}
         }
-        result
     }
 
-    /// The task a callback about to run steps (object and id, or None and 0), the label of
-    /// its callback when it is not a task step and the trace is on (else 0), and a timer's
-    /// due time. What the handle's tag already says is not looked up again; what is looked
-    /// up is written to the tag.
+    /// The task a callback about to run at `now` steps (object and id, or None and 0; its step
+    /// is started in the table), the label of its callback when it is not a task step and the
+    /// trace is on (else 0), and a timer's due time. What the handle's tag already says is not
+    /// looked up again; what is looked up is written to the tag.
     #[allow(clippy::type_complexity)]
     fn identify<'py>(
         &self,
@@ -380,7 +467,11 @@ impl Instruments {
             return Ok((None, 0, label, None));
         }
         if tag != 0 && tag & NOT_A_TASK == 0 {
-            if let Some(task) = self.tasks.with_borrow(py, |v| v.object(py, tag)) {
+            let task = self.tasks.with_borrow_mut(py, |v| v.step_started(tag, now));
+            if !task.is_null() {
+                // SAFETY: the live task the record's weak reference points to; a new
+                // reference is made at once.
+                let task = unsafe { Bound::from_borrowed_ptr(py, task) };
                 return Ok((Some(task), tag, 0, None));
             }
         }
@@ -390,6 +481,10 @@ impl Instruments {
             Some(t) => report(py, self.task_id(t, now)).unwrap_or(0),
             None => 0,
         };
+        if task != 0 {
+            self.tasks
+                .with_borrow_mut(py, |v| v.step_started(task, now));
+        }
         let label = if task == 0 && tracing {
             report(
                 py,
@@ -427,19 +522,48 @@ impl Instruments {
         }
     }
 
+    /// Task `task`'s step ran over `span` (start, end), waking itself `self_wakes` times. The
+    /// usual step, not its task's first, that queued its own next step and is not traced, ends
+    /// here.
+    #[inline]
     fn after_step(
         &self,
         task_obj: &Bound<'_, PyAny>,
         task: u32,
         handle_id: u64,
-        start: u64,
-        end: u64,
+        span: (u64, u64),
+        self_wakes: u32,
         flags: u8,
     ) {
         let py = task_obj.py();
+        let (start, end) = span;
         let (first_step, requeued) = self
             .tasks
-            .with_borrow_mut(py, |v| v.stepped(task, start, end));
+            .with_borrow_mut(py, |v| v.stepped(task, start, end, self_wakes));
+        if requeued && !first_step && flags & TRACE == 0 {
+            return;
+        }
+        self.after_step_more(
+            task_obj,
+            task,
+            handle_id,
+            end,
+            (first_step, requeued),
+            flags,
+        );
+    }
+
+    #[inline(never)]
+    fn after_step_more(
+        &self,
+        task_obj: &Bound<'_, PyAny>,
+        task: u32,
+        handle_id: u64,
+        end: u64,
+        (first_step, requeued): (bool, bool),
+        flags: u8,
+    ) {
+        let py = task_obj.py();
         if first_step {
             if let Some(name) = report(py, task_obj.call_method0(intern!(py, "get_name"))) {
                 let old = self

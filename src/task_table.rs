@@ -12,10 +12,6 @@ use pyo3::types::PyDict;
 
 use crate::callback_identity::AddrMap;
 
-/// A wake-up time meaning "when the running step ends": a step that queues its own next step
-/// (a bare yield) is woken from then, and its end time is read anyway.
-pub const AT_STEP_END: u64 = u64::MAX;
-
 pub const OUTCOME_PENDING: u8 = 0;
 pub const OUTCOME_RESULT: u8 = 1;
 pub const OUTCOME_CANCELLED: u8 = 2;
@@ -36,10 +32,25 @@ pub struct TaskRecord {
     idle_ns: u64,
     max_step_ns: u64,
     self_wakes: u64,
-    /// When its next step was queued (0: not queued; `AT_STEP_END` until the step that queued
-    /// it ends).
+    /// When its next step was queued (0: not queued). A step that queues its own next step
+    /// (a bare yield) wakes it at the step's end, whose time is read anyway.
     woken_ns: u64,
     last_end_ns: u64,
+}
+
+impl TaskRecord {
+    /// The task, borrowed from the weak reference (null once it died).
+    fn referent(&self) -> *mut ffi::PyObject {
+        // SAFETY: `weak` is a live weak reference object this record owns (made by
+        // `PyWeakrefReference::new`); `wr_object` is its referent, or None once that died.
+        let referent = unsafe { (*(self.weak.as_ptr().cast::<ffi::PyWeakReference>())).wr_object };
+        // SAFETY: reading the address of the None singleton.
+        if referent == unsafe { ffi::Py_None() } {
+            std::ptr::null_mut()
+        } else {
+            referent
+        }
+    }
 }
 
 #[derive(Default)]
@@ -55,25 +66,15 @@ impl TaskTable {
     /// The id of `task` if it is recorded (and still alive at that address).
     pub fn find(&self, task: &Bound<'_, PyAny>) -> Option<u32> {
         let id = *self.by_addr.get(&(task.as_ptr() as usize))?;
-        let weak = self.get(id)?.weak.as_ptr();
-        // SAFETY: `weak` is a live weak reference object this record owns (made by
-        // `PyWeakrefReference::new`); `wr_object` is its referent, or None once that died.
-        let referent = unsafe { (*(weak.cast::<ffi::PyWeakReference>())).wr_object };
-        (referent == task.as_ptr()).then_some(id)
+        (self.get(id)?.referent() == task.as_ptr()).then_some(id)
     }
 
     /// The task recorded as `id`, while it is alive.
     pub fn object<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyAny>> {
-        let weak = self.get(id)?.weak.as_ptr();
-        // SAFETY: as in `find`; a live referent is borrowed from the weak reference (which
-        // the record keeps alive) and a new reference to it is made at once.
-        unsafe {
-            let referent = (*(weak.cast::<ffi::PyWeakReference>())).wr_object;
-            if referent == ffi::Py_None() {
-                return None;
-            }
-            Some(Bound::from_borrowed_ptr(py, referent))
-        }
+        let referent = self.get(id)?.referent();
+        // SAFETY: a live referent is borrowed from the weak reference (which the record keeps
+        // alive) and a new reference to it is made at once.
+        (!referent.is_null()).then(|| unsafe { Bound::from_borrowed_ptr(py, referent) })
     }
 
     fn get(&self, id: u32) -> Option<&TaskRecord> {
@@ -135,21 +136,29 @@ impl TaskTable {
         }
     }
 
-    /// A step begins: the wait since its wake-up ends.
-    pub fn step_started(&mut self, id: u32, start_ns: u64) {
+    /// Task `id`'s step begins at `start_ns`: the wait since its wake-up ends. Returns the
+    /// task, borrowed (null if it is not recorded or has died).
+    pub fn step_started(&mut self, id: u32, start_ns: u64) -> *mut ffi::PyObject {
         let Some(r) = self.record(id) else {
-            return;
+            return std::ptr::null_mut();
         };
         if r.woken_ns != 0 {
-            // (`AT_STEP_END` never reaches here: the step that queued this one ended first.)
             r.wake_wait_ns += start_ns.saturating_sub(r.woken_ns);
             r.woken_ns = 0;
         }
+        r.referent()
     }
 
-    /// Record a finished step; returns whether it was the task's first one, and whether its
-    /// next step is queued already (it woke itself during this one).
-    pub fn stepped(&mut self, id: u32, start_ns: u64, end_ns: u64) -> (bool, bool) {
+    /// Record a finished step, in which the task queued its own next step `self_wakes` times;
+    /// returns whether it was the task's first step, and whether its next step is queued
+    /// already.
+    pub fn stepped(
+        &mut self,
+        id: u32,
+        start_ns: u64,
+        end_ns: u64,
+        self_wakes: u32,
+    ) -> (bool, bool) {
         let Some(r) = self.record(id) else {
             return (false, false);
         };
@@ -158,8 +167,11 @@ impl TaskTable {
         r.busy_ns += took;
         r.max_step_ns = r.max_step_ns.max(took);
         r.last_end_ns = end_ns;
-        if r.woken_ns == AT_STEP_END {
-            r.woken_ns = end_ns;
+        if self_wakes != 0 {
+            r.self_wakes += u64::from(self_wakes);
+            if r.woken_ns == 0 {
+                r.woken_ns = end_ns;
+            }
         }
         (r.steps == 1, r.woken_ns != 0)
     }
