@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefReference};
@@ -467,11 +468,14 @@ impl Instruments {
             return Ok((None, 0, label, None));
         }
         if tag != 0 && tag & NOT_A_TASK == 0 {
-            let task = self.tasks.with_borrow_mut(py, |v| v.step_started(tag, now));
-            if !task.is_null() {
-                // SAFETY: the live task the record's weak reference points to; a new
-                // reference is made at once.
-                let task = unsafe { Bound::from_borrowed_ptr(py, task) };
+            // The tag was taken from the object this handle's callback is bound to, so that
+            // object is the task: read from the callback, which is about to run, rather than
+            // from the record's weak reference, which would be one more cache line per step.
+            let owner = native.map_or(0, |h| h.callback_owner_addr(py)) as *mut ffi::PyObject;
+            if !owner.is_null() && self.tasks.with_borrow_mut(py, |v| v.step_started(tag, now)) {
+                // SAFETY: the callback holds a reference to its bound object, and the handle
+                // (alive for this call) holds the callback; a new reference is made at once.
+                let task = unsafe { Bound::from_borrowed_ptr(py, owner) };
                 return Ok((Some(task), tag, 0, None));
             }
         }

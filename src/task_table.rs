@@ -17,6 +17,8 @@ pub const OUTCOME_RESULT: u8 = 1;
 pub const OUTCOME_CANCELLED: u8 = 2;
 pub const OUTCOME_EXCEPTION: u8 = 3;
 
+/// Who a task is and how it ended: read when the statistics are read, and when a task is
+/// found by address.
 pub struct TaskRecord {
     weak: Py<PyAny>,
     name: Py<PyAny>,
@@ -26,16 +28,24 @@ pub struct TaskRecord {
     created_ns: u64,
     done_ns: u64,
     outcome: u8,
+}
+
+/// How a task ran: what every step touches, one cache line per task, apart from the rest of
+/// its record (a program with a thousand tasks stepping in turn would otherwise carry two or
+/// three lines per task, and the interpreter's own data pays for the room they take).
+#[derive(Default)]
+#[repr(align(64))]
+struct StepTimes {
+    /// When its next step was queued (0: not queued). A step that queues its own next step
+    /// (a bare yield) wakes it at the step's end, whose time is read anyway.
+    woken_ns: u64,
+    last_end_ns: u64,
     steps: u64,
     busy_ns: u64,
     wake_wait_ns: u64,
     idle_ns: u64,
     max_step_ns: u64,
     self_wakes: u64,
-    /// When its next step was queued (0: not queued). A step that queues its own next step
-    /// (a bare yield) wakes it at the step's end, whose time is read anyway.
-    woken_ns: u64,
-    last_end_ns: u64,
 }
 
 impl TaskRecord {
@@ -57,6 +67,8 @@ impl TaskRecord {
 pub struct TaskTable {
     by_addr: AddrMap<u32>,
     records: Vec<TaskRecord>,
+    /// Beside `records`, index for index.
+    times: Vec<StepTimes>,
     /// Ids handed out before the last `take_all`: ids are never reused, so an id still held
     /// by a running callback when the table was cleared finds nothing instead of a stranger.
     base: u32,
@@ -69,16 +81,8 @@ impl TaskTable {
         (self.get(id)?.referent() == task.as_ptr()).then_some(id)
     }
 
-    /// The task recorded as `id`, while it is alive.
-    pub fn object<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyAny>> {
-        let referent = self.get(id)?.referent();
-        // SAFETY: a live referent is borrowed from the weak reference (which the record keeps
-        // alive) and a new reference to it is made at once.
-        (!referent.is_null()).then(|| unsafe { Bound::from_borrowed_ptr(py, referent) })
-    }
-
     fn get(&self, id: u32) -> Option<&TaskRecord> {
-        self.records.get(id.checked_sub(self.base + 1)? as usize)
+        self.records.get(self.index(id)?)
     }
 
     /// Record a new task; `identity` is (name, coroutine qualname, creation site).
@@ -100,28 +104,28 @@ impl TaskTable {
             created_ns: now_ns,
             done_ns: 0,
             outcome: OUTCOME_PENDING,
-            steps: 0,
-            busy_ns: 0,
-            wake_wait_ns: 0,
-            idle_ns: 0,
-            max_step_ns: 0,
-            self_wakes: 0,
-            woken_ns: 0,
+        });
+        self.times.push(StepTimes {
             last_end_ns: now_ns,
+            ..StepTimes::default()
         });
         let id = self.base + self.records.len() as u32;
         self.by_addr.insert(task.as_ptr() as usize, id);
         id
     }
 
-    fn record(&mut self, id: u32) -> Option<&mut TaskRecord> {
-        self.records
-            .get_mut(id.checked_sub(self.base + 1)? as usize)
+    fn index(&self, id: u32) -> Option<usize> {
+        Some(id.checked_sub(self.base + 1)? as usize)
+    }
+
+    fn times(&mut self, id: u32) -> Option<&mut StepTimes> {
+        let index = self.index(id)?;
+        self.times.get_mut(index)
     }
 
     /// Its next step was queued at `now_ns`; `by_itself` when the task's own step queued it.
     pub fn woken(&mut self, id: u32, now_ns: u64, by_itself: bool) {
-        let Some(r) = self.record(id) else {
+        let Some(r) = self.times(id) else {
             return;
         };
         if r.woken_ns == 0 {
@@ -136,17 +140,17 @@ impl TaskTable {
         }
     }
 
-    /// Task `id`'s step begins at `start_ns`: the wait since its wake-up ends. Returns the
-    /// task, borrowed (null if it is not recorded or has died).
-    pub fn step_started(&mut self, id: u32, start_ns: u64) -> *mut ffi::PyObject {
-        let Some(r) = self.record(id) else {
-            return std::ptr::null_mut();
+    /// Task `id`'s step begins at `start_ns`: the wait since its wake-up ends. Returns whether
+    /// the task is recorded.
+    pub fn step_started(&mut self, id: u32, start_ns: u64) -> bool {
+        let Some(r) = self.times(id) else {
+            return false;
         };
         if r.woken_ns != 0 {
             r.wake_wait_ns += start_ns.saturating_sub(r.woken_ns);
             r.woken_ns = 0;
         }
-        r.referent()
+        true
     }
 
     /// Record a finished step, in which the task queued its own next step `self_wakes` times;
@@ -159,7 +163,7 @@ impl TaskTable {
         end_ns: u64,
         self_wakes: u32,
     ) -> (bool, bool) {
-        let Some(r) = self.record(id) else {
+        let Some(r) = self.times(id) else {
             return (false, false);
         };
         let took = end_ns.saturating_sub(start_ns);
@@ -179,11 +183,15 @@ impl TaskTable {
     /// The task's name as it is now (`create_task(name=...)` may set it after the task has
     /// queued its first step).
     pub fn rename(&mut self, id: u32, name: Py<PyAny>) -> Option<Py<PyAny>> {
-        Some(std::mem::replace(&mut self.record(id)?.name, name))
+        let index = self.index(id)?;
+        Some(std::mem::replace(
+            &mut self.records.get_mut(index)?.name,
+            name,
+        ))
     }
 
     pub fn finished(&mut self, id: u32, outcome: u8, now_ns: u64, addr: usize) {
-        let Some(r) = self.record(id) else {
+        let Some(r) = self.index(id).and_then(|i| self.records.get_mut(i)) else {
             return;
         };
         r.outcome = outcome;
@@ -197,7 +205,7 @@ impl TaskTable {
     pub fn to_dicts<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let secs = |ns: u64| ns as f64 * 1e-9;
         let mut out = Vec::with_capacity(self.records.len());
-        for (i, r) in self.records.iter().enumerate() {
+        for (i, (r, t)) in self.records.iter().zip(&self.times).enumerate() {
             let d = PyDict::new(py);
             d.set_item("id", self.base as usize + i + 1)?;
             d.set_item("name", r.name.bind(py))?;
@@ -211,12 +219,12 @@ impl TaskTable {
             )?;
             d.set_item("created_ns", r.created_ns)?;
             d.set_item("done_ns", r.done_ns)?;
-            d.set_item("steps", r.steps)?;
-            d.set_item("busy_seconds", secs(r.busy_ns))?;
-            d.set_item("wake_to_run_seconds", secs(r.wake_wait_ns))?;
-            d.set_item("idle_seconds", secs(r.idle_ns))?;
-            d.set_item("max_step_seconds", secs(r.max_step_ns))?;
-            d.set_item("self_wakes", r.self_wakes)?;
+            d.set_item("steps", t.steps)?;
+            d.set_item("busy_seconds", secs(t.busy_ns))?;
+            d.set_item("wake_to_run_seconds", secs(t.wake_wait_ns))?;
+            d.set_item("idle_seconds", secs(t.idle_ns))?;
+            d.set_item("max_step_seconds", secs(t.max_step_ns))?;
+            d.set_item("self_wakes", t.self_wakes)?;
             out.push(d);
         }
         Ok(out)
@@ -225,6 +233,7 @@ impl TaskTable {
     pub fn take_all(&mut self) -> Vec<TaskRecord> {
         self.by_addr.clear();
         self.base += self.records.len() as u32;
+        self.times.clear();
         std::mem::take(&mut self.records)
     }
 }
