@@ -100,6 +100,11 @@ pub fn task_identity(task: &Bound<'_, PyAny>) -> PyResult<(Py<PyAny>, Py<PyAny>,
         .extract()
 }
 
+/// A creation site as `task_identity` gave it, made readable (`file:line in function`).
+pub fn format_site<'py>(site: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    helper!(site.py(), INSTRUMENT_MODULE, "format_site")?.call1((site,))
+}
+
 /// A readable name for what a callback calls (`Task.task_wakeup`, `count`, ...).
 pub fn callback_label<'py>(callback: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
     Ok(helper!(callback.py(), INSTRUMENT_MODULE, "callback_label")?

@@ -210,7 +210,7 @@ impl TaskTable {
             d.set_item("id", self.base as usize + i + 1)?;
             d.set_item("name", r.name.bind(py))?;
             d.set_item("coro", r.coro.bind(py))?;
-            d.set_item("created_at", r.site.bind(py))?;
+            d.set_item("created_at", crate::support::format_site(r.site.bind(py))?)?;
             d.set_item("parent", r.parent)?;
             d.set_item("task", r.weak.bind(py).call0()?)?;
             d.set_item(
