@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefReference};
 
 use crate::blocking::{self, Watch};
 use crate::callback_identity::{self, LabelTable};
-use crate::clock::{monotonic_ns, to_ns};
+use crate::clock::{monotonic_ns, to_ns, StepClock};
 use crate::gil_cell::GilCell;
 use crate::handles::Handle;
 use crate::stats::{CancelCounts, LoopStats};
@@ -74,6 +74,8 @@ pub struct Instruments {
     bare_yield: AtomicU32,
     /// When the last instrumented callback of this iteration ended (0: none yet).
     last_end: AtomicU64,
+    /// The callbacks' start and end times.
+    clock: StepClock,
 }
 
 fn report<T>(py: Python<'_>, result: PyResult<T>) -> Option<T> {
@@ -280,13 +282,17 @@ impl Instruments {
     /// An iteration is about to run `depth` ready callbacks (instruments on); the timers
     /// cancelled since the last one go into the trace first.
     pub fn on_iteration(&self, py: Python<'_>, depth: usize, cancels: &CancelCounts) {
-        if !self.tracing() {
+        let tracing = self.tracing();
+        if !tracing && (depth == 0 || !self.follows_tasks()) {
             self.last_end.store(0, Relaxed);
             return;
         }
-        self.record_cancels(py, cancels);
-        let now = monotonic_ns();
+        let now = self.clock.anchor();
         self.last_end.store(now, Relaxed); // also the first callback's start
+        if !tracing {
+            return;
+        }
+        self.record_cancels(py, cancels);
         self.trace_event(
             py,
             TraceEvent {
@@ -370,7 +376,7 @@ impl Instruments {
         // The previous callback's end, when one just ended in this iteration: back-to-back
         // callbacks share a clock read.
         let start = match self.last_end.load(Relaxed) {
-            0 => monotonic_ns(),
+            0 => self.clock.now(),
             previous => {
                 self.last_end.store(0, Relaxed);
                 previous
@@ -426,7 +432,7 @@ impl Instruments {
         if flags & (TASKS | TRACE) == 0 {
             return;
         }
-        let end = monotonic_ns();
+        let end = self.clock.now();
         self.last_end.store(end, Relaxed);
         let ran = self
             .running
