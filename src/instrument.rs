@@ -417,7 +417,7 @@ impl Instruments {
     }
 
     /// The callback `begin_callback` started has returned.
-    #[inline]
+    #[inline(always)]
     pub fn end_callback<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
