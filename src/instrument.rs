@@ -118,7 +118,7 @@ impl Instruments {
         if let Some(id) = self.tasks.with_borrow(py, |v| v.find(task)) {
             return Ok(id);
         }
-        let identity = support::task_identity(task)?;
+        let identity = task_table::task_identity(&self.tasks, task)?;
         let weak = PyWeakrefReference::new(task)?.into_any();
         let parent = self.running.with_borrow(py, |v| v.task);
         let id = self

@@ -7,10 +7,16 @@
 //! and whose memory was reused is not mistaken for the new one. Ids start at 1; 0 is "none".
 
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::callback_identity::AddrMap;
+use crate::gil_cell::GilCell;
+use crate::support;
+
+/// Frames looked at for a creation site before giving up.
+const MAX_SITE_DEPTH: usize = 64;
 
 pub const OUTCOME_PENDING: u8 = 0;
 pub const OUTCOME_RESULT: u8 = 1;
@@ -69,6 +75,11 @@ pub struct TaskTable {
     records: Vec<TaskRecord>,
     /// Beside `records`, index for index.
     times: Vec<StepTimes>,
+    /// Code objects met while looking for creation sites, by address: whether each is
+    /// asyncio's or ferroloop's own (`internal_code` keeps them alive, so an address is never
+    /// another code object's).
+    internal_code: AddrMap<bool>,
+    keep_code: Vec<Py<PyAny>>,
     /// Ids handed out before the last `take_all`: ids are never reused, so an id still held
     /// by a running callback when the table was cleared finds nothing instead of a stranger.
     base: u32,
@@ -208,7 +219,15 @@ impl TaskTable {
         for (i, (r, t)) in self.records.iter().zip(&self.times).enumerate() {
             let d = PyDict::new(py);
             d.set_item("id", self.base as usize + i + 1)?;
-            d.set_item("name", r.name.bind(py))?;
+            let name = match r.name.bind(py) {
+                // Named at its first step; one that never stepped is asked now, if it is alive.
+                unnamed if unnamed.is_none() => match r.weak.bind(py).call0()? {
+                    task if task.is_none() => "?".into_pyobject(py)?.into_any(),
+                    task => task.call_method0(intern!(py, "get_name"))?,
+                },
+                name => name.clone(),
+            };
+            d.set_item("name", name)?;
             d.set_item("coro", r.coro.bind(py))?;
             d.set_item("created_at", crate::support::format_site(r.site.bind(py))?)?;
             d.set_item("parent", r.parent)?;
@@ -236,4 +255,70 @@ impl TaskTable {
         self.times.clear();
         std::mem::take(&mut self.records)
     }
+}
+
+/// A new task's (name, coroutine qualname, creation site) for its record. The name is left
+/// `None` (it is read at the task's first step, after `create_task(name=...)` has set it); the
+/// site is the innermost frame outside asyncio and ferroloop, as `(code, instruction offset)`,
+/// which `format_site` makes readable when the statistics are read (a line number costs a
+/// walk of the line table).
+pub fn task_identity(
+    table: &GilCell<TaskTable>,
+    task: &Bound<'_, PyAny>,
+) -> PyResult<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+    let py = task.py();
+    let coro = task.call_method0(intern!(py, "get_coro"))?;
+    let qualname = match coro.getattr(intern!(py, "__qualname__")) {
+        Ok(name) if name.is_truthy()? => name.str()?,
+        _ => coro.get_type().qualname()?,
+    };
+    Ok((
+        py.None(),
+        qualname.into_any().unbind(),
+        creation_site(table, py)?,
+    ))
+}
+
+fn creation_site(table: &GilCell<TaskTable>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: the current frame, borrowed (NULL when no Python code is running); a new
+    // reference is made at once.
+    let mut frame = unsafe { Bound::from_borrowed_ptr_or_opt(py, ffi::PyEval_GetFrame().cast()) };
+    for _ in 0..MAX_SITE_DEPTH {
+        let Some(current) = frame else {
+            break;
+        };
+        let frame_ptr = current.as_ptr().cast::<ffi::PyFrameObject>();
+        // SAFETY: `frame_ptr` is a live frame; PyFrame_GetCode returns a new, non-NULL
+        // reference.
+        let code = unsafe { Bound::from_owned_ptr(py, ffi::PyFrame_GetCode(frame_ptr).cast()) };
+        if !is_internal_code(table, &code)? {
+            // SAFETY: `frame_ptr` is a live frame.
+            let offset = unsafe { ffi::PyFrame_GetLasti(frame_ptr) };
+            return Ok(
+                PyTuple::new(py, [code, offset.into_pyobject(py)?.into_any()])?
+                    .into_any()
+                    .unbind(),
+            );
+        }
+        // SAFETY: `frame_ptr` is a live frame; PyFrame_GetBack returns a new reference or NULL
+        // for the outermost frame.
+        frame = unsafe { Bound::from_owned_ptr_or_opt(py, ffi::PyFrame_GetBack(frame_ptr).cast()) };
+    }
+    Ok("?".into_pyobject(py)?.into_any().unbind())
+}
+
+/// Whether `code` is asyncio's or ferroloop's own, asked of `ferroloop._instrument` once per
+/// code object.
+fn is_internal_code(table: &GilCell<TaskTable>, code: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = code.py();
+    let key = code.as_ptr() as usize;
+    if let Some(internal) = table.with_borrow(py, |t| t.internal_code.get(&key).copied()) {
+        return Ok(internal);
+    }
+    let internal = support::is_internal_code(code)?;
+    table.with_borrow_mut(py, |t| {
+        t.internal_code.insert(key, internal);
+        t.keep_code.push(code.clone().unbind());
+    });
+    Ok(internal)
 }

@@ -39,33 +39,21 @@ _PACKAGE_DIRS = tuple(
 # ---- names, asked for by the Rust instruments ------------------------------------------
 
 
-def creation_site() -> tuple[types.CodeType, int] | str:
-    """The first frame, from the innermost, outside asyncio and ferroloop: where user code
-    created the task, as its code and instruction offset (made readable by `format_site`
-    only when the statistics are read: the line number costs a walk of the line table)."""
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if not code.co_filename.startswith(_PACKAGE_DIRS) and code.co_filename != __file__:
-            return code, frame.f_lasti
-        frame = frame.f_back
-    return "?"
+def is_internal_code(code: types.CodeType) -> bool:
+    """Whether `code` is asyncio's or ferroloop's own: a task's creation site is the first
+    frame, from the innermost, outside them (the Rust side walks the frames, asking this once
+    per code object)."""
+    return code.co_filename.startswith(_PACKAGE_DIRS)
 
 
 def format_site(site: tuple[types.CodeType, int] | str) -> str:
-    """`file:line in function` for what `creation_site` returned."""
+    """`file:line in function` for a task's creation site: its code and instruction offset,
+    or a string already."""
     if isinstance(site, str):
         return site
     code, offset = site
     line = next((line for start, end, line in code.co_lines() if start <= offset < end), None)
     return f"{code.co_filename}:{'?' if line is None else line} in {code.co_name}"
-
-
-def task_identity(task: Any) -> tuple[str, str, tuple[types.CodeType, int] | str]:
-    """(name, coroutine qualname, creation site) of a task the instruments just met."""
-    coro = task.get_coro()
-    qualname = getattr(coro, "__qualname__", None) or type(coro).__qualname__
-    return str(task.get_name()), str(qualname), creation_site()
 
 
 def callback_label(callback: Any) -> str:
