@@ -187,14 +187,20 @@ impl Instruments {
             handle.get().instrument_tag.store(running.task, Relaxed);
             return;
         }
-        let now = monotonic_ns();
+        // The clock is read only for a task's wake-up or the trace: most callbacks queued
+        // are neither.
+        let mut now = 0;
         let task = match owner {
             _ if by_itself => running.task,
             Some(owner) if callback_identity::is_task(&owner) => {
+                now = monotonic_ns();
                 report(py, self.task_id(&owner, now)).unwrap_or(0)
             }
             _ => 0,
         };
+        if now == 0 && (task != 0 || tracing) {
+            now = monotonic_ns();
+        }
         let tag = if task == 0 { NOT_A_TASK } else { task };
         handle.get().instrument_tag.store(tag, Relaxed);
         if task != 0 {
