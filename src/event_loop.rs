@@ -428,7 +428,7 @@ impl LoopCore {
         let instruments = &self.instruments;
         instruments.stats.ready_high_water.raise_to(ntodo as u64);
         let instrumented = instruments.flags() != 0;
-        if instrumented {
+        if instruments.follows_tasks() {
             instruments.on_iteration(py, ntodo, &self.cancelled);
         }
         for _ in 0..ntodo {

@@ -7,7 +7,7 @@
 //! this file are called only when the flag says so. Instrumentation never fails a callback:
 //! its own errors are reported as unraisable.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::ffi;
@@ -70,6 +70,10 @@ pub struct Instruments {
     labels: GilCell<LabelTable>,
     running: GilCell<Running>,
     watch: GilCell<Option<Arc<Watch>>>,
+    /// The watch `watch` holds (null when the detector is off), for the stores around each
+    /// callback without a borrow: set after `watch` takes its `Arc`, cleared before it lets
+    /// it go, both with the GIL held, as every read is.
+    watching: AtomicPtr<Watch>,
     /// The label id of a bare yield, once made.
     bare_yield: AtomicU32,
     /// When the last instrumented callback of this iteration ended (0: none yet).
@@ -285,11 +289,11 @@ impl Instruments {
         }
     }
 
-    /// An iteration is about to run `depth` ready callbacks (instruments on); the timers
+    /// An iteration is about to run `depth` ready callbacks (tasks followed); the timers
     /// cancelled since the last one go into the trace first.
     pub fn on_iteration(&self, py: Python<'_>, depth: usize, cancels: &CancelCounts) {
         let tracing = self.tracing();
-        if !tracing && (depth == 0 || !self.follows_tasks()) {
+        if !tracing && depth == 0 {
             self.last_end.store(0, Relaxed);
             return;
         }
@@ -351,7 +355,6 @@ impl Instruments {
         native: Option<&Handle>,
         describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
     ) -> PyResult<Started<'py>> {
-        let py = handle.py();
         let flags = self.flags();
         let mut started = Started {
             flags,
@@ -365,7 +368,7 @@ impl Instruments {
             self.begin_followed(handle, native, describe, &mut started)?;
         }
         if flags & BLOCKING != 0 {
-            self.watch_begin(py, handle);
+            self.watch_begin(handle);
         }
         Ok(started)
     }
@@ -520,24 +523,31 @@ impl Instruments {
         Ok((task_obj, task, label, when))
     }
 
+    /// The watch while the detector is on.
     #[inline]
-    fn watch_begin(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) {
-        self.watch.with_borrow(py, |w| {
-            if let Some(w) = w {
-                w.begin(handle.as_ptr());
-            }
-        });
+    fn watching(&self) -> Option<&Watch> {
+        // SAFETY: non-null only while `watch` holds the `Arc` it points into (see the field);
+        // the caller holds the GIL, so that `Arc` cannot be let go while the reference is
+        // used (no Python code runs in between).
+        unsafe { self.watching.load(Relaxed).as_ref() }
+    }
+
+    #[inline]
+    fn watch_begin(&self, handle: &Bound<'_, PyAny>) {
+        if let Some(w) = self.watching() {
+            w.begin(handle.as_ptr());
+        }
     }
 
     /// The watched callback returned: if the watchdog reported it, report its end.
     #[inline]
     fn watch_end(&self, event_loop: &Bound<'_, PyAny>, handle: &Bound<'_, PyAny>) {
-        let py = handle.py();
-        let reported = self
-            .watch
-            .with_borrow(py, |v| v.as_ref().and_then(|w| w.end()));
+        let reported = self.watching().and_then(Watch::end);
         if let Some(elapsed) = reported {
-            report(py, support::report_unblocked(event_loop, handle, elapsed));
+            report(
+                handle.py(),
+                support::report_unblocked(event_loop, handle, elapsed),
+            );
         }
     }
 
@@ -680,6 +690,8 @@ impl Instruments {
     // ---- switching instruments on and off, reading them (cold) ----
 
     pub fn set_task_stats(&self, on: bool) {
+        // From the next callback's start (no earlier end of this iteration is known).
+        self.last_end.store(0, Relaxed);
         self.set_flag(TASKS, on);
     }
 
@@ -716,6 +728,7 @@ impl Instruments {
         cancels.traced.store(true, Relaxed);
         self.trace
             .with_borrow_mut(py, |v| *v = Some(TraceRing::new(capacity, overflow)));
+        self.last_end.store(0, Relaxed); // see `set_task_stats`
         self.set_flag(TRACE, true);
     }
 
@@ -780,12 +793,15 @@ impl Instruments {
         let watch = Watch::new(to_ns(threshold).max(1));
         let loop_ref = PyWeakrefReference::new(event_loop)?.into_any().unbind();
         blocking::spawn(watch.clone(), loop_ref).map_err(crate::errors::os_error)?;
+        let pointer = Arc::as_ptr(&watch).cast_mut();
         self.watch.with_borrow_mut(py, |v| *v = Some(watch));
+        self.watching.store(pointer, Relaxed);
         self.set_flag(BLOCKING, true);
         Ok(())
     }
 
     pub fn stop_watchdog(&self, py: Python<'_>) {
+        self.watching.store(std::ptr::null_mut(), Relaxed);
         let watch = self.watch.with_borrow_mut(py, std::option::Option::take);
         if let Some(watch) = watch {
             watch.stop();
