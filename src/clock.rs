@@ -23,8 +23,9 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// How long the cycle counter is watched against the monotonic clock before its rate is
-/// trusted, and how often that rate is measured again.
-const CALIBRATION_NS: u64 = 20_000_000;
+/// trusted, and how often that rate is measured again (each time over everything since the
+/// first anchor, so the measure only gets finer).
+const CALIBRATION_NS: u64 = 2_000_000;
 /// An anchor whose two counter reads (around the monotonic read) are further apart than this
 /// was interrupted, and is not used to measure the rate.
 const ANCHOR_SLACK_TICKS: u64 = 20_000;
@@ -33,7 +34,7 @@ const ANCHOR_SLACK_TICKS: u64 = 20_000;
 /// fraction of the cost where the CPU's cycle counter is usable: `anchor` reads the monotonic
 /// clock (once per loop iteration, where the first callback's start is read anyway) and the
 /// counter together; `now` is that reading plus the counter's advance since, at the rate
-/// measured between anchors over at least `CALIBRATION_NS`. Between anchors it can be off by
+/// measured between anchors at least `CALIBRATION_NS` apart. Between anchors it can be off by
 /// the rate's error (parts per million) times the time since the anchor; until the rate is
 /// known, and where the counter is not usable, `now` is `monotonic_ns()`.
 ///
@@ -45,6 +46,8 @@ pub struct StepClock {
     /// The anchor the rate is measured from (0: none yet).
     since_ns: AtomicU64,
     since_ticks: AtomicU64,
+    /// When the rate was last measured.
+    measured_ns: AtomicU64,
     /// Nanoseconds per tick, 32.32 fixed point (0: not known).
     scale: AtomicU64,
 }
@@ -68,14 +71,14 @@ impl StepClock {
         if since == 0 {
             self.since_ns.store(ns, Relaxed);
             self.since_ticks.store(ticks, Relaxed);
-        } else if ns.saturating_sub(since) >= CALIBRATION_NS {
+            self.measured_ns.store(ns, Relaxed);
+        } else if ns.saturating_sub(self.measured_ns.load(Relaxed)) >= CALIBRATION_NS {
             let elapsed = ticks.wrapping_sub(self.since_ticks.load(Relaxed));
             if elapsed > 0 {
                 let scale = (u128::from(ns - since) << 32) / u128::from(elapsed);
                 self.scale.store(u64::try_from(scale).unwrap_or(0), Relaxed);
             }
-            self.since_ns.store(ns, Relaxed);
-            self.since_ticks.store(ticks, Relaxed);
+            self.measured_ns.store(ns, Relaxed);
         }
         ns
     }
