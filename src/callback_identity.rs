@@ -125,28 +125,53 @@ fn is_step_wrapper(obj: &Bound<'_, PyAny>) -> bool {
     false
 }
 
-/// The object a method-like callback is bound to, if it is bound.
-pub fn bound_self<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
-    let py = callback.py();
+/// The address of the object a method-like callback is bound to, when its layout alone says
+/// (0: unbound, or only `bound_self` can tell). Takes no reference and calls nothing: it runs
+/// in `call_soon` for every callback while tasks are followed, where a step that queues its
+/// own next step is recognised by this address alone.
+#[inline]
+pub fn bound_self_addr(callback: &Bound<'_, PyAny>) -> usize {
     let p = callback.as_ptr();
-    // SAFETY: `p` is a live object; the type checks come before the accessors they guard, and
-    // both accessors return borrowed references (NULL for an unbound builtin). The exact type
-    // checks come first: `PyCFunction_Check` walks the MRO of any other type.
+    // SAFETY: `p` is a live object; each exact type check comes before the layout it guards
+    // is read (`PyCFunctionObject` is every builtin method's layout; `PyMethod_Self` reads a
+    // method object), and a step wrapper's fields are read only when its size is exactly the
+    // layout's (see `step_wrapper_task`). Nothing is dereferenced from the result.
     unsafe {
         let tp = ffi::Py_TYPE(p);
         let owner = if tp == &raw mut ffi::PyCFunction_Type {
             ffi::PyCFunction_GetSelf(p)
         } else if tp == &raw mut PyMethod_Type {
             PyMethod_Self(p)
-        } else if is_step_wrapper(callback) {
-            return step_wrapper_task(callback);
-        } else if ffi::PyCFunction_Check(p) != 0 {
-            ffi::PyCFunction_GetSelf(p)
+        } else if is_step_wrapper(callback) && has_step_wrapper_layout(tp) {
+            (*(p.cast::<StepWrapper>())).task
         } else {
-            return None;
+            std::ptr::null_mut()
         };
-        Bound::from_borrowed_ptr_or_opt(py, owner)
+        owner as usize
     }
+}
+
+/// The object a method-like callback is bound to, if it is bound.
+pub fn bound_self<'py>(callback: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = callback.py();
+    let p = callback.as_ptr();
+    let known = bound_self_addr(callback) as *mut ffi::PyObject;
+    // SAFETY: `known` is a reference the callback holds (its bound object), and the callback
+    // is live for this call: a new reference to it is made at once. Otherwise the type checks
+    // come before the accessors they guard, and both return borrowed references (NULL for an
+    // unbound builtin); `PyCFunction_Check` walks the MRO, so the exact checks came first.
+    unsafe {
+        if !known.is_null() {
+            return Some(Bound::from_borrowed_ptr(py, known));
+        }
+        if is_step_wrapper(callback) {
+            return step_wrapper_task(callback);
+        }
+        if ffi::PyCFunction_Check(p) != 0 {
+            return Bound::from_borrowed_ptr_or_opt(py, ffi::PyCFunction_GetSelf(p));
+        }
+    }
+    None
 }
 
 /// The C layout of `_asyncio.TaskStepMethWrapper` (3.7 through 3.14): the object header,
@@ -158,17 +183,27 @@ struct StepWrapper {
     arg: *mut ffi::PyObject,
 }
 
+/// Whether a `TaskStepMethWrapper` type is laid out as `StepWrapper` (its basic size says so).
+///
+/// # Safety
+/// `tp` must be a live type object.
+#[inline]
+unsafe fn has_step_wrapper_layout(tp: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: the caller's promise.
+    unsafe { (*tp).tp_basicsize as usize == std::mem::size_of::<StepWrapper>() }
+}
+
 /// The task of a `TaskStepMethWrapper` (a Task's first step, and every step after a bare
 /// yield): read from the object when its size says the layout is the one above (a getattr of
 /// `__self__` costs more than the rest of the step's bookkeeping), else through `__self__`.
 fn step_wrapper_task<'py>(wrapper: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let py = wrapper.py();
     let p = wrapper.as_ptr();
-    // SAFETY: `p` is a live TaskStepMethWrapper; its type's basic size is read from the type
-    // object, and the fields are read only when that size is exactly the layout's, in which
-    // case `task` is the strong reference the wrapper holds.
+    // SAFETY: `p` is a live TaskStepMethWrapper; the fields are read only when its type's
+    // size is exactly the layout's, in which case `task` is the strong reference the wrapper
+    // holds.
     unsafe {
-        if (*ffi::Py_TYPE(p)).tp_basicsize as usize == std::mem::size_of::<StepWrapper>() {
+        if has_step_wrapper_layout(ffi::Py_TYPE(p)) {
             let task = (*(p.cast::<StepWrapper>())).task;
             return Bound::from_borrowed_ptr_or_opt(py, task);
         }

@@ -434,7 +434,7 @@ impl LoopCore {
         let instruments = &self.instruments;
         instruments.stats.ready_high_water.raise_to(ntodo as u64);
         let instrumented = instruments.flags() != 0;
-        if instrumented {
+        if instruments.follows_tasks() {
             instruments.on_iteration(py, ntodo, &self.cancelled);
         }
         for _ in 0..ntodo {
@@ -470,13 +470,16 @@ impl LoopCore {
                             Ok((handle.get().callback(py), when))
                         };
                         let native = Some(handle.get());
-                        instruments.run_callback(
-                            event_loop,
-                            handle.as_any(),
-                            native,
-                            describe,
-                            run,
-                        )?;
+                        let started =
+                            instruments.begin_callback(handle.as_any(), native, describe)?;
+                        // Spelled out, not `run()`: see below.
+                        let result = if debug {
+                            run()
+                        } else {
+                            Handle::run(&handle, event_loop)
+                        };
+                        instruments.end_callback(event_loop, handle.as_any(), started);
+                        result?;
                     } else if debug {
                         run()?;
                     } else {
@@ -500,7 +503,10 @@ impl LoopCore {
                     };
                     if instrumented {
                         let describe = || Ok((handle.getattr(intern!(py, "_callback"))?, None));
-                        instruments.run_callback(event_loop, &handle, None, describe, run)?;
+                        let started = instruments.begin_callback(&handle, None, describe)?;
+                        let result = run();
+                        instruments.end_callback(event_loop, &handle, started);
+                        result?;
                     } else {
                         run()?;
                     }

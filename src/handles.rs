@@ -217,6 +217,17 @@ impl Handle {
         })
     }
 
+    /// The address of the object the callback is bound to, as far as its layout says (see
+    /// `callback_identity::bound_self_addr`; 0 once released), without taking a reference.
+    #[inline]
+    pub fn callback_owner_addr(&self, py: Python<'_>) -> usize {
+        self.call.with(py, |c| {
+            c.map_or(0, |c| {
+                crate::callback_identity::bound_self_addr(c.callback.bind(py))
+            })
+        })
+    }
+
     /// Run the callback in its context. Returns `Err` only for the exceptions that must stop
     /// the loop (KeyboardInterrupt, SystemExit); any other exception goes to the loop's
     /// exception handler, as `asyncio.Handle._run` does.

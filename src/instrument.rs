@@ -7,16 +7,17 @@
 //! this file are called only when the flag says so. Instrumentation never fails a callback:
 //! its own errors are reported as unraisable.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefReference};
 
 use crate::blocking::{self, Watch};
 use crate::callback_identity::{self, LabelTable};
-use crate::clock::{monotonic_ns, to_ns};
+use crate::clock::{monotonic_ns, to_ns, StepClock};
 use crate::gil_cell::GilCell;
 use crate::handles::Handle;
 use crate::stats::{CancelCounts, LoopStats};
@@ -42,8 +43,22 @@ const NOT_A_TASK: u32 = 1 << 31;
 struct Running {
     handle: u64,
     task: u32,
+    /// How many times the running task queued its own next step during this step, while
+    /// the trace is off (the trace records each such wake-up itself, with its time).
+    self_wakes: u32,
     /// The address of the running task (0: none), which a step that wakes itself names again.
     task_addr: usize,
+}
+
+/// A callback `begin_callback` saw start, for `end_callback`.
+pub struct Started<'py> {
+    /// The instruments on when it started (the callback may switch them).
+    flags: u8,
+    start: u64,
+    handle_id: u64,
+    task: u32,
+    task_obj: Option<Bound<'py, PyAny>>,
+    outer: Running,
 }
 
 #[derive(Default)]
@@ -55,10 +70,16 @@ pub struct Instruments {
     labels: GilCell<LabelTable>,
     running: GilCell<Running>,
     watch: GilCell<Option<Arc<Watch>>>,
+    /// The watch `watch` holds (null when the detector is off), for the stores around each
+    /// callback without a borrow: set after `watch` takes its `Arc`, cleared before it lets
+    /// it go, both with the GIL held, as every read is.
+    watching: AtomicPtr<Watch>,
     /// The label id of a bare yield, once made.
     bare_yield: AtomicU32,
     /// When the last instrumented callback of this iteration ended (0: none yet).
     last_end: AtomicU64,
+    /// The callbacks' start and end times.
+    clock: StepClock,
 }
 
 fn report<T>(py: Python<'_>, result: PyResult<T>) -> Option<T> {
@@ -101,7 +122,7 @@ impl Instruments {
         if let Some(id) = self.tasks.with_borrow(py, |v| v.find(task)) {
             return Ok(id);
         }
-        let identity = support::task_identity(task)?;
+        let identity = task_table::task_identity(&self.tasks, task)?;
         let weak = PyWeakrefReference::new(task)?.into_any();
         let parent = self.running.with_borrow(py, |v| v.task);
         let id = self
@@ -122,33 +143,68 @@ impl Instruments {
         Ok(id)
     }
 
-    /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed).
+    /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed). The common case
+    /// first, inline: the running task queueing its own next step (a bare yield, `sleep(0)`)
+    /// is recognised by the address its callback is bound to, and is woken at the end of this
+    /// step (no type check, no table lookup, no clock read of its own).
+    #[inline]
     pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
+        let py = handle.py();
+        if !threadsafe && self.flags() & TRACE == 0 {
+            let owner = handle.get().callback_owner_addr(py);
+            if self.woke_itself(py, owner) {
+                let task = self.running.with_borrow(py, |v| v.task);
+                handle.get().instrument_tag.store(task, Relaxed);
+                return;
+            }
+        }
+        self.identify_queued(handle, threadsafe);
+    }
+
+    /// Whether the object at `owner` is the running task (then its self-wake is counted).
+    #[inline]
+    fn woke_itself(&self, py: Python<'_>, owner: usize) -> bool {
+        self.running.with_borrow_mut(py, |r| {
+            let itself = r.task != 0 && owner == r.task_addr;
+            if itself {
+                r.self_wakes += 1;
+            }
+            itself
+        })
+    }
+
+    #[inline(never)]
+    fn identify_queued(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
         let tracing = self.flags() & TRACE != 0;
         let running = self.running.with_borrow(py, |v| *v);
         let callback = handle.get().callback(py);
         let owner = callback_identity::bound_self(&callback);
-        // A task that queues its own next step (a bare yield, `sleep(0)`) is the running one:
-        // known without a type check or a table lookup, and woken at the end of this step
-        // (the statistics need no clock read of their own for it).
         let by_itself = !threadsafe
             && running.task != 0
             && owner
                 .as_ref()
                 .is_some_and(|o| o.as_ptr() as usize == running.task_addr);
-        let now = if by_itself && !tracing {
-            task_table::AT_STEP_END
-        } else {
-            monotonic_ns()
-        };
+        if by_itself && !tracing {
+            // Bound in a way only `bound_self` reads; counted as in `on_call_soon`.
+            self.woke_itself(py, running.task_addr);
+            handle.get().instrument_tag.store(running.task, Relaxed);
+            return;
+        }
+        // The clock is read only for a task's wake-up or the trace: most callbacks queued
+        // are neither.
+        let mut now = 0;
         let task = match owner {
             _ if by_itself => running.task,
             Some(owner) if callback_identity::is_task(&owner) => {
+                now = monotonic_ns();
                 report(py, self.task_id(&owner, now)).unwrap_or(0)
             }
             _ => 0,
         };
+        if now == 0 && (task != 0 || tracing) {
+            now = monotonic_ns();
+        }
         let tag = if task == 0 { NOT_A_TASK } else { task };
         handle.get().instrument_tag.store(tag, Relaxed);
         if task != 0 {
@@ -233,16 +289,20 @@ impl Instruments {
         }
     }
 
-    /// An iteration is about to run `depth` ready callbacks (instruments on); the timers
+    /// An iteration is about to run `depth` ready callbacks (tasks followed); the timers
     /// cancelled since the last one go into the trace first.
     pub fn on_iteration(&self, py: Python<'_>, depth: usize, cancels: &CancelCounts) {
-        if !self.tracing() {
+        let tracing = self.tracing();
+        if !tracing && depth == 0 {
             self.last_end.store(0, Relaxed);
             return;
         }
-        self.record_cancels(py, cancels);
-        let now = monotonic_ns();
+        let now = self.clock.anchor();
         self.last_end.store(now, Relaxed); // also the first callback's start
+        if !tracing {
+            return;
+        }
+        self.record_cancels(py, cancels);
         self.trace_event(
             py,
             TraceEvent {
@@ -284,86 +344,132 @@ impl Instruments {
         );
     }
 
-    /// Run one ready callback with the instruments that are on. `native` is the handle when it
-    /// is one of ferroloop's (its tag saves looking at the callback again); `describe` gives
-    /// what the handle calls and a timer's due time, and is asked only when that is needed.
-    pub fn run_callback<'py>(
+    /// A ready callback is about to run with the instruments that are on (call
+    /// `end_callback` after it). `native` is the handle when it is one of ferroloop's (its tag
+    /// saves looking at the callback again); `describe` gives what the handle calls and a
+    /// timer's due time, and is asked only when that is needed.
+    #[inline]
+    pub fn begin_callback<'py>(
         &self,
-        event_loop: &Bound<'py, PyAny>,
         handle: &Bound<'py, PyAny>,
         native: Option<&Handle>,
         describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
-        run: impl FnOnce() -> PyResult<()>,
+    ) -> PyResult<Started<'py>> {
+        let flags = self.flags();
+        let mut started = Started {
+            flags,
+            start: 0,
+            handle_id: handle.as_ptr() as u64,
+            task: 0,
+            task_obj: None,
+            outer: Running::default(),
+        };
+        if flags & (TASKS | TRACE) != 0 {
+            self.begin_followed(handle, native, describe, &mut started)?;
+        }
+        if flags & BLOCKING != 0 {
+            self.watch_begin(handle);
+        }
+        Ok(started)
+    }
+
+    #[inline]
+    fn begin_followed<'py>(
+        &self,
+        handle: &Bound<'py, PyAny>,
+        native: Option<&Handle>,
+        describe: impl FnOnce() -> PyResult<(Bound<'py, PyAny>, Option<f64>)>,
+        started: &mut Started<'py>,
     ) -> PyResult<()> {
         let py = handle.py();
-        let flags = self.flags();
-        if flags & (TASKS | TRACE) == 0 {
-            // The blocking detector alone: two stores before and after.
-            self.watch_begin(py, handle);
-            let result = run();
-            self.watch_end(event_loop, handle);
-            return result;
-        }
         // The previous callback's end, when one just ended in this iteration: back-to-back
         // callbacks share a clock read.
-        let start = match self.last_end.swap(0, Relaxed) {
-            0 => monotonic_ns(),
-            previous => previous,
+        let start = match self.last_end.load(Relaxed) {
+            0 => self.clock.now(),
+            previous => {
+                self.last_end.store(0, Relaxed);
+                previous
+            }
         };
-        let handle_id = handle.as_ptr() as u64;
         let (task_obj, task, label, when) = self.identify(handle, native, describe, start)?;
-        if task != 0 {
-            self.tasks
-                .with_borrow_mut(py, |v| v.step_started(task, start));
-        }
-        if flags & TRACE != 0 {
+        if started.flags & TRACE != 0 {
             // A task step is named after its task when the trace is written.
             self.trace_event(
                 py,
                 TraceEvent {
                     ts: start,
                     kind: Kind::CallbackStart as u8,
-                    a: handle_id,
+                    a: started.handle_id,
                     b: when.map_or(0, f64::to_bits),
                     task,
                     label,
                 },
             );
         }
-        let task_addr = task_obj.as_ref().map_or(0, |t| t.as_ptr() as usize);
-        let outer = self.running.with_borrow_mut(py, |v| {
-            std::mem::replace(
-                v,
-                Running {
-                    handle: handle_id,
-                    task,
-                    task_addr,
-                },
-            )
-        });
-        let watched = flags & BLOCKING != 0;
-        if watched {
-            self.watch_begin(py, handle);
-        }
-        let result = run();
-        if watched {
-            self.watch_end(event_loop, handle);
-        }
-        let end = monotonic_ns();
-        self.last_end.store(end, Relaxed);
-        self.running.with_borrow_mut(py, |v| *v = outer);
-        match task_obj.filter(|_| task != 0) {
-            Some(task_obj) => self.after_step(&task_obj, task, handle_id, start, end, flags),
-            None if flags & TRACE != 0 => self.end_event(py, handle_id, end, 0, 0, 0),
-            None => {}
-        }
-        result
+        let task_addr = match &task_obj {
+            Some(t) if task != 0 => t.as_ptr() as usize,
+            _ => 0,
+        };
+        let running = Running {
+            handle: started.handle_id,
+            task,
+            self_wakes: 0,
+            task_addr,
+        };
+        started.outer = self
+            .running
+            .with_borrow_mut(py, |v| std::mem::replace(v, running));
+        started.start = start;
+        started.task = task;
+        started.task_obj = task_obj;
+        Ok(())
     }
 
-    /// The task a callback about to run steps (object and id, or None and 0), the label of
-    /// its callback when it is not a task step and the trace is on (else 0), and a timer's
-    /// due time. What the handle's tag already says is not looked up again; what is looked
-    /// up is written to the tag.
+    /// The callback `begin_callback` started has returned.
+    // Always: left to itself the compiler calls it out of line, which costs more per task
+    // step (measured with callgrind) than the rest of its common path.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub fn end_callback<'py>(
+        &self,
+        event_loop: &Bound<'py, PyAny>,
+        handle: &Bound<'py, PyAny>,
+        started: Started<'py>,
+    ) {
+        let py = handle.py();
+        let flags = started.flags;
+        if flags & BLOCKING != 0 {
+            self.watch_end(event_loop, handle);
+        }
+        if flags & (TASKS | TRACE) == 0 {
+            return;
+        }
+        let end = self.clock.now();
+        self.last_end.store(end, Relaxed);
+        let ran = self
+            .running
+            .with_borrow_mut(py, |v| std::mem::replace(v, started.outer));
+        match started.task_obj.filter(|_| started.task != 0) {
+            Some(task_obj) => {
+                let span = (started.start, end);
+                self.after_step(
+                    &task_obj,
+                    started.task,
+                    started.handle_id,
+                    span,
+                    ran.self_wakes,
+                    flags,
+                );
+            }
+            None if flags & TRACE != 0 => self.end_event(py, started.handle_id, end, 0, 0, 0),
+            None => {}
+        }
+    }
+
+    /// The task a callback about to run at `now` steps (object and id, or None and 0; its step
+    /// is started in the table), the label of its callback when it is not a task step and the
+    /// trace is on (else 0), and a timer's due time. What the handle's tag already says is not
+    /// looked up again; what is looked up is written to the tag.
     #[allow(clippy::type_complexity)]
     fn identify<'py>(
         &self,
@@ -380,7 +486,14 @@ impl Instruments {
             return Ok((None, 0, label, None));
         }
         if tag != 0 && tag & NOT_A_TASK == 0 {
-            if let Some(task) = self.tasks.with_borrow(py, |v| v.object(py, tag)) {
+            // The tag was taken from the object this handle's callback is bound to, so that
+            // object is the task: read from the callback, which is about to run, rather than
+            // from the record's weak reference, which would be one more cache line per step.
+            let owner = native.map_or(0, |h| h.callback_owner_addr(py)) as *mut ffi::PyObject;
+            if !owner.is_null() && self.tasks.with_borrow_mut(py, |v| v.step_started(tag, now)) {
+                // SAFETY: the callback holds a reference to its bound object, and the handle
+                // (alive for this call) holds the callback; a new reference is made at once.
+                let task = unsafe { Bound::from_borrowed_ptr(py, owner) };
                 return Ok((Some(task), tag, 0, None));
             }
         }
@@ -390,6 +503,10 @@ impl Instruments {
             Some(t) => report(py, self.task_id(t, now)).unwrap_or(0),
             None => 0,
         };
+        if task != 0 {
+            self.tasks
+                .with_borrow_mut(py, |v| v.step_started(task, now));
+        }
         let label = if task == 0 && tracing {
             report(
                 py,
@@ -406,40 +523,76 @@ impl Instruments {
         Ok((task_obj, task, label, when))
     }
 
+    /// The watch while the detector is on.
     #[inline]
-    fn watch_begin(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) {
-        self.watch.with_borrow(py, |w| {
-            if let Some(w) = w {
-                w.begin(handle.as_ptr());
-            }
-        });
+    fn watching(&self) -> Option<&Watch> {
+        // SAFETY: non-null only while `watch` holds the `Arc` it points into (see the field);
+        // the caller holds the GIL, so that `Arc` cannot be let go while the reference is
+        // used (no Python code runs in between).
+        unsafe { self.watching.load(Relaxed).as_ref() }
+    }
+
+    #[inline]
+    fn watch_begin(&self, handle: &Bound<'_, PyAny>) {
+        if let Some(w) = self.watching() {
+            w.begin(handle.as_ptr());
+        }
     }
 
     /// The watched callback returned: if the watchdog reported it, report its end.
     #[inline]
     fn watch_end(&self, event_loop: &Bound<'_, PyAny>, handle: &Bound<'_, PyAny>) {
-        let py = handle.py();
-        let reported = self
-            .watch
-            .with_borrow(py, |v| v.as_ref().and_then(|w| w.end()));
+        let reported = self.watching().and_then(Watch::end);
         if let Some(elapsed) = reported {
-            report(py, support::report_unblocked(event_loop, handle, elapsed));
+            report(
+                handle.py(),
+                support::report_unblocked(event_loop, handle, elapsed),
+            );
         }
     }
 
+    /// Task `task`'s step ran over `span` (start, end), waking itself `self_wakes` times. The
+    /// usual step, not its task's first, that queued its own next step and is not traced, ends
+    /// here.
+    #[inline]
     fn after_step(
         &self,
         task_obj: &Bound<'_, PyAny>,
         task: u32,
         handle_id: u64,
-        start: u64,
-        end: u64,
+        span: (u64, u64),
+        self_wakes: u32,
         flags: u8,
     ) {
         let py = task_obj.py();
+        let (start, end) = span;
         let (first_step, requeued) = self
             .tasks
-            .with_borrow_mut(py, |v| v.stepped(task, start, end));
+            .with_borrow_mut(py, |v| v.stepped(task, start, end, self_wakes));
+        if requeued && !first_step && flags & TRACE == 0 {
+            return;
+        }
+        self.after_step_more(
+            task_obj,
+            task,
+            handle_id,
+            end,
+            (first_step, requeued),
+            flags,
+        );
+    }
+
+    #[inline(never)]
+    fn after_step_more(
+        &self,
+        task_obj: &Bound<'_, PyAny>,
+        task: u32,
+        handle_id: u64,
+        end: u64,
+        (first_step, requeued): (bool, bool),
+        flags: u8,
+    ) {
+        let py = task_obj.py();
         if first_step {
             if let Some(name) = report(py, task_obj.call_method0(intern!(py, "get_name"))) {
                 let old = self
@@ -537,6 +690,8 @@ impl Instruments {
     // ---- switching instruments on and off, reading them (cold) ----
 
     pub fn set_task_stats(&self, on: bool) {
+        // From the next callback's start (no earlier end of this iteration is known).
+        self.last_end.store(0, Relaxed);
         self.set_flag(TASKS, on);
     }
 
@@ -573,6 +728,7 @@ impl Instruments {
         cancels.traced.store(true, Relaxed);
         self.trace
             .with_borrow_mut(py, |v| *v = Some(TraceRing::new(capacity, overflow)));
+        self.last_end.store(0, Relaxed); // see `set_task_stats`
         self.set_flag(TRACE, true);
     }
 
@@ -637,12 +793,15 @@ impl Instruments {
         let watch = Watch::new(to_ns(threshold).max(1));
         let loop_ref = PyWeakrefReference::new(event_loop)?.into_any().unbind();
         blocking::spawn(watch.clone(), loop_ref).map_err(crate::errors::os_error)?;
+        let pointer = Arc::as_ptr(&watch).cast_mut();
         self.watch.with_borrow_mut(py, |v| *v = Some(watch));
+        self.watching.store(pointer, Relaxed);
         self.set_flag(BLOCKING, true);
         Ok(())
     }
 
     pub fn stop_watchdog(&self, py: Python<'_>) {
+        self.watching.store(std::ptr::null_mut(), Relaxed);
         let watch = self.watch.with_borrow_mut(py, std::option::Option::take);
         if let Some(watch) = watch {
             watch.stop();

@@ -93,11 +93,17 @@ pub fn write_type_error(data: &Bound<'_, PyAny>) -> PyErr {
     }
 }
 
-/// A new task's (name, coroutine qualname, creation site), for the instruments.
-pub fn task_identity(task: &Bound<'_, PyAny>) -> PyResult<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
-    helper!(task.py(), INSTRUMENT_MODULE, "task_identity")?
-        .call1((task,))?
-        .extract()
+/// Whether `code` is asyncio's or ferroloop's own (a task's creation site is the first frame
+/// outside them).
+pub fn is_internal_code(code: &Bound<'_, PyAny>) -> PyResult<bool> {
+    helper!(code.py(), INSTRUMENT_MODULE, "is_internal_code")?
+        .call1((code,))?
+        .is_truthy()
+}
+
+/// A creation site as `task_identity` gave it, made readable (`file:line in function`).
+pub fn format_site<'py>(site: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    helper!(site.py(), INSTRUMENT_MODULE, "format_site")?.call1((site,))
 }
 
 /// A readable name for what a callback calls (`Task.task_wakeup`, `count`, ...).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import textwrap
 import threading
 import time
@@ -185,17 +186,17 @@ def test_tasks_pending_at_close_are_reported_with_their_creation_site(
     async def forever() -> None:
         await asyncio.Event().wait()
 
-    async def main() -> asyncio.Task[None]:
-        task = asyncio.create_task(forever(), name="stuck")  # line recorded as creation site
+    async def main() -> tuple[asyncio.Task[None], int]:
+        task, line = asyncio.create_task(forever(), name="stuck"), sys._getframe().f_lineno
         await asyncio.sleep(0)
-        return task
+        return task, line
 
-    task = event_loop.run_until_complete(main())
+    task, line = event_loop.run_until_complete(main())
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         event_loop.close()
     messages = [r.getMessage() for r in caplog.records if "still pending" in r.getMessage()]
     assert len(messages) == 1
-    assert "'stuck'" in messages[0] and f"{Path(__file__).name}:" in messages[0]
+    assert "'stuck'" in messages[0] and f"{Path(__file__).name}:{line} in main" in messages[0]
     assert messages[0] in event_loop.stats()["warnings"]
     del task
 

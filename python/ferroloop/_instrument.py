@@ -39,23 +39,21 @@ _PACKAGE_DIRS = tuple(
 # ---- names, asked for by the Rust instruments ------------------------------------------
 
 
-def creation_site() -> str:
-    """The first frame, from the innermost, outside asyncio and ferroloop: where user code
-    created the task."""
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_PACKAGE_DIRS) and filename != __file__:
-            return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back
-    return "?"
+def is_internal_code(code: types.CodeType) -> bool:
+    """Whether `code` is asyncio's or ferroloop's own: a task's creation site is the first
+    frame, from the innermost, outside them (the Rust side walks the frames, asking this once
+    per code object)."""
+    return code.co_filename.startswith(_PACKAGE_DIRS)
 
 
-def task_identity(task: Any) -> tuple[str, str, str]:
-    """(name, coroutine qualname, creation site) of a task the instruments just met."""
-    coro = task.get_coro()
-    qualname = getattr(coro, "__qualname__", None) or type(coro).__qualname__
-    return str(task.get_name()), str(qualname), creation_site()
+def format_site(site: tuple[types.CodeType, int] | str) -> str:
+    """`file:line in function` for a task's creation site: its code and instruction offset,
+    or a string already."""
+    if isinstance(site, str):
+        return site
+    code, offset = site
+    line = next((line for start, end, line in code.co_lines() if start <= offset < end), None)
+    return f"{code.co_filename}:{'?' if line is None else line} in {code.co_name}"
 
 
 def callback_label(callback: Any) -> str:
