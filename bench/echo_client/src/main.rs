@@ -15,9 +15,11 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::time::Instant;
+
+use echo_client::{new_epoll, wait, watch};
 
 struct Args {
     port: u16,
@@ -74,18 +76,8 @@ fn round_trips(
     let mut buffer = vec![0u8; message.len().max(65536)];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; connections.len()];
     while busy > 0 {
-        // SAFETY: `events` has room for `events.len()` entries, which epoll_wait fills.
-        let ready = unsafe {
-            libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as libc::c_int, 0)
-        };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        for event in &events[..ready as usize] {
+        let ready = wait(epoll, &mut events, 0)?;
+        for event in &events[..ready] {
             let connection = &mut connections[event.u64 as usize];
             if connection.remaining == 0 {
                 continue;
@@ -131,27 +123,13 @@ fn round_trips(
 }
 
 fn run(args: &Args) -> io::Result<f64> {
-    // SAFETY: epoll_create1 returns a new fd or -1; the fd is closed by `OwnedFd` below.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epoll < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `epoll` is a new fd that nothing else owns.
-    let _epoll_owner = unsafe { OwnedFd::from_raw_fd(epoll) };
+    let epoll_owner = new_epoll()?;
+    let epoll = epoll_owner.as_raw_fd();
     let mut connections = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
         let stream = TcpStream::connect(("127.0.0.1", args.port))?;
         stream.set_nodelay(true)?;
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: index as u64,
-        };
-        // SAFETY: both fds are open; `event` is a valid epoll_event for the call.
-        if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), &mut event) }
-            < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        watch(epoll, stream.as_raw_fd(), index as u64)?;
         connections.push(Connection {
             stream,
             received: 0,
