@@ -189,7 +189,8 @@ impl SockAddr {
                 // SAFETY: the kernel wrote an AF_INET address, a sockaddr_in.
                 let sin =
                     unsafe { &*std::ptr::from_ref(&self.storage).cast::<libc::sockaddr_in>() };
-                let host = ntop(libc::AF_INET, std::ptr::from_ref(&sin.sin_addr).cast())?;
+                // `inet_ntoa`'s dotted quad, without the C library's printf.
+                let host = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string();
                 Ok((host, u16::from_be(sin.sin_port))
                     .into_pyobject(py)?
                     .into_any())

@@ -7,9 +7,9 @@
 //! each buffered datagram's size plus the release's `_header_size`.
 //!
 //! Loop thread, GIL held. Datagrams are received into the loop's scratch buffer and copied
-//! into a `bytes` of their size; the sender's address object is reused while datagrams come
-//! from the same sender, and the address last sent to is converted once while the caller
-//! passes the same object (the echo pattern `sendto(data, addr)`). Addresses the socket
+//! into a `bytes` of their size; the address objects of recent senders are reused, and
+//! sending to one of them converts it once (`datagram_addresses.rs`: the echo pattern
+//! `sendto(data, addr)`, also with several peers taking turns). Addresses the socket
 //! module must convert itself (host names, Unix paths) and sockets of other families go
 //! through the socket object's own `sendto`/`recvfrom`. The Python wrapper is
 //! `python/ferroloop/_datagram.py`.
@@ -34,6 +34,7 @@ use crate::sys::datagram::{self as datagram_io, SockAddr};
 use crate::trace::IoKind;
 
 use super::common::{self, Connection, TransportCore};
+use super::datagram_addresses::{AddressBook, Destination};
 use super::write_side::{self, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 /// `_SelectorTransport.max_size`: the most one read takes (the loop's scratch buffer).
@@ -62,9 +63,9 @@ struct DatagramState {
     buffer_size: usize,
     writer_installed: bool,
     flow: FlowControl,
-    /// The last sender and the address object made for it.
-    last_from: Option<(SockAddr, Py<PyAny>)>,
-    /// The last address object sent to and what it converted to.
+    /// Recent senders and the address objects made for them.
+    addresses: AddressBook,
+    /// The last address object sent to that is not the book's, and what it converted to.
     last_to: Option<(Py<PyAny>, SockAddr)>,
 }
 
@@ -209,22 +210,25 @@ impl DatagramCore {
         if self.connected {
             return Dest::Peer;
         }
-        let known = self.state.with_borrow(py, |st| match &st.last_to {
-            Some((last, raw)) if last.is(addr) => Some(*raw),
-            _ => None,
+        let known = self.state.with_borrow(py, |st| {
+            st.addresses.destination_of(addr).or(match &st.last_to {
+                Some((last, raw)) if last.is(addr) => Some(Destination::Native(*raw)),
+                _ => None,
+            })
         });
-        if let Some(raw) = known {
-            return Dest::Raw(raw);
-        }
-        match SockAddr::from_python(addr, self.family) {
-            Some(raw) => {
-                let old = self
-                    .state
-                    .with_borrow_mut(py, |st| st.last_to.replace((addr.clone().unbind(), raw)));
-                drop(old);
-                Dest::Raw(raw)
-            }
-            None => Dest::Python(addr.clone().unbind()),
+        let destination = known.unwrap_or_else(|| {
+            let destination = Destination::of(addr, self.family);
+            let old = self.state.with_borrow_mut(py, |st| match destination {
+                _ if st.addresses.set_destination(addr, destination) => None,
+                Destination::Native(raw) => st.last_to.replace((addr.clone().unbind(), raw)),
+                Destination::SocketModule => None,
+            });
+            drop(old);
+            destination
+        });
+        match destination {
+            Destination::Native(raw) => Dest::Raw(raw),
+            Destination::SocketModule => Dest::Python(addr.clone().unbind()),
         }
     }
 
@@ -327,20 +331,24 @@ impl DatagramCore {
             Ok(Some(received)) => received,
         };
         self.io_event(py, IoKind::Read, data.as_bytes().len());
-        let known = self.state.with_borrow(py, |st| match &st.last_from {
-            Some((last, addr)) if last.same_as(&from) => Some(addr.bind(py).clone()),
-            _ => None,
-        });
+        Ok(Some((data.into_any(), self.sender_object(py, from)?)))
+    }
+
+    /// The address object `datagram_received` gets for a datagram from `from`.
+    fn sender_object<'py>(&self, py: Python<'py>, from: SockAddr) -> PyResult<Bound<'py, PyAny>> {
+        let known = self
+            .state
+            .with_borrow(py, |st| st.addresses.object_for(py, &from));
         if let Some(addr) = known {
-            return Ok(Some((data.into_any(), addr)));
+            return Ok(addr);
         }
         // Not under a borrow: allocating the address may run the GC, and finalizers with it.
         let addr = from.to_python(py)?;
-        let old = self
+        let evicted = self
             .state
-            .with_borrow_mut(py, |st| st.last_from.replace((from, addr.clone().unbind())));
-        drop(old);
-        Ok(Some((data.into_any(), addr)))
+            .with_borrow_mut(py, |st| st.addresses.remember(from, addr.clone().unbind()));
+        drop(evicted);
+        Ok(addr)
     }
 
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
@@ -423,7 +431,7 @@ impl DatagramCore {
                 buffer_size: 0,
                 writer_installed: false,
                 flow: FlowControl::default(),
-                last_from: None,
+                addresses: AddressBook::default(),
                 last_to: None,
             }),
         })
@@ -648,7 +656,7 @@ impl DatagramCore {
         let result = common::connection_lost(self, py, &exc);
         let released = self.state.with_borrow_mut(py, |st| {
             st.released = true;
-            (st.last_from.take(), st.last_to.take())
+            (st.addresses.take(), st.last_to.take())
         });
         drop(released);
         result
@@ -680,9 +688,7 @@ impl DatagramCore {
         visit.call(&self.address)?;
         self.state.traverse(&visit, |st, visit| {
             st.conn.visit(visit)?;
-            if let Some((_, addr)) = &st.last_from {
-                visit.call(addr)?;
-            }
+            st.addresses.traverse(visit)?;
             if let Some((addr, _)) = &st.last_to {
                 visit.call(addr)?;
             }
@@ -699,7 +705,7 @@ impl DatagramCore {
         let released = self.state.with_borrow_mut(py, |st| {
             (
                 st.conn.clear(),
-                st.last_from.take(),
+                st.addresses.take(),
                 st.last_to.take(),
                 std::mem::take(&mut st.buffer),
             )
