@@ -81,6 +81,61 @@ pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, SockAdd
     Ok(n.map(|n| (n, addr)))
 }
 
+/// The most datagrams one `recv_batch` takes.
+pub const RECV_BATCH: usize = 8;
+
+/// `recvmmsg(fd)`: the datagrams waiting on `fd`, up to [`RECV_BATCH`] and as many as `buffer`
+/// has `slot`-byte slots for, datagram i into slot i (truncated to it, as `recvfrom` of
+/// `slot` bytes would). Writes each one's size and sender to `out[i]` and returns how many
+/// there were; `Ok(None)` if none. An error after the first datagram is the kernel's to keep
+/// for the next call, so no datagram taken is lost to it.
+pub fn recv_batch(
+    fd: RawFd,
+    buffer: &mut [u8],
+    slot: usize,
+    out: &mut [(usize, SockAddr); RECV_BATCH],
+) -> io::Result<Option<usize>> {
+    // SAFETY: iovec and mmsghdr are plain C data; all zeroes (null pointers, zero lengths) is
+    // valid, and every field the kernel reads is set below.
+    let mut iovecs: [libc::iovec; RECV_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; RECV_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut count = 0;
+    for ((chunk, iov), (header, (_, from))) in buffer
+        .chunks_exact_mut(slot)
+        .zip(iovecs.iter_mut())
+        .zip(headers.iter_mut().zip(out.iter_mut()))
+    {
+        iov.iov_base = chunk.as_mut_ptr().cast();
+        iov.iov_len = slot;
+        header.msg_hdr.msg_iov = std::ptr::from_mut(iov);
+        header.msg_hdr.msg_iovlen = 1;
+        header.msg_hdr.msg_name = std::ptr::from_mut(&mut from.storage).cast();
+        header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        count += 1;
+    }
+    // SAFETY: the first `count` headers each point at their own writable slot of `buffer` and
+    // at the storage of their own `out` entry, of the lengths given; the kernel fills at most
+    // `count` of them and reports how many.
+    let received = retry_nonblocking(|| unsafe {
+        libc::recvmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        ) as isize
+    })?;
+    let Some(received) = received else {
+        return Ok(None);
+    };
+    for (header, (size, from)) in headers.iter().zip(out.iter_mut()).take(received) {
+        *size = header.msg_len as usize;
+        from.len = header.msg_hdr.msg_namelen;
+    }
+    Ok(Some(received))
+}
+
 /// An IP literal of `family` (AF_INET/AF_INET6) in `host`, as `inet_pton` reads it; None if
 /// it is not one (including names longer than any literal and names with a NUL).
 fn parse_ip(family: i32, host: &str, out: *mut libc::c_void) -> bool {
@@ -102,7 +157,7 @@ fn exact_u32(obj: &Bound<'_, PyAny>) -> Option<u32> {
 }
 
 impl SockAddr {
-    fn empty() -> SockAddr {
+    pub fn empty() -> SockAddr {
         SockAddr {
             // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (AF_UNSPEC) value.
             storage: unsafe { MaybeUninit::zeroed().assume_init() },
