@@ -34,9 +34,7 @@ def measure(message_size: int, loop_name: str, size: int) -> Timing:
         loop_name,
         None,
         per_endpoint * ENDPOINTS,
-        native_client=lambda port, notes: run_native_client(
-            port, message_size, per_endpoint, CLIENT_BINARY, ENDPOINTS
-        ),
+        native_client=lambda port, notes: run_native_client(port, message_size, per_endpoint, CLIENT_BINARY, ENDPOINTS),
         server_command=native_server,
     )
 
