@@ -1,4 +1,4 @@
-//! Datagram syscalls that carry an address (`recvfrom`, `sendto`) and the socket addresses
+//! Datagram syscalls that carry an address (`recvfrom`, `recvmmsg`, `sendto`) and the socket addresses
 //! they carry, converted between Python and C exactly as the `socket` module converts them.
 //!
 //! `SockAddr::from_python` takes only what it can convert with the same result as

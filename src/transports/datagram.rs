@@ -1,15 +1,17 @@
 //! `DatagramCore`: the Rust half of the datagram transport that `create_datagram_endpoint`
 //! makes (UDP over IPv4/IPv6, Unix datagram sockets), with the standard library's
-//! `_SelectorDatagramTransport` semantics: one datagram per readable event, to
-//! `datagram_received(data, addr)`; `sendto` tries the socket first and buffers
+//! `_SelectorDatagramTransport` semantics: each datagram to `datagram_received(data, addr)`,
+//! in order (taken several at a time, see `_read_ready`); `sendto` tries the socket first and buffers
 //! `(bytes(data), addr)` only when it would block; OS errors of either direction go to
 //! `error_received` and leave the endpoint open; anything else is fatal; flow control counts
 //! each buffered datagram's size plus the release's `_header_size`.
 //!
-//! Loop thread, GIL held. Datagrams are received into the loop's scratch buffer and copied
-//! into a `bytes` of their size; the address objects of recent senders are reused, and
+//! Loop thread, GIL held. Datagrams are received with `recvmmsg` into slots of the loop's
+//! scratch buffer and copied into `bytes` of their size; the address objects of recent senders are reused, and
 //! sending to one of them converts it once (`datagram_addresses.rs`: the echo pattern
-//! `sendto(data, addr)`, also with several peers taking turns). Addresses the socket
+//! `sendto(data, addr)`, also with several peers taking turns). Replies are not gathered
+//! into a `sendmmsg`: `sendto` must send (or fail into `error_received`, or count in the
+//! write buffer) before it returns, as the stdlib's does. Addresses the socket
 //! module must convert itself (host names, Unix paths) and sockets of other families go
 //! through the socket object's own `sendto`/`recvfrom`. The Python wrapper is
 //! `python/ferroloop/_datagram.py`.
