@@ -361,4 +361,29 @@ mod tests {
             libc::close(b);
         }
     }
+    #[test]
+    fn recv_batch_takes_what_waits_in_order_truncated_to_the_slot() {
+        let (a, b) = (udp_socket(), udp_socket());
+        let (a_addr, b_addr) = (local_addr(a), local_addr(b));
+        let mut buffer = vec![0u8; 4 * 8];
+        let mut out = [(0, SockAddr::empty()); RECV_BATCH];
+        assert!(recv_batch(b, &mut buffer, 8, &mut out).unwrap().is_none());
+        for message in [&b"one"[..], b"two", b"a longer one", b"four", b"five"] {
+            assert!(send_to(a, message, Some(&b_addr)).unwrap().is_some());
+        }
+        // Four slots: the fifth datagram waits for the next call.
+        assert_eq!(recv_batch(b, &mut buffer, 8, &mut out).unwrap(), Some(4));
+        let sizes: Vec<usize> = out[..4].iter().map(|(n, _)| *n).collect();
+        assert_eq!(sizes, [3, 3, 8, 4]);
+        assert_eq!(&buffer[..3], b"one");
+        assert_eq!(&buffer[16..24], b"a longer");
+        assert!(out[..4].iter().all(|(_, from)| from.same_as(&a_addr)));
+        assert_eq!(recv_batch(b, &mut buffer, 8, &mut out).unwrap(), Some(1));
+        assert_eq!(&buffer[..4], b"five");
+        // SAFETY: closing the fds this test opened.
+        unsafe {
+            libc::close(a);
+            libc::close(b);
+        }
+    }
 }
