@@ -1,8 +1,68 @@
 //! What the bench's native echo programs share: pinning to a core, epoll registration, and
 //! turning a C return value into an `io::Result`. Plain std + libc, one thread each.
 
+use std::fmt::Display;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+/// What a load client is asked to do: `PORT MESSAGE_SIZE PEERS ROUND_TRIPS_PER_PEER WARM_UP`.
+pub struct ClientArgs {
+    pub port: u16,
+    pub message_size: usize,
+    /// Connections (TCP) or endpoints (UDP), one message in flight on each.
+    pub peers: usize,
+    pub round_trips: usize,
+    pub warm_up: usize,
+}
+
+/// The program's `count` arguments, all numbers; `usage` when there are not `count`.
+pub fn numbers(usage: &str, count: usize) -> Result<Vec<usize>, String> {
+    let values: Vec<String> = std::env::args().skip(1).collect();
+    if values.len() != count {
+        return Err(format!("usage: {usage}"));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.parse().map_err(|e| format!("argument {}: {e}", i + 1)))
+        .collect()
+}
+
+/// A load client's arguments (`peers` names the PEERS argument in the usage line).
+pub fn client_args(program: &str, peers: &str) -> Result<ClientArgs, String> {
+    let usage = format!("{program} PORT MESSAGE_SIZE {peers} ROUND_TRIPS_PER_PEER WARM_UP");
+    let values = numbers(&usage, 5)?;
+    Ok(ClientArgs {
+        port: u16::try_from(values[0]).map_err(|e| e.to_string())?,
+        message_size: values[1],
+        peers: values[2],
+        round_trips: values[3],
+        warm_up: values[4],
+    })
+}
+
+/// Exit as the bench expects: `Ok` prints its value (if any) and succeeds, a usage error
+/// exits 2, an I/O error is reported as `program: error` and fails.
+pub fn finish<T: Display>(program: &str, outcome: Result<io::Result<T>, String>) -> ExitCode {
+    match outcome {
+        Ok(Ok(value)) => {
+            let text = value.to_string();
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(err)) => {
+            eprintln!("{program}: {err}");
+            ExitCode::FAILURE
+        }
+        Err(usage) => {
+            eprintln!("{usage}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// A C call's result: the value, or the OS error it left in errno.
 pub fn check(result: libc::c_int) -> io::Result<libc::c_int> {

@@ -19,37 +19,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use echo_client::{new_epoll, wait, watch};
-
-struct Args {
-    port: u16,
-    message_size: usize,
-    connections: usize,
-    round_trips: usize,
-    warm_up: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let values: Vec<String> = std::env::args().skip(1).collect();
-    if values.len() != 5 {
-        return Err(
-            "usage: echo_client PORT MESSAGE_SIZE CONNECTIONS ROUND_TRIPS_PER_CONNECTION WARM_UP"
-                .into(),
-        );
-    }
-    let number = |i: usize| -> Result<usize, String> {
-        values[i]
-            .parse()
-            .map_err(|e| format!("argument {}: {e}", i + 1))
-    };
-    Ok(Args {
-        port: u16::try_from(number(0)?).map_err(|e| e.to_string())?,
-        message_size: number(1)?,
-        connections: number(2)?,
-        round_trips: number(3)?,
-        warm_up: number(4)?,
-    })
-}
+use echo_client::{client_args, finish, new_epoll, wait, watch, ClientArgs};
 
 struct Connection {
     stream: TcpStream,
@@ -122,11 +92,11 @@ fn round_trips(
     Ok(())
 }
 
-fn run(args: &Args) -> io::Result<f64> {
+fn run(args: &ClientArgs) -> io::Result<f64> {
     let epoll_owner = new_epoll()?;
     let epoll = epoll_owner.as_raw_fd();
-    let mut connections = Vec::with_capacity(args.connections);
-    for index in 0..args.connections {
+    let mut connections = Vec::with_capacity(args.peers);
+    for index in 0..args.peers {
         let stream = TcpStream::connect(("127.0.0.1", args.port))?;
         stream.set_nodelay(true)?;
         watch(epoll, stream.as_raw_fd(), index as u64)?;
@@ -149,21 +119,9 @@ fn run(args: &Args) -> io::Result<f64> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(seconds) => {
-            println!("{seconds}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("echo_client: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let peers = "CONNECTIONS";
+    finish(
+        "echo_client",
+        client_args("echo_client", peers).map(|args| run(&args)),
+    )
 }

@@ -16,24 +16,11 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 
-use echo_client::{new_epoll, pin_to, wait, wait_writable, watch};
+use echo_client::{finish, new_epoll, numbers, pin_to, wait, wait_writable, watch};
 
 const DEADLINE_SECONDS: u32 = 300;
 const RECV_SIZE: usize = 256 * 1024;
 const LISTENER_TOKEN: u64 = u64::MAX;
-
-fn parse_args() -> Result<(usize, usize), String> {
-    let values: Vec<String> = std::env::args().skip(1).collect();
-    if values.len() != 2 {
-        return Err("usage: echo_server CPU CONNECTIONS".into());
-    }
-    let number = |i: usize| -> Result<usize, String> {
-        values[i]
-            .parse()
-            .map_err(|e| format!("argument {}: {e}", i + 1))
-    };
-    Ok((number(0)?, number(1)?))
-}
 
 /// Send all of `data`, sleeping in poll() for writability when the socket's buffer is full.
 fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
@@ -115,18 +102,6 @@ fn serve(cpu: usize, connections: usize) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let (cpu, connections) = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match serve(cpu, connections) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("echo_server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let outcome = numbers("echo_server CPU CONNECTIONS", 2).map(|v| serve(v[0], v[1]).map(|()| ""));
+    finish("echo_server", outcome)
 }

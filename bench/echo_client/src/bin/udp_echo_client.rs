@@ -17,39 +17,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use echo_client::{new_epoll, wait, watch};
+use echo_client::{client_args, finish, new_epoll, wait, watch, ClientArgs};
 
 const GOODBYE: &[u8] = b"bye";
-
-struct Args {
-    port: u16,
-    message_size: usize,
-    endpoints: usize,
-    round_trips: usize,
-    warm_up: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let values: Vec<String> = std::env::args().skip(1).collect();
-    if values.len() != 5 {
-        return Err(
-            "usage: udp_echo_client PORT MESSAGE_SIZE ENDPOINTS ROUND_TRIPS_PER_ENDPOINT WARM_UP"
-                .into(),
-        );
-    }
-    let number = |i: usize| -> Result<usize, String> {
-        values[i]
-            .parse()
-            .map_err(|e| format!("argument {}: {e}", i + 1))
-    };
-    Ok(Args {
-        port: u16::try_from(number(0)?).map_err(|e| e.to_string())?,
-        message_size: number(1)?,
-        endpoints: number(2)?,
-        round_trips: number(3)?,
-        warm_up: number(4)?,
-    })
-}
 
 struct Endpoint {
     socket: UdpSocket,
@@ -114,11 +84,11 @@ fn round_trips(
     Ok(())
 }
 
-fn run(args: &Args) -> io::Result<f64> {
+fn run(args: &ClientArgs) -> io::Result<f64> {
     let epoll_owner = new_epoll()?;
     let epoll = epoll_owner.as_raw_fd();
-    let mut endpoints = Vec::with_capacity(args.endpoints);
-    for index in 0..args.endpoints {
+    let mut endpoints = Vec::with_capacity(args.peers);
+    for index in 0..args.peers {
         let socket = UdpSocket::bind(("127.0.0.1", 0))?;
         socket.connect(("127.0.0.1", args.port))?;
         watch(epoll, socket.as_raw_fd(), index as u64)?;
@@ -140,21 +110,9 @@ fn run(args: &Args) -> io::Result<f64> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(seconds) => {
-            println!("{seconds}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("udp_echo_client: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let peers = "ENDPOINTS";
+    finish(
+        "udp_echo_client",
+        client_args("udp_echo_client", peers).map(|args| run(&args)),
+    )
 }

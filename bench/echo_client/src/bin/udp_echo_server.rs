@@ -15,26 +15,13 @@ use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 
-use echo_client::{check, new_epoll, pin_to, wait, wait_writable, watch};
+use echo_client::{check, finish, new_epoll, numbers, pin_to, wait, wait_writable, watch};
 
 const DEADLINE_SECONDS: u32 = 300;
 const BATCH: usize = 16;
 /// The largest UDP payload is 65,507 bytes (IPv4); a slot holds any datagram whole.
 const SLOT_SIZE: usize = 64 * 1024;
 const GOODBYE: &[u8] = b"bye";
-
-fn parse_args() -> Result<(usize, usize), String> {
-    let values: Vec<String> = std::env::args().skip(1).collect();
-    if values.len() != 2 {
-        return Err("usage: udp_echo_server CPU ENDPOINTS".into());
-    }
-    let number = |i: usize| -> Result<usize, String> {
-        values[i]
-            .parse()
-            .map_err(|e| format!("argument {}: {e}", i + 1))
-    };
-    Ok((number(0)?, number(1)?))
-}
 
 /// BATCH receive slots, each with its sender's address; the same headers send the replies.
 struct Batch {
@@ -178,18 +165,7 @@ fn serve(cpu: usize, endpoints: usize) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let (cpu, endpoints) = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match serve(cpu, endpoints) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("udp_echo_server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let outcome =
+        numbers("udp_echo_server CPU ENDPOINTS", 2).map(|v| serve(v[0], v[1]).map(|()| ""));
+    finish("udp_echo_server", outcome)
 }
