@@ -575,9 +575,12 @@ impl DatagramCore {
                     )
                 }
             };
+            let single = batch.len() == 1;
             taken += batch.len();
             Self::deliver(slf, batch)?;
-            if !this.delivering(py) {
+            // A socket that had one datagram waiting gets them one at a time (a client with
+            // one request in flight): reading again would only find nothing, a syscall lost.
+            if single || !this.delivering(py) {
                 break;
             }
         }
