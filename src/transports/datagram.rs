@@ -40,8 +40,8 @@ use super::datagram_addresses::{AddressBook, Destination};
 use super::write_side::{self, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 /// At most this many datagrams are taken per readable event (libuv's number): replies sent
-/// while a batch is delivered often bring the next datagrams back before it ends, and reading
-/// those at once keeps the loop from sleeping in between; the bound keeps other callbacks and
+/// while a batch of several is delivered often bring the next datagrams back before it ends,
+/// and reading those at once keeps the loop from sleeping in between; the bound keeps other callbacks and
 /// other sockets from waiting behind a flood.
 const READS_PER_EVENT: usize = 32;
 
