@@ -662,11 +662,18 @@ impl LoopCore {
     /// Run `f` on the loop's scratch buffer for transport reads (one thread, one read at a
     /// time): data is received into it and copied into a `bytes` of exactly the received size.
     pub fn with_read_buffer<R>(&self, py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.with_scratch(py, MAX_READ, f)
+    }
+
+    /// Run `f` on the first `len` bytes of the same scratch buffer (a datagram endpoint takes
+    /// several reads' worth at once); it grows to the largest `len` asked for. Memory the
+    /// kernel never writes into is never touched: the buffer is made zeroed by the allocator.
+    pub fn with_scratch<R>(&self, py: Python<'_>, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         self.read_buffer.with_borrow_mut(py, |buf| {
-            if buf.is_empty() {
-                buf.resize(MAX_READ, 0);
+            if buf.len() < len {
+                *buf = vec![0; len];
             }
-            f(buf)
+            f(&mut buf[..len])
         })
     }
 

@@ -49,6 +49,7 @@ def all_workloads() -> dict[str, Workload]:
     from . import (
         call_soon,
         datagram_echo,
+        datagram_echo_native,
         echo,
         echo_native,
         gather,
@@ -66,6 +67,7 @@ def all_workloads() -> dict[str, Workload]:
     ordered += echo_native.WORKLOADS
     ordered += tls_echo.WORKLOADS
     ordered += datagram_echo.WORKLOADS
+    ordered += datagram_echo_native.WORKLOADS
     ordered.append(http_keepalive.WORKLOAD)
     ordered += subprocesses.WORKLOADS
     return {workload.name: workload for workload in ordered}

@@ -18,10 +18,9 @@ import time
 from typing import Any, cast
 
 from . import Timing, Workload
-from .echo import QUICK_DIVISOR, bounded_close, measure_against_server, run_pinned_server
+from .echo import QUICK_DIVISOR, WARM_UP_ROUND_TRIPS, bounded_close, measure_against_server, run_pinned_server
 
 ENDPOINTS = 4
-WARM_UP_ROUND_TRIPS = 100
 GOODBYE = b"bye"
 #: Message size -> round trips per measurement in a full run.
 ROUND_TRIPS = {1024: 60_000, 8 * 1024: 40_000}

@@ -31,9 +31,12 @@ from .echo import (
 )
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "echo_client"
-CLIENT_BINARY = CLIENT_DIR / "target" / "release" / "echo_client"
+BINARY_DIR = CLIENT_DIR / "target" / "release"
+CLIENT_BINARY = BINARY_DIR / "echo_client"
 #: The native limit (`--loops ...,native`): the same echo with no loop at all.
-SERVER_BINARY = CLIENT_DIR / "target" / "release" / "echo_server"
+SERVER_BINARY = BINARY_DIR / "echo_server"
+#: Every program the crate builds; a build that lacks one of them failed.
+BINARIES = (CLIENT_BINARY, SERVER_BINARY, BINARY_DIR / "udp_echo_client", BINARY_DIR / "udp_echo_server")
 #: Message sizes measured this way (the both-ends echoes cover 100 KiB too).
 SIZES = (1024, 10 * 1024)
 
@@ -50,25 +53,32 @@ def build_failure() -> str | None:
         capture_output=True,
         text=True,
     )
-    if build.returncode != 0 or not (CLIENT_BINARY.exists() and SERVER_BINARY.exists()):
+    if build.returncode != 0 or not all(binary.exists() for binary in BINARIES):
         last = (build.stderr.strip().splitlines() or ["no output"])[-1]
         return f"native-client echoes skipped: building bench/echo_client failed: {last}"
     return None
 
 
-def run_native_client(port: int, message_size: int, per_connection: int) -> float:
-    """The seconds the native client took for `per_connection` round trips per connection."""
+def run_native_client(
+    port: int,
+    message_size: int,
+    per_connection: int,
+    binary: Path = CLIENT_BINARY,
+    connections: int = CONNECTIONS,
+) -> float:
+    """The seconds the native client `binary` took for `per_connection` round trips on each
+    of `connections` connections (or datagram endpoints)."""
     command = [
-        str(CLIENT_BINARY),
+        str(binary),
         str(port),
         str(message_size),
-        str(CONNECTIONS),
+        str(connections),
         str(per_connection),
         str(WARM_UP_ROUND_TRIPS),
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"echo_client exited with {done.returncode}: {done.stderr.strip()}")
+        raise RuntimeError(f"{binary.name} exited with {done.returncode}: {done.stderr.strip()}")
     return float(done.stdout.strip())
 
 

@@ -1,4 +1,4 @@
-//! Datagram syscalls that carry an address (`recvfrom`, `sendto`) and the socket addresses
+//! Datagram syscalls that carry an address (`recvfrom`, `recvmmsg`, `sendto`) and the socket addresses
 //! they carry, converted between Python and C exactly as the `socket` module converts them.
 //!
 //! `SockAddr::from_python` takes only what it can convert with the same result as
@@ -81,6 +81,61 @@ pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, SockAdd
     Ok(n.map(|n| (n, addr)))
 }
 
+/// The most datagrams one `recv_batch` takes.
+pub const RECV_BATCH: usize = 8;
+
+/// `recvmmsg(fd)`: the datagrams waiting on `fd`, up to [`RECV_BATCH`] and as many as `buffer`
+/// has `slot`-byte slots for, datagram i into slot i (truncated to it, as `recvfrom` of
+/// `slot` bytes would). Writes each one's size and sender to `out[i]` and returns how many
+/// there were; `Ok(None)` if none. An error after the first datagram is the kernel's to keep
+/// for the next call, so no datagram taken is lost to it.
+pub fn recv_batch(
+    fd: RawFd,
+    buffer: &mut [u8],
+    slot: usize,
+    out: &mut [(usize, SockAddr); RECV_BATCH],
+) -> io::Result<Option<usize>> {
+    // SAFETY: iovec and mmsghdr are plain C data; all zeroes (null pointers, zero lengths) is
+    // valid, and every field the kernel reads is set below.
+    let mut iovecs: [libc::iovec; RECV_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; RECV_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut count = 0;
+    for ((chunk, iov), (header, (_, from))) in buffer
+        .chunks_exact_mut(slot)
+        .zip(iovecs.iter_mut())
+        .zip(headers.iter_mut().zip(out.iter_mut()))
+    {
+        iov.iov_base = chunk.as_mut_ptr().cast();
+        iov.iov_len = slot;
+        header.msg_hdr.msg_iov = std::ptr::from_mut(iov);
+        header.msg_hdr.msg_iovlen = 1;
+        header.msg_hdr.msg_name = std::ptr::from_mut(&mut from.storage).cast();
+        header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        count += 1;
+    }
+    // SAFETY: the first `count` headers each point at their own writable slot of `buffer` and
+    // at the storage of their own `out` entry, of the lengths given; the kernel fills at most
+    // `count` of them and reports how many.
+    let received = retry_nonblocking(|| unsafe {
+        libc::recvmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        ) as isize
+    })?;
+    let Some(received) = received else {
+        return Ok(None);
+    };
+    for (header, (size, from)) in headers.iter().zip(out.iter_mut()).take(received) {
+        *size = header.msg_len as usize;
+        from.len = header.msg_hdr.msg_namelen;
+    }
+    Ok(Some(received))
+}
+
 /// An IP literal of `family` (AF_INET/AF_INET6) in `host`, as `inet_pton` reads it; None if
 /// it is not one (including names longer than any literal and names with a NUL).
 fn parse_ip(family: i32, host: &str, out: *mut libc::c_void) -> bool {
@@ -102,7 +157,7 @@ fn exact_u32(obj: &Bound<'_, PyAny>) -> Option<u32> {
 }
 
 impl SockAddr {
-    fn empty() -> SockAddr {
+    pub fn empty() -> SockAddr {
         SockAddr {
             // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (AF_UNSPEC) value.
             storage: unsafe { MaybeUninit::zeroed().assume_init() },
@@ -189,7 +244,8 @@ impl SockAddr {
                 // SAFETY: the kernel wrote an AF_INET address, a sockaddr_in.
                 let sin =
                     unsafe { &*std::ptr::from_ref(&self.storage).cast::<libc::sockaddr_in>() };
-                let host = ntop(libc::AF_INET, std::ptr::from_ref(&sin.sin_addr).cast())?;
+                // `inet_ntoa`'s dotted quad, without the C library's printf.
+                let host = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string();
                 Ok((host, u16::from_be(sin.sin_port))
                     .into_pyobject(py)?
                     .into_any())
@@ -299,6 +355,31 @@ mod tests {
         assert_eq!(&buf[..n], b"hello");
         assert!(from.same_as(&a_addr));
         assert!(!from.same_as(&b_addr));
+        // SAFETY: closing the fds this test opened.
+        unsafe {
+            libc::close(a);
+            libc::close(b);
+        }
+    }
+    #[test]
+    fn recv_batch_takes_what_waits_in_order_truncated_to_the_slot() {
+        let (a, b) = (udp_socket(), udp_socket());
+        let (a_addr, b_addr) = (local_addr(a), local_addr(b));
+        let mut buffer = vec![0u8; 4 * 8];
+        let mut out = [(0, SockAddr::empty()); RECV_BATCH];
+        assert!(recv_batch(b, &mut buffer, 8, &mut out).unwrap().is_none());
+        for message in [&b"one"[..], b"two", b"a longer one", b"four", b"five"] {
+            assert!(send_to(a, message, Some(&b_addr)).unwrap().is_some());
+        }
+        // Four slots: the fifth datagram waits for the next call.
+        assert_eq!(recv_batch(b, &mut buffer, 8, &mut out).unwrap(), Some(4));
+        let sizes: Vec<usize> = out[..4].iter().map(|(n, _)| *n).collect();
+        assert_eq!(sizes, [3, 3, 8, 4]);
+        assert_eq!(&buffer[..3], b"one");
+        assert_eq!(&buffer[16..24], b"a longer");
+        assert!(out[..4].iter().all(|(_, from)| from.same_as(&a_addr)));
+        assert_eq!(recv_batch(b, &mut buffer, 8, &mut out).unwrap(), Some(1));
+        assert_eq!(&buffer[..4], b"five");
         // SAFETY: closing the fds this test opened.
         unsafe {
             libc::close(a);

@@ -1,15 +1,17 @@
 //! `DatagramCore`: the Rust half of the datagram transport that `create_datagram_endpoint`
 //! makes (UDP over IPv4/IPv6, Unix datagram sockets), with the standard library's
-//! `_SelectorDatagramTransport` semantics: one datagram per readable event, to
-//! `datagram_received(data, addr)`; `sendto` tries the socket first and buffers
+//! `_SelectorDatagramTransport` semantics: each datagram to `datagram_received(data, addr)`,
+//! in order (taken several at a time, see `_read_ready`); `sendto` tries the socket first and buffers
 //! `(bytes(data), addr)` only when it would block; OS errors of either direction go to
 //! `error_received` and leave the endpoint open; anything else is fatal; flow control counts
 //! each buffered datagram's size plus the release's `_header_size`.
 //!
-//! Loop thread, GIL held. Datagrams are received into the loop's scratch buffer and copied
-//! into a `bytes` of their size; the sender's address object is reused while datagrams come
-//! from the same sender, and the address last sent to is converted once while the caller
-//! passes the same object (the echo pattern `sendto(data, addr)`). Addresses the socket
+//! Loop thread, GIL held. Datagrams are received with `recvmmsg` into slots of the loop's
+//! scratch buffer and copied into `bytes` of their size; the address objects of recent senders are reused, and
+//! sending to one of them converts it once (`datagram_addresses.rs`: the echo pattern
+//! `sendto(data, addr)`, also with several peers taking turns). Replies are not gathered
+//! into a `sendmmsg`: `sendto` must send (or fail into `error_received`, or count in the
+//! write buffer) before it returns, as the stdlib's does. Addresses the socket
 //! module must convert itself (host names, Unix paths) and sockets of other families go
 //! through the socket object's own `sendto`/`recvfrom`. The Python wrapper is
 //! `python/ferroloop/_datagram.py`.
@@ -30,11 +32,18 @@ use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
 use crate::socket_owner::SocketOwner;
 use crate::support;
-use crate::sys::datagram::{self as datagram_io, SockAddr};
+use crate::sys::datagram::{self as datagram_io, SockAddr, RECV_BATCH};
 use crate::trace::IoKind;
 
 use super::common::{self, Connection, TransportCore};
+use super::datagram_addresses::{AddressBook, Destination};
 use super::write_side::{self, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+
+/// At most this many datagrams are taken per readable event (libuv's number): replies sent
+/// while a batch of several is delivered often bring the next datagrams back before it ends,
+/// and reading those at once keeps the loop from sleeping in between; the bound keeps other callbacks and
+/// other sockets from waiting behind a flood.
+const READS_PER_EVENT: usize = 32;
 
 /// `_SelectorTransport.max_size`: the most one read takes (the loop's scratch buffer).
 const MAX_SIZE: usize = crate::event_loop::MAX_READ;
@@ -59,14 +68,20 @@ struct DatagramState {
     /// `_call_connection_lost` ran: the socket is closed, the transport spent.
     released: bool,
     buffer: VecDeque<Outgoing>,
+    /// Datagrams received but not delivered yet, in order: a batch stopped by
+    /// `pause_reading()` or by an exception in `datagram_received`.
+    undelivered: Batch,
     buffer_size: usize,
     writer_installed: bool,
     flow: FlowControl,
-    /// The last sender and the address object made for it.
-    last_from: Option<(SockAddr, Py<PyAny>)>,
-    /// The last address object sent to and what it converted to.
+    /// Recent senders and the address objects made for them.
+    addresses: AddressBook,
+    /// The last address object sent to that is not the book's, and what it converted to.
     last_to: Option<(Py<PyAny>, SockAddr)>,
 }
+
+/// Received datagrams as `datagram_received` takes them: `(data, addr)`, oldest first.
+type Batch = VecDeque<(Py<PyAny>, Py<PyAny>)>;
 
 /// How a send ended, in the terms of the stdlib's `try`/`except` around `sock.sendto`.
 enum Sent {
@@ -165,14 +180,14 @@ impl DatagramCore {
             let was_closing = st.conn.closing;
             st.conn.closing = true;
             st.conn.conn_lost.record();
-            Some((dropped, was_closing))
+            Some((dropped, std::mem::take(&mut st.undelivered), was_closing))
         });
-        let Some((dropped, was_closing)) = closed else {
+        let Some((dropped, undelivered, was_closing)) = closed else {
             return Ok(());
         };
         // Dropped outside the borrow: an address object's finalizer may call the transport.
         let had_buffer = !dropped.is_empty();
-        drop(dropped);
+        drop((dropped, undelivered));
         if had_buffer {
             self.remove_writer(py)?;
         }
@@ -209,22 +224,25 @@ impl DatagramCore {
         if self.connected {
             return Dest::Peer;
         }
-        let known = self.state.with_borrow(py, |st| match &st.last_to {
-            Some((last, raw)) if last.is(addr) => Some(*raw),
-            _ => None,
+        let known = self.state.with_borrow(py, |st| {
+            st.addresses.destination_of(addr).or(match &st.last_to {
+                Some((last, raw)) if last.is(addr) => Some(Destination::Native(*raw)),
+                _ => None,
+            })
         });
-        if let Some(raw) = known {
-            return Dest::Raw(raw);
-        }
-        match SockAddr::from_python(addr, self.family) {
-            Some(raw) => {
-                let old = self
-                    .state
-                    .with_borrow_mut(py, |st| st.last_to.replace((addr.clone().unbind(), raw)));
-                drop(old);
-                Dest::Raw(raw)
-            }
-            None => Dest::Python(addr.clone().unbind()),
+        let destination = known.unwrap_or_else(|| {
+            let destination = Destination::of(addr, self.family);
+            let old = self.state.with_borrow_mut(py, |st| match destination {
+                _ if st.addresses.set_destination(addr, destination) => None,
+                Destination::Native(raw) => st.last_to.replace((addr.clone().unbind(), raw)),
+                Destination::SocketModule => None,
+            });
+            drop(old);
+            destination
+        });
+        match destination {
+            Destination::Native(raw) => Dest::Raw(raw),
+            Destination::SocketModule => Dest::Python(addr.clone().unbind()),
         }
     }
 
@@ -307,40 +325,125 @@ impl DatagramCore {
         }
     }
 
-    /// One datagram from the socket: (data, sender) or None if there was none; errors are
-    /// those `sock.recvfrom` would raise.
-    fn receive<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    /// The datagrams waiting on the socket, up to `RECV_BATCH` (empty if there were none),
+    /// each truncated to `max_size` as `sock.recvfrom(max_size)` would; errors are those
+    /// `sock.recvfrom` would raise.
+    fn receive(&self, py: Python<'_>) -> PyResult<Batch> {
         if self.native_family.is_none() {
-            return self.receive_through_socket(py);
+            let received = self.receive_through_socket(py)?;
+            return Ok(received
+                .map(|(data, addr)| (data.unbind(), addr.unbind()))
+                .into_iter()
+                .collect());
         }
         let fd = self.sock.fd(py)?;
-        let received = self.event_loop(py).get().with_read_buffer(py, |buf| {
-            datagram_io::recv_from(fd, &mut buf[..MAX_SIZE])
-                .map(|r| r.map(|(n, from)| (PyBytes::new(py, &buf[..n]), from)))
-        });
-        let (data, from) = match received {
-            Ok(None) => return Ok(None),
-            Err(err) => return Err(os_error(err)),
-            Ok(Some(received)) => received,
+        let mut senders = [(0, SockAddr::empty()); RECV_BATCH];
+        // Only `bytes` are made while the loop's buffer is borrowed: making an address may
+        // run the GC, and with it finalizers that could want that buffer.
+        let received = self
+            .event_loop(py)
+            .get()
+            .with_scratch(py, RECV_BATCH * MAX_SIZE, |buf| {
+                let count = datagram_io::recv_batch(fd, buf, MAX_SIZE, &mut senders)?;
+                let datagrams = buf.chunks_exact(MAX_SIZE).zip(&senders);
+                Ok::<_, std::io::Error>(
+                    datagrams
+                        .take(count.unwrap_or(0))
+                        .map(|(slot, (size, _))| PyBytes::new(py, &slot[..*size]))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .map_err(os_error)?;
+        let mut batch = Batch::with_capacity(received.len());
+        for (data, (size, from)) in received.into_iter().zip(senders) {
+            self.io_event(py, IoKind::Read, size);
+            batch.push_back((
+                data.into_any().unbind(),
+                self.sender_object(py, from)?.unbind(),
+            ));
+        }
+        Ok(batch)
+    }
+
+    /// Whether received datagrams go to the protocol now: not closing, not paused.
+    fn delivering(&self, py: Python<'_>) -> bool {
+        self.state
+            .with_borrow(py, |st| !st.conn.closing && !st.conn.paused)
+    }
+
+    /// `datagram_received(data, addr)` for each of `batch` while `delivering()`; what is
+    /// left waits in `undelivered`, unless the transport is closing.
+    fn deliver(slf: &Bound<'_, Self>, batch: Batch) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut batch = batch.into_iter();
+        let result = loop {
+            let Some((data, addr)) = batch.next() else {
+                break Ok(());
+            };
+            if let Some(protocol) = this.protocol(py) {
+                let delivered = protocol
+                    .bind(py)
+                    .call_method1(intern!(py, "datagram_received"), (data, addr));
+                if let Err(err) = delivered {
+                    break Err(err);
+                }
+            }
+            if !this.delivering(py) {
+                break Ok(());
+            }
         };
-        self.io_event(py, IoKind::Read, data.as_bytes().len());
-        let known = self.state.with_borrow(py, |st| match &st.last_from {
-            Some((last, addr)) if last.same_as(&from) => Some(addr.bind(py).clone()),
-            _ => None,
+        let mut rest: Batch = batch.collect();
+        if rest.is_empty() {
+            return result;
+        }
+        let (closing, paused) = this.state.with_borrow_mut(py, |st| {
+            if !st.conn.closing {
+                // Anything a nested read queued came off the socket after these.
+                rest.append(&mut st.undelivered);
+                std::mem::swap(&mut st.undelivered, &mut rest);
+            }
+            (st.conn.closing, st.conn.paused)
         });
+        drop(rest); // what closing dropped, outside the borrow
+        if !closing && !paused {
+            // An exception stopped delivery: the rest come next iteration.
+            Self::schedule_delivery(slf)?;
+        }
+        result
+    }
+
+    /// Have `_read_ready` run next iteration for the undelivered datagrams, which the
+    /// socket's readiness may no longer announce.
+    fn schedule_delivery(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let callback = slf.getattr(intern!(py, "_read_ready"))?;
+        let context = this.context().map(|c| c.bind(py).clone());
+        LoopCore::call_soon(
+            this.event_loop(py),
+            callback,
+            pyo3::types::PyTuple::empty(py),
+            context,
+        )?;
+        Ok(())
+    }
+
+    /// The address object `datagram_received` gets for a datagram from `from`.
+    fn sender_object<'py>(&self, py: Python<'py>, from: SockAddr) -> PyResult<Bound<'py, PyAny>> {
+        let known = self
+            .state
+            .with_borrow(py, |st| st.addresses.object_for(py, &from));
         if let Some(addr) = known {
-            return Ok(Some((data.into_any(), addr)));
+            return Ok(addr);
         }
         // Not under a borrow: allocating the address may run the GC, and finalizers with it.
         let addr = from.to_python(py)?;
-        let old = self
+        let evicted = self
             .state
-            .with_borrow_mut(py, |st| st.last_from.replace((from, addr.clone().unbind())));
-        drop(old);
-        Ok(Some((data.into_any(), addr)))
+            .with_borrow_mut(py, |st| st.addresses.remember(from, addr.clone().unbind()));
+        drop(evicted);
+        Ok(addr)
     }
 
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
@@ -420,10 +523,11 @@ impl DatagramCore {
                 conn: Connection::new(transport, protocol),
                 released: false,
                 buffer: VecDeque::new(),
+                undelivered: Batch::new(),
                 buffer_size: 0,
                 writer_installed: false,
                 flow: FlowControl::default(),
-                last_from: None,
+                addresses: AddressBook::default(),
                 last_to: None,
             }),
         })
@@ -433,27 +537,54 @@ impl DatagramCore {
         common::start_reading(slf)
     }
 
-    /// Mirrors `_SelectorDatagramTransport._read_ready`.
-    fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
-        if self.state.with_borrow(py, |st| st.conn.conn_lost.is_lost()) {
+    /// `_SelectorDatagramTransport._read_ready`, for every datagram waiting: one
+    /// `recvmmsg` takes up to `RECV_BATCH` of them and each goes to `datagram_received` in
+    /// order, as if the stdlib's reader had run once per datagram, back to back. Delivery
+    /// stops when a callback closes the transport (the rest are dropped, as the socket's
+    /// queue is when the stdlib closes it) or pauses reading (the rest wait for
+    /// `resume_reading`); after an exception the rest come next iteration, as they would
+    /// from the socket.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // A stale call (scheduled before a pause or a close) reads nothing, as the stdlib's
+        // removed reader would not run.
+        if !this.delivering(py) {
             return Ok(());
         }
-        match self.receive(py) {
-            Ok(None) => Ok(()),
-            Ok(Some((data, addr))) => {
-                let protocol = self.protocol(py);
-                if let Some(protocol) = protocol {
-                    protocol
-                        .bind(py)
-                        .call_method1(intern!(py, "datagram_received"), (data, addr))?;
+        let undelivered = this
+            .state
+            .with_borrow_mut(py, |st| std::mem::take(&mut st.undelivered));
+        if !undelivered.is_empty() {
+            return Self::deliver(slf, undelivered);
+        }
+        let mut taken = 0;
+        while taken < READS_PER_EVENT {
+            let batch = match this.receive(py) {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => batch,
+                Err(err) if err.is_instance_of::<PyOSError>(py) => {
+                    return this.error_received(py, err)
                 }
-                Ok(())
-            }
-            Err(err) if err.is_instance_of::<PyOSError>(py) => self.error_received(py, err),
-            Err(err) => {
-                common::fatal_error(self, py, err, "Fatal read error on datagram transport")
+                Err(err) => {
+                    return common::fatal_error(
+                        this,
+                        py,
+                        err,
+                        "Fatal read error on datagram transport",
+                    )
+                }
+            };
+            let single = batch.len() == 1;
+            taken += batch.len();
+            Self::deliver(slf, batch)?;
+            // A socket that had one datagram waiting gets them one at a time (a client with
+            // one request in flight): reading again would only find nothing, a syscall lost.
+            if single || !this.delivering(py) {
+                break;
             }
         }
+        Ok(())
     }
 
     #[pyo3(signature = (data, addr=None))]
@@ -565,11 +696,21 @@ impl DatagramCore {
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        common::resume_reading(slf)
+        let py = slf.py();
+        let was_paused = slf.get().state.with_borrow(py, |st| st.conn.paused);
+        common::resume_reading(slf)?;
+        let waiting = slf
+            .get()
+            .state
+            .with_borrow(py, |st| !st.undelivered.is_empty());
+        if was_paused && waiting && slf.get().delivering(py) {
+            Self::schedule_delivery(slf)?;
+        }
+        Ok(())
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let drained = self.state.with_borrow_mut(py, |st| {
+        let closed = self.state.with_borrow_mut(py, |st| {
             if st.conn.closing {
                 return None;
             }
@@ -578,11 +719,13 @@ impl DatagramCore {
             if drained {
                 st.conn.conn_lost.record();
             }
-            Some(drained)
+            // Not delivered now: the stdlib's socket queue is dropped with the socket.
+            Some((drained, std::mem::take(&mut st.undelivered)))
         });
-        let Some(drained) = drained else {
+        let Some((drained, undelivered)) = closed else {
             return Ok(());
         };
+        drop(undelivered);
         common::remove_reader(self, py)?;
         if drained {
             self.remove_writer(py)?;
@@ -648,7 +791,11 @@ impl DatagramCore {
         let result = common::connection_lost(self, py, &exc);
         let released = self.state.with_borrow_mut(py, |st| {
             st.released = true;
-            (st.last_from.take(), st.last_to.take())
+            (
+                st.addresses.take(),
+                st.last_to.take(),
+                std::mem::take(&mut st.undelivered),
+            )
         });
         drop(released);
         result
@@ -680,7 +827,9 @@ impl DatagramCore {
         visit.call(&self.address)?;
         self.state.traverse(&visit, |st, visit| {
             st.conn.visit(visit)?;
-            if let Some((_, addr)) = &st.last_from {
+            st.addresses.traverse(visit)?;
+            for (data, addr) in &st.undelivered {
+                visit.call(data)?;
                 visit.call(addr)?;
             }
             if let Some((addr, _)) = &st.last_to {
@@ -699,9 +848,10 @@ impl DatagramCore {
         let released = self.state.with_borrow_mut(py, |st| {
             (
                 st.conn.clear(),
-                st.last_from.take(),
+                st.addresses.take(),
                 st.last_to.take(),
                 std::mem::take(&mut st.buffer),
+                std::mem::take(&mut st.undelivered),
             )
         });
         drop(released);

@@ -4,6 +4,7 @@
 
 pub mod common;
 pub mod datagram;
+pub mod datagram_addresses;
 pub mod pipe;
 pub mod stream;
 pub mod stream_feed;

@@ -15,39 +15,11 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::time::Instant;
 
-struct Args {
-    port: u16,
-    message_size: usize,
-    connections: usize,
-    round_trips: usize,
-    warm_up: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let values: Vec<String> = std::env::args().skip(1).collect();
-    if values.len() != 5 {
-        return Err(
-            "usage: echo_client PORT MESSAGE_SIZE CONNECTIONS ROUND_TRIPS_PER_CONNECTION WARM_UP"
-                .into(),
-        );
-    }
-    let number = |i: usize| -> Result<usize, String> {
-        values[i]
-            .parse()
-            .map_err(|e| format!("argument {}: {e}", i + 1))
-    };
-    Ok(Args {
-        port: u16::try_from(number(0)?).map_err(|e| e.to_string())?,
-        message_size: number(1)?,
-        connections: number(2)?,
-        round_trips: number(3)?,
-        warm_up: number(4)?,
-    })
-}
+use echo_client::{client_args, finish, new_epoll, wait, watch, ClientArgs};
 
 struct Connection {
     stream: TcpStream,
@@ -74,18 +46,8 @@ fn round_trips(
     let mut buffer = vec![0u8; message.len().max(65536)];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; connections.len()];
     while busy > 0 {
-        // SAFETY: `events` has room for `events.len()` entries, which epoll_wait fills.
-        let ready = unsafe {
-            libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as libc::c_int, 0)
-        };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        for event in &events[..ready as usize] {
+        let ready = wait(epoll, &mut events, 0)?;
+        for event in &events[..ready] {
             let connection = &mut connections[event.u64 as usize];
             if connection.remaining == 0 {
                 continue;
@@ -130,28 +92,14 @@ fn round_trips(
     Ok(())
 }
 
-fn run(args: &Args) -> io::Result<f64> {
-    // SAFETY: epoll_create1 returns a new fd or -1; the fd is closed by `OwnedFd` below.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epoll < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `epoll` is a new fd that nothing else owns.
-    let _epoll_owner = unsafe { OwnedFd::from_raw_fd(epoll) };
-    let mut connections = Vec::with_capacity(args.connections);
-    for index in 0..args.connections {
+fn run(args: &ClientArgs) -> io::Result<f64> {
+    let epoll_owner = new_epoll()?;
+    let epoll = epoll_owner.as_raw_fd();
+    let mut connections = Vec::with_capacity(args.peers);
+    for index in 0..args.peers {
         let stream = TcpStream::connect(("127.0.0.1", args.port))?;
         stream.set_nodelay(true)?;
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: index as u64,
-        };
-        // SAFETY: both fds are open; `event` is a valid epoll_event for the call.
-        if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), &mut event) }
-            < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        watch(epoll, stream.as_raw_fd(), index as u64)?;
         connections.push(Connection {
             stream,
             received: 0,
@@ -171,21 +119,9 @@ fn run(args: &Args) -> io::Result<f64> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(seconds) => {
-            println!("{seconds}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("echo_client: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let peers = "CONNECTIONS";
+    finish(
+        "echo_client",
+        client_args("echo_client", peers).map(|args| run(&args)),
+    )
 }

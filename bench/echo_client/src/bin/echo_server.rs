@@ -13,51 +13,14 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
+
+use echo_client::{finish, new_epoll, numbers, pin_to, wait, wait_writable, watch};
 
 const DEADLINE_SECONDS: u32 = 300;
 const RECV_SIZE: usize = 256 * 1024;
 const LISTENER_TOKEN: u64 = u64::MAX;
-
-fn parse_args() -> Result<(usize, usize), String> {
-    let values: Vec<String> = std::env::args().skip(1).collect();
-    if values.len() != 2 {
-        return Err("usage: echo_server CPU CONNECTIONS".into());
-    }
-    let number = |i: usize| -> Result<usize, String> {
-        values[i]
-            .parse()
-            .map_err(|e| format!("argument {}: {e}", i + 1))
-    };
-    Ok((number(0)?, number(1)?))
-}
-
-fn check(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
-    }
-}
-
-fn pin_to(cpu: usize) -> io::Result<()> {
-    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t; CPU_SET ignores a CPU beyond its capacity.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 means this thread.
-    check(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) }).map(|_| ())
-}
-
-fn watch(epoll: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
-    let mut event = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: both fds are open; `event` is a valid epoll_event for the call.
-    check(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) }).map(|_| ())
-}
 
 /// Send all of `data`, sleeping in poll() for writability when the socket's buffer is full.
 fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
@@ -71,15 +34,7 @@ fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
         let err = io::Error::last_os_error();
         match err.kind() {
             io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => {
-                let mut writable = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                check(unsafe { libc::poll(&mut writable, 1, -1) })?;
-            }
+            io::ErrorKind::WouldBlock => wait_writable(fd)?,
             _ => return Err(err),
         }
     }
@@ -93,28 +48,16 @@ fn serve(cpu: usize, connections: usize) -> io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     listener.set_nonblocking(true)?;
     println!("{}", listener.local_addr()?.port());
-    // SAFETY: epoll_create1 returns a new fd or -1.
-    let epoll = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-    // SAFETY: `epoll` is a new fd that nothing else owns.
-    let _epoll_owner = unsafe { OwnedFd::from_raw_fd(epoll) };
+    let epoll_owner = new_epoll()?;
+    let epoll = epoll_owner.as_raw_fd();
     watch(epoll, listener.as_raw_fd(), LISTENER_TOKEN)?;
     let mut streams: Vec<Option<TcpStream>> = Vec::with_capacity(connections);
     let mut open = 0usize;
     let mut buffer = vec![0u8; RECV_SIZE];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; connections + 1];
     while streams.len() < connections || open > 0 {
-        // SAFETY: `events` has room for `events.len()` entries, which epoll_wait fills.
-        let ready = unsafe {
-            libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as libc::c_int, -1)
-        };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        for event in &events[..ready as usize] {
+        let ready = wait(epoll, &mut events, -1)?;
+        for event in &events[..ready] {
             let token = event.u64;
             if token == LISTENER_TOKEN {
                 while streams.len() < connections {
@@ -159,18 +102,6 @@ fn serve(cpu: usize, connections: usize) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let (cpu, connections) = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match serve(cpu, connections) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("echo_server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let outcome = numbers("echo_server CPU CONNECTIONS", 2).map(|v| serve(v[0], v[1]).map(|()| ""));
+    finish("echo_server", outcome)
 }
