@@ -173,10 +173,13 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// Mirrors `BaseEventLoop.call_at`: the timer handle, pushed on the heap.
+    /// Mirrors `BaseEventLoop.call_at`: the timer handle, pushed on the heap. `read_at` is the
+    /// clock reading `when` was computed from (`call_later`), so that the trace shows the delay
+    /// asked for, not that minus the time taken to get here.
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
+        read_at: Option<f64>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
@@ -203,7 +206,7 @@ impl LoopCore {
         this.instruments.stats.timers_scheduled.add(1);
         if this.instruments.tracing() {
             this.instruments
-                .on_timer_scheduled(py, timer.as_any(), when);
+                .on_timer_scheduled(py, timer.as_any(), when, read_at);
         }
         Ok(timer.unbind())
     }
@@ -900,8 +903,16 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let delay = number(&delay, "delay must not be None")?;
-        let when = monotonic() + delay;
-        Self::schedule_timer(slf, when, callback, args, context, "call_later")
+        let now = monotonic();
+        Self::schedule_timer(
+            slf,
+            now + delay,
+            Some(now),
+            callback,
+            args,
+            context,
+            "call_later",
+        )
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -913,7 +924,7 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let when = number(&when, "when cannot be None")?;
-        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+        Self::schedule_timer(slf, when, None, callback, args, context, "call_at")
     }
 
     /// Queue an existing handle (ours or an `asyncio.Handle`) unless it is cancelled.

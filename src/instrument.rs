@@ -233,13 +233,19 @@ impl Instruments {
         }
     }
 
-    /// A timer was scheduled (trace on).
-    pub fn on_timer_scheduled(&self, py: Python<'_>, handle: &Bound<'_, PyAny>, when: f64) {
+    /// A timer was scheduled (trace on), at `read_at` when its `when` was computed from that.
+    pub fn on_timer_scheduled(
+        &self,
+        py: Python<'_>,
+        handle: &Bound<'_, PyAny>,
+        when: f64,
+        read_at: Option<f64>,
+    ) {
         {
             self.trace_event(
                 py,
                 TraceEvent {
-                    ts: monotonic_ns(),
+                    ts: read_at.map_or_else(monotonic_ns, to_ns),
                     kind: Kind::TimerScheduled as u8,
                     a: handle.as_ptr() as u64,
                     b: when.to_bits(),
