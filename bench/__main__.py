@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .chart import write_chart
-from .loops import KNOWN_LOOPS, NATIVE, SELECTABLE_LOOPS, loop_version
+from .loops import NATIVE, SELECTABLE_LOOPS, loop_version
 from .report import Samples, machine, readme_section, render, replace_readme_section, utc_now
 from .workloads import Workload, all_workloads
 
@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 round (smoke run)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, or 1 with --quick)")
     parser.add_argument("--only", help=f"comma-separated workloads (of {workload_names})")
-    parser.add_argument("--loops", default=",".join(KNOWN_LOOPS), help="comma-separated loops")
+    parser.add_argument("--loops", default=",".join(SELECTABLE_LOOPS), help="comma-separated loops")
     parser.add_argument("--cpu", type=int, default=0, help="CPU for single-process workloads")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every workload's size by this")
     parser.add_argument("--gc", action="store_true", help="keep the cyclic GC on while workloads run")
@@ -192,7 +192,7 @@ def main() -> None:
         for workload in workloads:
             shift = round_index % len(loops)
             for loop in loops[shift:] + loops[:shift]:
-                if (workload.name, loop) in unsupported:
+                if (workload.name, loop) in unsupported or (loop == NATIVE and not workload.native_limit):
                     continue
                 try:
                     ops_per_sec, found = measure_once(workload, loop, sizes[workload.name], args, env)

@@ -9,7 +9,7 @@ import statistics
 import textwrap
 from dataclasses import dataclass, field
 
-from .loops import BASELINES, PEERS, SUBJECT
+from .loops import BASELINES, NATIVE, PEERS, SUBJECT
 from .workloads import Workload
 
 
@@ -91,14 +91,17 @@ def best_peer(medians: dict[str, float | None]) -> str:
 def table(samples: Samples, workloads: list[Workload], loops: list[str]) -> str:
     baselines = [b for b in BASELINES if b in loops and SUBJECT in loops]
     with_peers = SUBJECT in loops and any(p in loops for p in PEERS)
+    with_native = SUBJECT in loops and NATIVE in loops
     header = ["workload", "unit", *loops, *(f"{SUBJECT}/{b}" for b in baselines)]
     header += [f"{SUBJECT}/best peer"] if with_peers else []
+    header += [f"{SUBJECT}/{NATIVE}"] if with_native else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for w in workloads:
         medians = {loop: samples.median(w.name, loop) for loop in loops}
         cells = [w.name, f"{w.unit}/s", *(rate(medians[loop]) for loop in loops)]
         cells += [ratio(medians[SUBJECT], medians[b]) for b in baselines]
         cells += [best_peer(medians)] if with_peers else []
+        cells += [ratio(medians[SUBJECT], medians[NATIVE])] if with_native else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

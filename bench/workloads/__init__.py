@@ -43,6 +43,8 @@ class Workload:
     unavailable: Callable[[], str | None] = lambda: None
     #: Whether a run without `--only` includes it; others run only when named.
     in_default_run: bool = True
+    #: Whether the native limit (`bench/echo_client`'s servers, the `native` column) runs it.
+    native_limit: bool = False
 
 
 def all_workloads() -> dict[str, Workload]:

@@ -47,6 +47,7 @@ def make_workload(message_size: int) -> Workload:
             "name": f"{both_ends.name}_native",
             "measure": lambda loop_name, size: measure(message_size, loop_name, size),
             "unavailable": build_failure,
+            "native_limit": True,
         }
     )
 
