@@ -1,5 +1,6 @@
-"""The benchmark report's throughput table: a column per loop measured and ferroloop over the
-fastest peer (uvloop, rloop, rsloop) of each workload, naming it."""
+"""The benchmark report's throughput table: a column per loop measured, ferroloop over the
+fastest peer (uvloop, rloop, rsloop) of each workload, naming it, and over the native limit
+where that ran."""
 
 from __future__ import annotations
 
@@ -50,3 +51,17 @@ def test_best_peer_skips_peers_that_did_not_run_and_is_absent_without_peers() ->
     assert lonely[-1] == "—"
     header, _, _ = _rows(samples, ["ferroloop", "asyncio"], ["echo"])
     assert not any("best peer" in cell for cell in header)
+
+
+def test_native_column_is_the_ratio_to_the_native_limit_where_it_ran() -> None:
+    samples = Samples()
+    for loop, value in {"ferroloop": 90.0, "uvloop": 80.0, "native": 100.0}.items():
+        samples.add("echo_native", loop, value)
+    samples.add("call_soon", "ferroloop", 5.0)
+    samples.add("call_soon", "uvloop", 4.0)
+    header, _, echo, call_soon = _rows(samples, ["ferroloop", "uvloop", "native"], ["echo_native", "call_soon"])
+    assert header[-2:] == ["ferroloop/best peer", "ferroloop/native"]
+    assert echo[-1] == "0.90"
+    assert call_soon[-1] == "—"  # the native limit runs the server-alone echoes only
+    header, _, _ = _rows(samples, ["ferroloop", "uvloop"], ["echo_native"])
+    assert "ferroloop/native" not in header
