@@ -28,6 +28,7 @@ use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::instrument::Instruments;
 use crate::ready::ReadyQueue;
 use crate::sock_ops::{self, RecvWaiter};
+use crate::sock_waiters::{self, SockOp};
 use crate::socket_owner::SocketOwner;
 use crate::stats::CancelCounts;
 use crate::support;
@@ -721,9 +722,17 @@ impl LoopCore {
     }
 
     fn is_reader_callback(&self, py: Python<'_>, fd: RawFd, callback: &Bound<'_, PyAny>) -> bool {
-        let current = self
-            .fds
-            .with_borrow(py, |v| v.handle(py, fd, Direction::Read));
+        self.is_callback(py, fd, Direction::Read, callback)
+    }
+
+    fn is_callback(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        dir: Direction,
+        callback: &Bound<'_, PyAny>,
+    ) -> bool {
+        let current = self.fds.with_borrow(py, |v| v.handle(py, fd, dir));
         current.is_some_and(|handle| handle.get().callback(py).is(callback))
     }
 
@@ -734,13 +743,50 @@ impl LoopCore {
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        Self::remove_watch_if_callback(event_loop, fd, Direction::Read, callback)
+    }
+
+    /// Remove `fd`'s `dir` watcher if it is still the handle that calls `callback`.
+    pub fn remove_watch_if_callback(
+        event_loop: &Bound<'_, LoopCore>,
+        fd: RawFd,
+        dir: Direction,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         if event_loop
             .get()
-            .is_reader_callback(event_loop.py(), fd, callback)
+            .is_callback(event_loop.py(), fd, dir, callback)
         {
-            Self::remove_watch_fd(event_loop, fd, Direction::Read)?;
+            Self::remove_watch_fd(event_loop, fd, dir)?;
         }
         Ok(())
+    }
+
+    /// Install a `sock_*` waiter as `fd`'s reader or writer; `sock` may take over the
+    /// registration it parked (see `fd_watchers`).
+    pub fn add_sock_watch(
+        event_loop: &Bound<'_, LoopCore>,
+        fd: RawFd,
+        dir: Direction,
+        waiter: Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<Handle>> {
+        let py = event_loop.py();
+        let fd_obj = fd.into_pyobject(py)?;
+        Self::add_watch(
+            event_loop,
+            fd_obj.as_any(),
+            dir,
+            waiter,
+            PyTuple::empty(py),
+            None,
+            Some(sock),
+        )
+    }
+
+    /// Count (and, when tracing, record) `nbytes` a socket operation moved on `fd`.
+    pub fn count_io(&self, py: Python<'_>, kind: IoKind, fd: RawFd, nbytes: usize) {
+        self.instruments.on_io(py, kind, fd, nbytes);
     }
 }
 
@@ -1043,24 +1089,69 @@ impl LoopCore {
         self.sock_recv_bytes(py, fd, n)
     }
 
-    /// One non-blocking send of as much of `data` as the socket takes: the count sent, 0 if
-    /// the socket would block.
-    fn _sock_send_now(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-        data: &Bound<'_, PyAny>,
-    ) -> PyResult<usize> {
-        let sent = sock_ops::send_now(fd, data)?;
-        self.instruments.on_io(py, IoKind::Write, fd, sent);
-        Ok(sent)
-    }
-
     /// Count (and, when tracing, record) what a socket operation of the standard library's
     /// moved: `nbytes` read from `fd`, or written when `written`.
     fn _sock_io_done(&self, py: Python<'_>, fd: RawFd, nbytes: usize, written: bool) {
         let kind = if written { IoKind::Write } else { IoKind::Read };
         self.instruments.on_io(py, kind, fd, nbytes);
+    }
+
+    // The rest of the sock_* family (`sock_waiters.rs`): each returns the operation's result
+    // when its first try finishes it, else a `SockWaiter` to `wait()` on.
+
+    fn _sock_sendall_start(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::send_all(data)?)
+    }
+
+    fn _sock_sendto_start(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        data: Py<PyAny>,
+        address: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::SendTo { data, address })
+    }
+
+    fn _sock_recv_into_start(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        buf: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::RecvInto { buf })
+    }
+
+    fn _sock_recvfrom_start(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        size: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::RecvFrom { size })
+    }
+
+    fn _sock_recvfrom_into_start(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        buf: Py<PyAny>,
+        nbytes: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::RecvFromInto { buf, nbytes })
+    }
+
+    fn _sock_accept_start(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::Accept)
+    }
+
+    /// `address` is already resolved (`Loop.sock_connect` resolves it as the standard loop does).
+    fn _sock_connect_start(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::Connect { address })
     }
 
     /// Finish a `sock_recv` that would block: when `fd` is readable, receive up to `n` bytes

@@ -1,7 +1,7 @@
-//! The per-event halves of `sock_recv` and `sock_sendall`: a recv that reads straight into a
-//! `bytes` of the right size and a send from the caller's buffer, both reporting "would block"
-//! as a value instead of an exception, and the reader callback that finishes a waiting
-//! `sock_recv` when its socket becomes readable.
+//! The per-event half of `sock_recv`: a recv that reads straight into a `bytes` of the right
+//! size, reporting "would block" as a value instead of an exception, and the reader callback
+//! that finishes a waiting `sock_recv` when its socket becomes readable. (The rest of the
+//! sock_* family is `sock_waiters.rs`.)
 //!
 //! Runs on the loop thread with the GIL held (the socket is non-blocking, so recv never
 //! blocks). The coroutine around it (`Loop.sock_recv` in `_loop.py`) stays a real Python
@@ -17,20 +17,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::PyTraverseError;
 
-use crate::buffers::ByteView;
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::socket_owner::SocketOwner;
 use crate::sys::nonblocking;
-
-/// `send(fd, data)` once, from the caller's buffer (any bytes-like object, as `socket.send`
-/// accepts): the number of bytes the socket took, 0 when it would block.
-pub fn send_now(fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-    let view = ByteView::new(data)?;
-    let sent = nonblocking::send(fd, view.as_slice()).map_err(os_error)?;
-    Ok(sent.unwrap_or(0))
-}
 
 /// `recv(fd, n)`: `Ok(None)` when the socket has nothing to read yet.
 pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<Bound<'_, PyBytes>>> {

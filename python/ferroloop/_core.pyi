@@ -19,6 +19,7 @@ __all__ = [
     "Handle",
     "TimerHandle",
     "RecvWaiter",
+    "SockWaiter",
     "StreamCore",
     "ReadPipeCore",
     "DatagramCore",
@@ -71,6 +72,16 @@ class TimerHandle(Handle):
 class RecvWaiter:
     """The reader callback of a `sock_recv` that had to wait (made by `_sock_recv_wait`)."""
 
+    def __call__(self, *args: object, **kwargs: object) -> None: ...
+
+@final
+class SockWaiter:
+    """A sock_* operation (other than sock_recv) that has to wait: made by a `_sock_*_start`
+    method when the socket would block; the fd's reader or writer callback once installed."""
+
+    def wait(self) -> asyncio.Future[Any]:
+        """Install this waiter as its fd's reader or writer; the future it settles."""
+    def _future_done(self, future: asyncio.Future[Any], /) -> None: ...
     def __call__(self, *args: object, **kwargs: object) -> None: ...
 
 @final
@@ -365,11 +376,18 @@ class LoopCore:
     def _sock_recv_now(self, fd: int, n: int) -> bytes | None:
         """One non-blocking recv: the data, or None if the socket has nothing to read yet."""
 
-    def _sock_send_now(self, fd: int, data: Any) -> int:
-        """One non-blocking send from data's buffer: the bytes sent, 0 if it would block."""
-
     def _sock_io_done(self, fd: int, nbytes: int, written: bool) -> None:
         """Count (and, when tracing, record) the bytes a standard-library sock_* call moved."""
 
     def _sock_recv_wait(self, sock: socket.socket, fd: int, n: int, future: asyncio.Future[bytes]) -> Handle:
         """Install a RecvWaiter as fd's reader: it receives into `future` once fd is readable."""
+
+    # Each tries its operation once: the result if that finished it, else a SockWaiter.
+    def _sock_sendall_start(self, sock: socket.socket, data: Any) -> SockWaiter | None: ...
+    def _sock_sendto_start(self, sock: socket.socket, data: Any, address: Any) -> int | SockWaiter: ...
+    def _sock_recv_into_start(self, sock: socket.socket, buf: Any) -> int | SockWaiter: ...
+    def _sock_recvfrom_start(self, sock: socket.socket, size: int) -> tuple[bytes, Any] | SockWaiter: ...
+    def _sock_recvfrom_into_start(self, sock: socket.socket, buf: Any, nbytes: int) -> tuple[int, Any] | SockWaiter: ...
+    def _sock_accept_start(self, sock: socket.socket) -> tuple[socket.socket, Any] | SockWaiter: ...
+    def _sock_connect_start(self, sock: socket.socket, address: Any) -> SockWaiter | None:
+        """`address` must be resolved already (`Loop.sock_connect` resolves it)."""

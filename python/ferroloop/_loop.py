@@ -337,9 +337,11 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         return self._remove_writer(fd)
 
     # -- socket operations -------------------------------------------------------------
-    # sock_recv's per-event work is Rust (`_sock_recv_now`, `_sock_recv_wait`), and so is
-    # sock_sendall's first send (`_sock_send_now`); the rest of the sock_* family is the
-    # standard library's, borrowed above.
+    # The sock_* family's per-event work is Rust: sock_recv's in `sock_ops.rs`
+    # (`_sock_recv_now`, `_sock_recv_wait`), the others' in `sock_waiters.rs`: each
+    # `_sock_*_start` returns the result when its first try finished the operation, else a
+    # `SockWaiter` whose `wait()` installs it as the fd's reader or writer and returns the
+    # future it settles (and whose cancellation removes the watcher).
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock (non-blocking)."""
@@ -365,33 +367,9 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data to sock (non-blocking)."""
-        if type(sock) is not socket.socket:  # a plain socket is never an SSLSocket
-            base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        # The common case, the socket takes it all, is one Rust send; otherwise the rest goes
-        # out as the standard library's sock_sendall sends it (3.11 through 3.15 alike: wait
-        # to write, one `_sock_sendall` per event), each send counted on its own.
-        fd = sock.fileno()
-        sent = self._sock_send_now(fd, data)
-        if sent == len(data):
-            return
-        view = memoryview(data).cast("B") if sent else memoryview(data)
-        fut = self.create_future()
-        self._ensure_fd_no_transport(fd)
-        handle = self._add_writer(fd, self._sock_sendall, fut, sock, view, [sent])
-        fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
-        await fut
-
-    def _sock_sendall(self, fut: Any, sock: socket.socket, view: memoryview, pos: list[int]) -> None:
-        # The standard library's step, with the bytes of its send counted: it moves `pos` on
-        # after a partial send, and leaves it where it was when its send finished the data.
-        start = pos[0]
-        _SELECTOR_SOCK_SENDALL_STEP(self, fut, sock, view, pos)
-        if pos[0] != start:
-            self._sock_io_done(sock.fileno(), pos[0] - start, True)
-        elif fut.done() and not fut.cancelled() and fut._exception is None:
-            self._sock_io_done(sock.fileno(), len(view) - start, True)
+        waiter = self._sock_sendall_start(sock, data)
+        if waiter is not None:
+            await waiter.wait()
 
     def _sock_sendfile_native_impl(
         self,
@@ -416,35 +394,64 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         if not fut.done():
             self._sendfile_counted[fut] = total_sent
 
-    # The standard library's operations, with the bytes each call moved counted (and traced).
-
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive data from sock into buf (non-blocking); the number of bytes received."""
-        fd = sock.fileno()
-        nbytes: int = await _SELECTOR_SOCK_RECV_INTO(self, sock, buf)
-        self._sock_io_done(fd, nbytes, False)
-        return nbytes
+        result = self._sock_recv_into_start(sock, buf)
+        if type(result) is _SockWaiter:
+            nbytes: int = await result.wait()
+            return nbytes
+        return result  # type: ignore[return-value]
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to bufsize bytes from sock (non-blocking)."""
-        fd = sock.fileno()
-        received: tuple[bytes, Any] = await _SELECTOR_SOCK_RECVFROM(self, sock, bufsize)
-        self._sock_io_done(fd, len(received[0]), False)
-        return received
+        result = self._sock_recvfrom_start(sock, bufsize)
+        if type(result) is _SockWaiter:
+            received: tuple[bytes, Any] = await result.wait()
+            return received
+        return result  # type: ignore[return-value]
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram from sock into buf (non-blocking): (bytes received, address)."""
-        fd = sock.fileno()
-        received: tuple[int, Any] = await _SELECTOR_SOCK_RECVFROM_INTO(self, sock, buf, nbytes)
-        self._sock_io_done(fd, received[0], False)
-        return received
+        result = self._sock_recvfrom_into_start(sock, buf, nbytes or len(buf))
+        if type(result) is _SockWaiter:
+            received: tuple[int, Any] = await result.wait()
+            return received
+        return result  # type: ignore[return-value]
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         """Send a datagram to address from sock (non-blocking); the number of bytes sent."""
-        fd = sock.fileno()
-        sent: int = await _SELECTOR_SOCK_SENDTO(self, sock, data, address)
-        self._sock_io_done(fd, sent, True)
-        return sent
+        result = self._sock_sendto_start(sock, data, address)
+        if type(result) is _SockWaiter:
+            sent: int = await result.wait()
+            return sent
+        return result  # type: ignore[return-value]
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        """Accept a connection on the listening sock: (new non-blocking socket, its address)."""
+        result = self._sock_accept_start(sock)
+        if type(result) is _SockWaiter:
+            accepted: tuple[socket.socket, Any] = await result.wait()
+            return accepted
+        return result  # type: ignore[return-value]
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        """Connect sock to a remote socket at address (non-blocking)."""
+        # The checks come before resolving, as the standard loop's; the Rust start repeats
+        # them (cheap) because the other operations rely on it for theirs.
+        if type(sock) is not socket.socket:  # a plain socket is never an SSLSocket
+            base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        # Only resolved addresses go to the socket: a host name is resolved (through
+        # getaddrinfo in the executor) exactly as the standard loop's sock_connect does.
+        if sock.family == socket.AF_INET or (_HAS_IPV6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
+            _, _, _, _, address = resolved[0]
+        waiter = self._sock_connect_start(sock, address)
+        if waiter is not None:
+            await waiter.wait()
 
     # -- signals -----------------------------------------------------------------------
     # The standard library's add_signal_handler writes signal numbers to `_csock` through
@@ -497,10 +504,8 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 # The check the interpreter's add_signal_handler makes (3.14 deprecated the public name).
 _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or coroutines.iscoroutinefunction
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
-_SELECTOR_SOCK_SENDALL_STEP = selector_events.BaseSelectorEventLoop._sock_sendall  # type: ignore[attr-defined]
 _UNIX_SOCK_SENDFILE_STEP = unix_events._UnixSelectorEventLoop._sock_sendfile_native_impl  # type: ignore[attr-defined]
-_SELECTOR_SOCK_RECV_INTO = selector_events.BaseSelectorEventLoop.sock_recv_into
-_SELECTOR_SOCK_RECVFROM = selector_events.BaseSelectorEventLoop.sock_recvfrom
-_SELECTOR_SOCK_RECVFROM_INTO = selector_events.BaseSelectorEventLoop.sock_recvfrom_into
-_SELECTOR_SOCK_SENDTO = selector_events.BaseSelectorEventLoop.sock_sendto
+_SockWaiter = _core.SockWaiter
+# What `BaseSelectorEventLoop.sock_connect` checks (`base_events._HAS_IPv6`).
+_HAS_IPV6 = hasattr(socket, "AF_INET6")
 _SELECTOR_STOP_SERVING = vars(selector_events.BaseSelectorEventLoop)["_stop_serving"]

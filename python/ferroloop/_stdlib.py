@@ -29,13 +29,6 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     ),
     "asyncio.selector_events": (
         "BaseSelectorEventLoop._stop_serving",
-        # the rest of a send `Loop.sock_sendall` began, one step per event, counted
-        "BaseSelectorEventLoop._sock_sendall",
-        # wrapped by `Loop` to count the bytes each call moved
-        "BaseSelectorEventLoop.sock_recv_into",
-        "BaseSelectorEventLoop.sock_recvfrom",
-        "BaseSelectorEventLoop.sock_recvfrom_into",
-        "BaseSelectorEventLoop.sock_sendto",
         "_SelectorDatagramTransport",
         "_SelectorSocketTransport.write",  # its TypeError for non-bytes (`_support.py`)
     ),
@@ -141,16 +134,6 @@ BORROWED_LOOP_METHODS: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("asyncio.selector_events", "BaseSelectorEventLoop"): (
         "_ensure_fd_no_transport",
-        "_sock_recv_into",
-        "_sock_recvfrom",
-        "_sock_recvfrom_into",
-        "_sock_sendall",
-        "_sock_sendto",
-        "sock_connect",
-        "_sock_connect",
-        "_sock_connect_cb",
-        "sock_accept",
-        "_sock_accept",
         "_sock_read_done",
         "_sock_write_done",
         # accepting (datagram transports: `Loop._make_datagram_transport`)

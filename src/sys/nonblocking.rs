@@ -154,3 +154,21 @@ mod tests {
         assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), Some(0));
     }
 }
+
+/// `getsockopt(fd, SOL_SOCKET, SO_ERROR)`: the pending error of a non-blocking connect (0 once
+/// it succeeded). Reading it clears it, as the socket module's `getsockopt` does.
+pub fn socket_error(fd: RawFd) -> io::Result<i32> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid, writable and sized for an int option value.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &raw mut len,
+        )
+    })?;
+    Ok(err)
+}
