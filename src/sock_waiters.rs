@@ -134,7 +134,12 @@ impl SockOp {
             SockOp::RecvFromInto { buf, nbytes } => {
                 let received =
                     call_unless_blocked(sock, intern!(py, "recvfrom_into"), (buf, nbytes))?;
-                count_result(received, |r| r.get_item(0)?.extract(), IoKind::Read, counted)
+                count_result(
+                    received,
+                    |r| r.get_item(0)?.extract(),
+                    IoKind::Read,
+                    counted,
+                )
             }
             SockOp::Accept => {
                 let Some(accepted) = call_unless_blocked(sock, intern!(py, "accept"), ())? else {
@@ -146,8 +151,10 @@ impl SockOp {
                 Ok(Some(accepted.unbind()))
             }
             SockOp::Connect { address } if first => {
-                Ok(call_unless_blocked(sock, intern!(py, "connect"), (address,))?
-                    .map(|_| py.None()))
+                Ok(
+                    call_unless_blocked(sock, intern!(py, "connect"), (address,))?
+                        .map(|_| py.None()),
+                )
             }
             SockOp::Connect { address } => connect_outcome(py, fd, address.bind(py)),
         }
@@ -227,16 +234,15 @@ pub fn checked_fd(event_loop: &LoopCore, sock: &Bound<'_, PyAny>) -> PyResult<Ra
     static CHECK_SSL_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = sock.py();
     // A plain socket.socket is never an ssl.SSLSocket: skip the call.
-    if !sock.get_type().is(SOCKET_TYPE.import(py, "socket", "socket")?) {
+    if !sock
+        .get_type()
+        .is(SOCKET_TYPE.import(py, "socket", "socket")?)
+    {
         CHECK_SSL_SOCKET
             .import(py, "asyncio.base_events", "_check_ssl_socket")?
             .call1((sock,))?;
     }
-    if event_loop.debug_enabled()
-        && sock
-            .call_method0(intern!(py, "gettimeout"))?
-            .ne(0)?
-    {
+    if event_loop.debug_enabled() && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
         return Err(PyValueError::new_err("the socket must be non-blocking"));
     }
     sock.call_method0(intern!(py, "fileno"))?.extract()
@@ -283,9 +289,12 @@ impl SockWaiter {
         let event_loop = this.event_loop.bind(py);
         let fd = this.sock.raw_fd();
         match this.op.direction() {
-            Direction::Read if park => {
-                LoopCore::park_reader_if_callback(event_loop, fd, slf.as_any(), this.sock.object(py))
-            }
+            Direction::Read if park => LoopCore::park_reader_if_callback(
+                event_loop,
+                fd,
+                slf.as_any(),
+                this.sock.object(py),
+            ),
             dir => LoopCore::remove_watch_if_callback(event_loop, fd, dir, slf.as_any()),
         }
     }
@@ -339,7 +348,9 @@ impl SockWaiter {
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let Some(future) = this.future.with_borrow(py, |f| f.as_ref().map(|f| f.clone_ref(py)))
+        let Some(future) = this
+            .future
+            .with_borrow(py, |f| f.as_ref().map(|f| f.clone_ref(py)))
         else {
             return Ok(());
         };

@@ -92,9 +92,7 @@ def test_the_watcher_of_a_failed_or_cancelled_sendall_is_gone(
     loop.run_until_complete(main())
 
 
-def test_accept_many_connections_on_one_listener(
-    any_loop: asyncio.AbstractEventLoop, listener: socket.socket
-) -> None:
+def test_accept_many_connections_on_one_listener(any_loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
     count = 100
 
     async def main() -> None:
@@ -140,9 +138,7 @@ def test_connect_refused_raises_connection_refused_with_errno() -> None:
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-def test_connect_resolves_only_host_names_through_getaddrinfo(
-    listener: socket.socket, host: str
-) -> None:
+def test_connect_resolves_only_host_names_through_getaddrinfo(listener: socket.socket, host: str) -> None:
     port = listener.getsockname()[1]
 
     def scenario(event_loop: asyncio.AbstractEventLoop) -> tuple[list[Any], tuple[str, int]]:
@@ -194,7 +190,9 @@ def test_connect_on_a_unix_socket_takes_the_path_as_it_is(tmp_path: Any) -> None
 
 # Operations that have to wait, each with what makes it wait; on a closed loop the standard loop
 # refuses to install the watcher with RuntimeError.
-WAITING_OPS: dict[str, Callable[[asyncio.AbstractEventLoop, socket.socket, socket.socket], Coroutine[Any, Any, Any]]] = {
+WAITING_OPS: dict[
+    str, Callable[[asyncio.AbstractEventLoop, socket.socket, socket.socket], Coroutine[Any, Any, Any]]
+] = {
     "sock_sendall": lambda lp, a, b: lp.sock_sendall(a, DATA),
     "sock_recv_into": lambda lp, a, b: lp.sock_recv_into(a, bytearray(10)),
     "sock_recvfrom": lambda lp, a, b: lp.sock_recvfrom(a, 10),

@@ -1,4 +1,5 @@
 //! Non-blocking reads and writes for the transports and the socket operations: recv, send,
+//! a connect's pending error (`SO_ERROR`),
 //! vectored send and shutdown for sockets; read and vectored write for pipes and character
 //! devices; `FIONREAD`; Linux's pipe sizing (`F_SETPIPE_SZ`).
 //!
@@ -101,6 +102,24 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
 }
 
+/// `getsockopt(fd, SOL_SOCKET, SO_ERROR)`: the pending error of a non-blocking connect (0 once
+/// it succeeded). Reading it clears it, as the socket module's `getsockopt` does.
+pub fn socket_error(fd: RawFd) -> io::Result<i32> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid, writable and sized for an int option value.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &raw mut len,
+        )
+    })?;
+    Ok(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,22 +172,4 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), Some(0));
     }
-}
-
-/// `getsockopt(fd, SOL_SOCKET, SO_ERROR)`: the pending error of a non-blocking connect (0 once
-/// it succeeded). Reading it clears it, as the socket module's `getsockopt` does.
-pub fn socket_error(fd: RawFd) -> io::Result<i32> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid, writable and sized for an int option value.
-    check(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &raw mut len,
-        )
-    })?;
-    Ok(err)
 }
