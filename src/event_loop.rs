@@ -27,9 +27,8 @@ use crate::gil_cell::GilCell;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::instrument::Instruments;
 use crate::ready::ReadyQueue;
-use crate::sock_ops::{self, RecvWaiter};
+use crate::sock_ops;
 use crate::sock_waiters::{self, SockOp};
-use crate::socket_owner::SocketOwner;
 use crate::stats::CancelCounts;
 use crate::support;
 use crate::sys::{Event, Interest, Poller, Waker, MAX_TIMEOUT, WAKER_TOKEN};
@@ -1079,16 +1078,6 @@ impl LoopCore {
         Ok(())
     }
 
-    /// One non-blocking recv: the data, or None if the socket has nothing to read yet.
-    fn _sock_recv_now<'py>(
-        &self,
-        py: Python<'py>,
-        fd: RawFd,
-        n: isize,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        self.sock_recv_bytes(py, fd, n)
-    }
-
     /// Count (and, when tracing, record) what a socket operation of the standard library's
     /// moved: `nbytes` read from `fd`, or written when `written`.
     fn _sock_io_done(&self, py: Python<'_>, fd: RawFd, nbytes: usize, written: bool) {
@@ -1096,8 +1085,16 @@ impl LoopCore {
         self.instruments.on_io(py, kind, fd, nbytes);
     }
 
-    // The rest of the sock_* family (`sock_waiters.rs`): each returns the operation's result
-    // when its first try finishes it, else a `SockWaiter` to `wait()` on.
+    // The sock_* family (`sock_waiters.rs`): each returns the operation's result when its
+    // first try finishes it, else a `SockWaiter` to `wait()` on.
+
+    fn _sock_recv_start(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        n: isize,
+    ) -> PyResult<Py<PyAny>> {
+        sock_waiters::start(slf, sock, SockOp::Recv { n })
+    }
 
     fn _sock_sendall_start(
         slf: &Bound<'_, Self>,
@@ -1152,31 +1149,6 @@ impl LoopCore {
         address: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
         sock_waiters::start(slf, sock, SockOp::Connect { address })
-    }
-
-    /// Finish a `sock_recv` that would block: when `fd` is readable, receive up to `n` bytes
-    /// into `future`. Returns the reader handle.
-    fn _sock_recv_wait(
-        slf: &Bound<'_, Self>,
-        sock: Bound<'_, PyAny>,
-        fd: RawFd,
-        n: isize,
-        future: Bound<'_, PyAny>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let owner = SocketOwner::new(sock.clone(), fd)?;
-        let waiter = RecvWaiter::new(slf.clone().unbind(), owner, n, future.unbind());
-        let waiter = Bound::new(py, waiter)?;
-        let fd_obj = fd.into_pyobject(py)?;
-        Self::add_watch(
-            slf,
-            fd_obj.as_any(),
-            Direction::Read,
-            waiter.into_any(),
-            PyTuple::empty(py),
-            None,
-            Some(&sock),
-        )
     }
 
     /// Number of timers in the heap, cancelled ones included (for tests and introspection).

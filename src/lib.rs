@@ -7,7 +7,7 @@
 //! the class, tracebacks and pickle's lookup show: `ferroloop` for `Handle` and
 //! `TimerHandle`, which the package exports (`ferroloop.Handle`, as asyncio's handles are
 //! `asyncio.Handle`), and `ferroloop._core` for every class that is an implementation detail
-//! behind a Python wrapper (the loop's and the transports' cores, `RecvWaiter`, `SockWaiter`, `TlsRecords`).
+//! behind a Python wrapper (the loop's and the transports' cores, `SockWaiter`, `TlsRecords`).
 
 pub mod blocking;
 pub mod buffers;
@@ -46,7 +46,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
-    m.add_class::<sock_ops::RecvWaiter>()?;
     m.add_class::<sock_waiters::SockWaiter>()?;
     m.add_class::<transports::stream::StreamCore>()?;
     m.add_class::<transports::pipe::ReadPipeCore>()?;

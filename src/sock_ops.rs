@@ -1,26 +1,19 @@
-//! The per-event half of `sock_recv`: a recv that reads straight into a `bytes` of the right
-//! size, reporting "would block" as a value instead of an exception, and the reader callback
-//! that finishes a waiting `sock_recv` when its socket becomes readable. (The rest of the
-//! sock_* family is `sock_waiters.rs`.)
+//! `sock_recv`'s read: a recv that reads straight into a `bytes` of the right size (through a
+//! spare buffer kept for large sizes), reporting "would block" as a value instead of an
+//! exception. The operation around it (first try, waiting, the future) is `sock_waiters.rs`.
 //!
 //! Runs on the loop thread with the GIL held (the socket is non-blocking, so recv never
-//! blocks). The coroutine around it (`Loop.sock_recv` in `_loop.py`) stays a real Python
-//! coroutine, so `create_task(loop.sock_recv(...))` works as with the standard loop.
+//! blocks).
 
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
-use pyo3::gc::PyVisit;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use pyo3::PyTraverseError;
 
 use crate::errors::os_error;
-use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
-use crate::socket_owner::SocketOwner;
 use crate::sys::nonblocking;
 
 /// `recv(fd, n)`: `Ok(None)` when the socket has nothing to read yet.
@@ -154,71 +147,5 @@ pub fn recv_bytes_with_spare<'py>(
             keep(buffer);
             Err(os_error(err))
         }
-    }
-}
-
-/// The reader callback of a waiting `sock_recv`: receives once the fd is readable, settles
-/// the future, and removes itself from the fd table.
-#[pyclass(module = "ferroloop._core", frozen)]
-pub struct RecvWaiter {
-    event_loop: Py<LoopCore>,
-    /// The socket the caller passed: reads act on it only while it still owns `fd`.
-    sock: SocketOwner,
-    n: isize,
-    future: Py<PyAny>,
-}
-
-impl RecvWaiter {
-    pub fn new(event_loop: Py<LoopCore>, sock: SocketOwner, n: isize, future: Py<PyAny>) -> Self {
-        RecvWaiter {
-            event_loop,
-            sock,
-            n,
-            future,
-        }
-    }
-}
-
-#[pymethods]
-impl RecvWaiter {
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.event_loop)?;
-        self.sock.traverse(&visit)?;
-        visit.call(&self.future)
-    }
-
-    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let event_loop = this.event_loop.bind(py);
-        let future = this.future.bind(py);
-        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            // Cancelled while waiting: nothing to deliver.
-            LoopCore::remove_reader_if_callback(event_loop, this.sock.raw_fd(), slf.as_any())?;
-            return Ok(());
-        }
-        let outcome = this
-            .sock
-            .fd(py)
-            .and_then(|fd| event_loop.get().sock_recv_bytes(py, fd, this.n));
-        if matches!(outcome, Ok(None)) {
-            return Ok(()); // A spurious wake-up: stay registered.
-        }
-        LoopCore::park_reader_if_callback(
-            event_loop,
-            this.sock.raw_fd(),
-            slf.as_any(),
-            this.sock.object(py),
-        )?;
-        match outcome {
-            Ok(data) => {
-                future.call_method1(intern!(py, "set_result"), (data,))?;
-            }
-            Err(err) if crate::errors::is_fatal_to_loop(py, &err) => return Err(err),
-            Err(err) => {
-                future.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
-            }
-        }
-        Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! The `sock_*` operations other than `sock_recv`: `sock_sendall`, `sock_sendto`,
-//! `sock_recv_into`, `sock_recvfrom`, `sock_recvfrom_into`, `sock_accept` and `sock_connect`.
+//! The `sock_*` operations: `sock_recv`, `sock_recv_into`, `sock_recvfrom`,
+//! `sock_recvfrom_into`, `sock_sendall`, `sock_sendto`, `sock_accept` and `sock_connect`.
 //! Each first tries its call at once (`start`); only when the socket would block does it become
 //! a `SockWaiter`, installed as the fd's reader or writer, that retries on every readiness
 //! event and settles the operation's future.
@@ -8,11 +8,14 @@
 //! (`_check_ssl_socket`, the debug-mode "must be non-blocking" ValueError), then one attempt;
 //! "would block" (BlockingIOError, InterruptedError) waits, any other error is raised, or set on
 //! the future. A future that is done (cancelled) before the event comes makes the waiter remove
-//! itself without acting, and its done callback removes the watcher, as the standard loop's
-//! `_sock_read_done`/`_sock_write_done` do. `sock_sendall` sends from the caller's buffer with
-//! Rust syscalls; `sock_connect` reads `SO_ERROR` itself; the others call the socket's own
-//! method, so argument checks and address conversions are the socket module's. A finished
-//! reader parks its registration for the socket's next operation (see `fd_watchers`).
+//! itself without acting, and the coroutine that awaited it calls `finish()` however it ended,
+//! which removes a watcher still installed (the standard loop's `_sock_read_done`/
+//! `_sock_write_done`, run from the coroutine instead of a done callback: one callback less per
+//! wait). `sock_recv` reads into a `bytes` of the right size and `sock_sendall` sends from the
+//! caller's buffer, both with Rust syscalls (`sock_ops.rs`); `sock_connect` reads `SO_ERROR`
+//! itself; the others call the socket's own method, so argument checks and address conversions
+//! are the socket module's. A finished reader parks its registration for the socket's next
+//! operation (see `fd_watchers`): a request/response loop makes no `epoll_ctl` per round trip.
 //!
 //! Loop thread, GIL held.
 
@@ -48,6 +51,9 @@ unsafe impl Sync for HeldBuffer {}
 
 /// One `sock_*` operation and what it needs to retry.
 pub enum SockOp {
+    Recv {
+        n: isize,
+    },
     SendAll {
         data: HeldBuffer,
         /// Bytes of `data` the socket has taken so far.
@@ -105,6 +111,9 @@ impl SockOp {
         let py = sock.py();
         let counted = |n: usize, kind: IoKind| event_loop.count_io(py, kind, fd, n);
         match self {
+            SockOp::Recv { n } => Ok(event_loop
+                .sock_recv_bytes(py, fd, *n)?
+                .map(|data| data.into_any().unbind())),
             SockOp::SendAll { data, sent } => {
                 let start = sent.load(Relaxed);
                 let rest = &data.0.as_slice()[start..];
@@ -162,7 +171,7 @@ impl SockOp {
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            SockOp::SendAll { .. } | SockOp::Accept => Ok(()),
+            SockOp::Recv { .. } | SockOp::SendAll { .. } | SockOp::Accept => Ok(()),
             SockOp::SendTo { data, address } => {
                 visit.call(data)?;
                 visit.call(address)
@@ -225,6 +234,18 @@ fn connect_outcome(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>) -> Att
         err,
         format!("Connect call failed {}", address.str()?),
     )))
+}
+
+/// Whether the loop's `_transports` (a `WeakValueDictionary`) may hold a transport: read from
+/// the dict behind it, without the Python-level `__len__` (dead entries not yet purged only make
+/// the caller check the fd with `_ensure_fd_no_transport`, as the standard loop always does).
+fn may_have_transports(event_loop: &Bound<'_, LoopCore>) -> PyResult<bool> {
+    let py = event_loop.py();
+    let transports = event_loop.getattr(intern!(py, "_transports"))?;
+    match transports.getattr_opt(intern!(py, "data"))? {
+        Some(data) if data.is_exact_instance_of::<pyo3::types::PyDict>() => data.is_truthy(),
+        _ => transports.is_truthy(),
+    }
 }
 
 /// The checks every `sock_*` method makes before acting (the standard loop's order), and the
@@ -316,10 +337,7 @@ impl SockWaiter {
         let this = slf.get();
         let event_loop = this.event_loop.bind(py);
         let fd = this.sock.raw_fd();
-        if event_loop
-            .getattr(intern!(py, "_transports"))?
-            .is_truthy()?
-        {
+        if may_have_transports(event_loop)? {
             event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
         }
         let future = event_loop.call_method0(intern!(py, "create_future"))?;
@@ -332,16 +350,12 @@ impl SockWaiter {
             slf.clone().into_any(),
             this.sock.object(py),
         )?;
-        future.call_method1(
-            intern!(py, "add_done_callback"),
-            (slf.getattr(intern!(py, "_future_done"))?,),
-        )?;
         Ok(future)
     }
 
-    /// The future's done callback: a cancelled operation stops watching its fd (the standard
-    /// loop's `_sock_read_done`/`_sock_write_done`).
-    fn _future_done(slf: &Bound<'_, Self>, _future: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Called by the awaiting coroutine however it ended: a watcher still installed (the
+    /// operation was cancelled, or `wait()`'s caller gave up) stops watching the fd.
+    fn finish(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::remove_watch(slf, false)
     }
 

@@ -86,7 +86,7 @@ def test_the_watcher_of_a_failed_or_cancelled_sendall_is_gone(
         assert loop._has_watcher(client.fileno(), True)
         pending.cancel()
         await asyncio.sleep(0)
-        await asyncio.sleep(0)  # the future's done callback runs one iteration later
+        await asyncio.sleep(0)  # the coroutine's `finally` runs when its task next steps
         assert not loop._has_watcher(client.fileno(), True)
 
     loop.run_until_complete(main())

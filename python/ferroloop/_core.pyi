@@ -18,7 +18,6 @@ __all__ = [
     "LoopCore",
     "Handle",
     "TimerHandle",
-    "RecvWaiter",
     "SockWaiter",
     "StreamCore",
     "ReadPipeCore",
@@ -69,19 +68,14 @@ class TimerHandle(Handle):
     def __ge__(self, other: TimerHandle, /) -> bool: ...
 
 @final
-class RecvWaiter:
-    """The reader callback of a `sock_recv` that had to wait (made by `_sock_recv_wait`)."""
-
-    def __call__(self, *args: object, **kwargs: object) -> None: ...
-
-@final
 class SockWaiter:
-    """A sock_* operation (other than sock_recv) that has to wait: made by a `_sock_*_start`
+    """A sock_* operation that has to wait: made by a `_sock_*_start`
     method when the socket would block; the fd's reader or writer callback once installed."""
 
     def wait(self) -> asyncio.Future[Any]:
         """Install this waiter as its fd's reader or writer; the future it settles."""
-    def _future_done(self, _future: asyncio.Future[Any]) -> None: ...
+    def finish(self) -> None:
+        """Remove this waiter from its fd if it is still installed (the operation ended early)."""
     def __call__(self, *args: object, **kwargs: object) -> None: ...
 
 @final
@@ -373,16 +367,11 @@ class LoopCore:
     def _get_blocking_threshold(self) -> float | None: ...
 
     # -- socket operations (the coroutines live in ferroloop.Loop) -----------------------
-    def _sock_recv_now(self, fd: int, n: int) -> bytes | None:
-        """One non-blocking recv: the data, or None if the socket has nothing to read yet."""
-
     def _sock_io_done(self, fd: int, nbytes: int, written: bool) -> None:
         """Count (and, when tracing, record) the bytes a standard-library sock_* call moved."""
 
-    def _sock_recv_wait(self, sock: socket.socket, fd: int, n: int, future: asyncio.Future[bytes]) -> Handle:
-        """Install a RecvWaiter as fd's reader: it receives into `future` once fd is readable."""
-
     # Each tries its operation once: the result if that finished it, else a SockWaiter.
+    def _sock_recv_start(self, sock: socket.socket, n: int) -> bytes | SockWaiter: ...
     def _sock_sendall_start(self, sock: socket.socket, data: Any) -> SockWaiter | None: ...
     def _sock_sendto_start(self, sock: socket.socket, data: Any, address: Any) -> int | SockWaiter: ...
     def _sock_recv_into_start(self, sock: socket.socket, buf: Any) -> int | SockWaiter: ...

@@ -337,39 +337,29 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         return self._remove_writer(fd)
 
     # -- socket operations -------------------------------------------------------------
-    # The sock_* family's per-event work is Rust: sock_recv's in `sock_ops.rs`
-    # (`_sock_recv_now`, `_sock_recv_wait`), the others' in `sock_waiters.rs`: each
-    # `_sock_*_start` returns the result when its first try finished the operation, else a
-    # `SockWaiter` whose `wait()` installs it as the fd's reader or writer and returns the
-    # future it settles (and whose cancellation removes the watcher).
+    # The sock_* family's work is Rust (`sock_waiters.rs`): each `_sock_*_start` makes the
+    # standard loop's checks and first try, and returns the result when that finished the
+    # operation, else a `SockWaiter`: `wait()` installs it as the fd's reader or writer and
+    # returns the future it settles; `finish()` removes it if it is still installed (the
+    # operation was cancelled), as the standard loop's done callback does.
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock (non-blocking)."""
-        if type(sock) is not socket.socket:  # a plain socket is never an SSLSocket
-            base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        fd = sock.fileno()
-        data = self._sock_recv_now(fd, n)
-        if data is not None:
-            return data
-        if self._transports:
-            self._ensure_fd_no_transport(fd)
-        fut = self.create_future()
-        handle = self._sock_recv_wait(sock, fd, n, fut)
+        result = self._sock_recv_start(sock, n)
+        if type(result) is not _SockWaiter:
+            return result  # type: ignore[return-value]
+        # Inline rather than `_waited`: a request/response loop waits here every round trip.
         try:
-            received: bytes = await fut
-            return received
+            data: bytes = await result.wait()
+            return data
         finally:
-            # Done or not, a waiter whose handle is still installed is ours to remove.
-            if not handle.cancelled():
-                self._remove_reader(fd)
+            result.finish()
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data to sock (non-blocking)."""
         waiter = self._sock_sendall_start(sock, data)
         if waiter is not None:
-            await waiter.wait()
+            await _waited(waiter)
 
     def _sock_sendfile_native_impl(
         self,
@@ -398,40 +388,35 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
         """Receive data from sock into buf (non-blocking); the number of bytes received."""
         result = self._sock_recv_into_start(sock, buf)
         if type(result) is _SockWaiter:
-            nbytes: int = await result.wait()
-            return nbytes
+            return await _waited(result)  # type: ignore[no-any-return]
         return result  # type: ignore[return-value]
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to bufsize bytes from sock (non-blocking)."""
         result = self._sock_recvfrom_start(sock, bufsize)
         if type(result) is _SockWaiter:
-            received: tuple[bytes, Any] = await result.wait()
-            return received
+            return await _waited(result)  # type: ignore[no-any-return]
         return result  # type: ignore[return-value]
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram from sock into buf (non-blocking): (bytes received, address)."""
         result = self._sock_recvfrom_into_start(sock, buf, nbytes or len(buf))
         if type(result) is _SockWaiter:
-            received: tuple[int, Any] = await result.wait()
-            return received
+            return await _waited(result)  # type: ignore[no-any-return]
         return result  # type: ignore[return-value]
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         """Send a datagram to address from sock (non-blocking); the number of bytes sent."""
         result = self._sock_sendto_start(sock, data, address)
         if type(result) is _SockWaiter:
-            sent: int = await result.wait()
-            return sent
+            return await _waited(result)  # type: ignore[no-any-return]
         return result  # type: ignore[return-value]
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         """Accept a connection on the listening sock: (new non-blocking socket, its address)."""
         result = self._sock_accept_start(sock)
         if type(result) is _SockWaiter:
-            accepted: tuple[socket.socket, Any] = await result.wait()
-            return accepted
+            return await _waited(result)  # type: ignore[no-any-return]
         return result  # type: ignore[return-value]
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
@@ -451,7 +436,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
             _, _, _, _, address = resolved[0]
         waiter = self._sock_connect_start(sock, address)
         if waiter is not None:
-            await waiter.wait()
+            await _waited(waiter)
 
     # -- signals -----------------------------------------------------------------------
     # The standard library's add_signal_handler writes signal numbers to `_csock` through
@@ -506,6 +491,16 @@ _iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or coro
 _UNIX_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
 _UNIX_SOCK_SENDFILE_STEP = unix_events._UnixSelectorEventLoop._sock_sendfile_native_impl  # type: ignore[attr-defined]
 _SockWaiter = _core.SockWaiter
+
+
+async def _waited(waiter: _core.SockWaiter) -> Any:
+    """The result of a sock_* operation that has to wait."""
+    try:
+        return await waiter.wait()
+    finally:
+        waiter.finish()
+
+
 # What `BaseSelectorEventLoop.sock_connect` checks (`base_events._HAS_IPv6`).
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
 _SELECTOR_STOP_SERVING = vars(selector_events.BaseSelectorEventLoop)["_stop_serving"]
