@@ -34,7 +34,7 @@ use crate::errors::{is_fatal_to_loop, os_error};
 use crate::event_loop::LoopCore;
 use crate::fd_watchers::Direction;
 use crate::gil_cell::GilCell;
-use crate::socket_owner::SocketOwner;
+use crate::socket_owner::{read_sock_fd, SocketOwner};
 use crate::sys::nonblocking;
 use crate::trace::IoKind;
 
@@ -254,17 +254,22 @@ pub fn checked_fd(event_loop: &LoopCore, sock: &Bound<'_, PyAny>) -> PyResult<Ra
     static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static CHECK_SSL_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = sock.py();
-    // A plain socket.socket is never an ssl.SSLSocket: skip the call.
-    if !sock
+    let plain = sock
         .get_type()
-        .is(SOCKET_TYPE.import(py, "socket", "socket")?)
-    {
+        .is(SOCKET_TYPE.import(py, "socket", "socket")?);
+    // A plain socket.socket is never an ssl.SSLSocket: skip the call.
+    if !plain {
         CHECK_SSL_SOCKET
             .import(py, "asyncio.base_events", "_check_ssl_socket")?
             .call1((sock,))?;
     }
     if event_loop.debug_enabled() && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
         return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    if plain {
+        // SAFETY: a socket.socket is a `_socket.socket`, alive while `sock` is borrowed; its
+        // `fileno()` is that C method, which returns this field.
+        return Ok(unsafe { read_sock_fd(sock.as_ptr()) });
     }
     sock.call_method0(intern!(py, "fileno"))?.extract()
 }

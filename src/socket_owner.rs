@@ -35,7 +35,7 @@ pub struct SocketOwner {
 /// # Safety
 /// `sock` must be an instance of `_socket.socket` (or a subclass), alive for the call, and
 /// the caller must be attached to the interpreter.
-unsafe fn read_sock_fd(sock: *mut ffi::PyObject) -> RawFd {
+pub(crate) unsafe fn read_sock_fd(sock: *mut ffi::PyObject) -> RawFd {
     // SAFETY: per the contract, `sock` points to a PySocketSockObject, whose allocation
     // extends past the header by at least the int read here.
     // The header's size is a multiple of its pointer alignment, so the int is aligned.
