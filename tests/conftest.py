@@ -60,6 +60,17 @@ def any_loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLo
 
 
 @pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A non-blocking TCP listener on loopback, with room for many pending connections."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+    sock.setblocking(False)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@pytest.fixture
 def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """Two connected non-blocking TCP sockets over loopback."""
     with socket.create_server(("127.0.0.1", 0)) as listener:

@@ -23,16 +23,6 @@ pytestmark = pytest.mark.timeout(30)  # a lost wake-up must fail fast, not hang 
 
 
 @pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.setblocking(False)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-@pytest.fixture
 def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -119,9 +109,7 @@ def test_sendall_of_a_bytearray_larger_than_the_socket_buffer_and_of_a_str(
         any_loop.run_until_complete(any_loop.sock_sendall(client, "text"))  # type: ignore[arg-type]
 
 
-def test_sock_recv_into(
-    loop: ferroloop.Loop, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_sock_recv_into(loop: ferroloop.Loop, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = tcp_pair
     buffer = bytearray(10)
 
@@ -135,9 +123,7 @@ def test_sock_recv_into(
     assert buffer == b"abcdef\0\0\0\0"
 
 
-def test_sock_recv_into_a_memoryview_slice(
-    loop: ferroloop.Loop, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_sock_recv_into_a_memoryview_slice(loop: ferroloop.Loop, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = tcp_pair
     buffer = bytearray(b"...........")
     client.send(b"xyz")
@@ -165,9 +151,7 @@ def test_sock_recv_on_a_reset_connection_raises(
         loop.run_until_complete(loop.sock_recv(server, 100))
 
 
-def test_sock_connect_resolves_host_names_like_the_stdlib(
-    loop: ferroloop.Loop, listener: socket.socket
-) -> None:
+def test_sock_connect_resolves_host_names_like_the_stdlib(loop: ferroloop.Loop, listener: socket.socket) -> None:
     port = listener.getsockname()[1]
 
     async def main() -> tuple[str, int]:
@@ -254,9 +238,7 @@ def test_many_concurrent_connections(loop: ferroloop.Loop, listener: socket.sock
 # -- UDP --------------------------------------------------------------------------------------
 
 
-def test_udp_sendto_recvfrom(
-    loop: ferroloop.Loop, udp_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_udp_sendto_recvfrom(loop: ferroloop.Loop, udp_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = udp_pair
 
     async def main() -> tuple[Any, Any]:
@@ -271,9 +253,7 @@ def test_udp_sendto_recvfrom(
     assert address == a.getsockname()
 
 
-def test_udp_recvfrom_into(
-    loop: ferroloop.Loop, udp_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_udp_recvfrom_into(loop: ferroloop.Loop, udp_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = udp_pair
     buffer = bytearray(16)
     a.sendto(b"0123456789", b.getsockname())
@@ -286,9 +266,7 @@ def test_udp_recvfrom_into(
     assert buffer[:3] == b"abc"
 
 
-def test_udp_recvfrom_truncates_to_bufsize(
-    loop: ferroloop.Loop, udp_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_udp_recvfrom_truncates_to_bufsize(loop: ferroloop.Loop, udp_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = udp_pair
     a.sendto(b"0123456789", b.getsockname())
     data, _ = loop.run_until_complete(loop.sock_recvfrom(b, 4))
@@ -434,8 +412,7 @@ def test_an_ssl_socket_is_refused_like_the_stdlib(operation: str) -> None:
     context = ssl.create_default_context()
 
     def scenario(event_loop: asyncio.AbstractEventLoop) -> Any:
-        with context.wrap_socket(socket.socket(), do_handshake_on_connect=False,
-                                 server_hostname="localhost") as sock:
+        with context.wrap_socket(socket.socket(), do_handshake_on_connect=False, server_hostname="localhost") as sock:
             sock.setblocking(False)
             operation_coro = SOCK_OPS[operation](event_loop, sock)
             return outcome(lambda: event_loop.run_until_complete(operation_coro))
@@ -455,9 +432,7 @@ def test_an_ssl_socket_is_refused_like_the_stdlib(operation: str) -> None:
     ],
     ids=["recv-str-size", "recv_into-bytes", "sendall-str", "recv-not-socket", "connect-bad-addr"],
 )
-def test_wrong_argument_types_fail_like_the_stdlib(
-    call: Any, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_wrong_argument_types_fail_like_the_stdlib(call: Any, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = tcp_pair
     server.send(b"ready")  # so a read would not wait
 
@@ -504,9 +479,7 @@ def test_a_timed_out_sock_recv_leaves_the_socket_usable(
     assert loop.run_until_complete(main()) == b"later"
 
 
-def test_a_cancelled_sock_accept_leaves_the_listener_usable(
-    loop: ferroloop.Loop, listener: socket.socket
-) -> None:
+def test_a_cancelled_sock_accept_leaves_the_listener_usable(loop: ferroloop.Loop, listener: socket.socket) -> None:
     async def main() -> bool:
         pending = asyncio.ensure_future(loop.sock_accept(listener))
         await asyncio.sleep(0.001)
@@ -570,9 +543,7 @@ def test_a_cancelled_sock_recvfrom_leaves_the_socket_usable(
     assert loop.run_until_complete(main()) == b"after"
 
 
-def test_sock_ops_on_a_closed_loop_raise(
-    loop: ferroloop.Loop, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_sock_ops_on_a_closed_loop_raise(loop: ferroloop.Loop, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     client, _ = tcp_pair
     loop.close()
     coro = loop.sock_recv(client, 10)
