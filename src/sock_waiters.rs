@@ -227,8 +227,13 @@ fn connect_outcome(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>) -> Att
     if err == 0 {
         return Ok(Some(py.None()));
     }
-    if err == libc::EAGAIN || err == libc::EINTR {
-        return Ok(None); // BlockingIOError/InterruptedError: still connecting
+    // The errnos `OSError(err)` makes a BlockingIOError or InterruptedError of, which the
+    // standard loop's callback catches: still connecting, stay installed.
+    if matches!(
+        err,
+        libc::EAGAIN | libc::EALREADY | libc::EINPROGRESS | libc::EINTR
+    ) {
+        return Ok(None);
     }
     Err(PyOSError::new_err((
         err,
