@@ -273,3 +273,27 @@ def test_bytes_moved_by_waiting_operations_are_counted(
     after = loop.stats()
     assert after["bytes_written"] - before["bytes_written"] == len(payload)
     assert after["bytes_read"] - before["bytes_read"] == len(payload)
+
+
+def test_a_bytearray_is_released_once_its_sendall_returned(
+    any_loop: asyncio.AbstractEventLoop, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # The waiting send holds the buffer (a resize meanwhile would raise BufferError, as with
+    # the standard loop's memoryview); once sock_sendall has returned the data is the caller's.
+    client, server = tcp_pair
+    data = bytearray(DATA)
+
+    async def main() -> int:
+        async def drain() -> int:
+            received = 0
+            while received < len(DATA):
+                received += len(await any_loop.sock_recv(server, 65536))
+            return received
+
+        reader = asyncio.ensure_future(drain())
+        await any_loop.sock_sendall(client, data)
+        data.extend(b"more")
+        return await reader
+
+    assert any_loop.run_until_complete(main()) == len(DATA)
+    assert len(data) == len(DATA) + 4
