@@ -3,9 +3,10 @@
 The per-event machinery (ready queue, timers, poller, fd watchers, running callbacks) is the
 Rust `LoopCore` this class extends. What runs once per call and whose exact semantics the
 standard library defines — run_until_complete, the exception handler, executors, DNS via the
-executor, shutting down async generators, signal bookkeeping, the sock_* operations' state
-machines — is taken from the standard library's own loop classes, function by function, so it
-behaves exactly like the interpreter's asyncio (3.11 through 3.15). The names borrowed are
+executor, shutting down async generators, signal bookkeeping, sock_sendfile — is taken from the
+standard library's own loop classes, function by function, so it behaves exactly like the
+interpreter's asyncio (3.11 through 3.15). The other sock_* operations' state machines are Rust
+(`src/sock_waiters.rs`) with the standard loop's semantics. The names borrowed are
 listed in `_stdlib.BORROWED_LOOP_METHODS`; everything else is ferroloop's.
 """
 
