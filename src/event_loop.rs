@@ -1091,9 +1091,9 @@ impl LoopCore {
     fn _sock_recv_start(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
-        n: isize,
+        n: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::Recv { n })
+        sock_waiters::start(slf, sock, || Ok(SockOp::Recv { n: n.extract()? }))
     }
 
     fn _sock_sendall_start(
@@ -1101,7 +1101,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         data: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::send_all(data)?)
+        sock_waiters::start(slf, sock, || SockOp::send_all(data))
     }
 
     fn _sock_sendto_start(
@@ -1110,7 +1110,7 @@ impl LoopCore {
         data: Py<PyAny>,
         address: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::SendTo { data, address })
+        sock_waiters::start(slf, sock, || Ok(SockOp::SendTo { data, address }))
     }
 
     fn _sock_recv_into_start(
@@ -1118,7 +1118,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         buf: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::RecvInto { buf })
+        sock_waiters::start(slf, sock, || Ok(SockOp::RecvInto { buf }))
     }
 
     fn _sock_recvfrom_start(
@@ -1126,20 +1126,20 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         size: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::RecvFrom { size })
+        sock_waiters::start(slf, sock, || Ok(SockOp::RecvFrom { size }))
     }
 
     fn _sock_recvfrom_into_start(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
-        buf: Py<PyAny>,
-        nbytes: Py<PyAny>,
+        buf: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::RecvFromInto { buf, nbytes })
+        sock_waiters::start(slf, sock, || SockOp::recv_from_into(buf, nbytes))
     }
 
     fn _sock_accept_start(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::Accept)
+        sock_waiters::start(slf, sock, || Ok(SockOp::Accept))
     }
 
     /// `address` is already resolved (`Loop.sock_connect` resolves it as the standard loop does).
@@ -1148,7 +1148,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         address: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_waiters::start(slf, sock, SockOp::Connect { address })
+        sock_waiters::start(slf, sock, || Ok(SockOp::Connect { address }))
     }
 
     /// Number of timers in the heap, cancelled ones included (for tests and introspection).

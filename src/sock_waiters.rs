@@ -90,6 +90,19 @@ impl SockOp {
         })
     }
 
+    /// `nbytes` 0 (the default) means all of `buf`, as with the standard loop.
+    pub fn recv_from_into(buf: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<SockOp> {
+        let nbytes = if nbytes.is_truthy()? {
+            nbytes.clone()
+        } else {
+            buf.len()?.into_pyobject(buf.py())?.into_any()
+        };
+        Ok(SockOp::RecvFromInto {
+            buf: buf.clone().unbind(),
+            nbytes: nbytes.unbind(),
+        })
+    }
+
     fn direction(&self) -> Direction {
         match self {
             SockOp::SendAll { .. } | SockOp::SendTo { .. } | SockOp::Connect { .. } => {
@@ -279,15 +292,18 @@ pub fn checked_fd(event_loop: &LoopCore, sock: &Bound<'_, PyAny>) -> PyResult<Ra
     sock.call_method0(intern!(py, "fileno"))?.extract()
 }
 
-/// Start `op` on `sock`: its result if the first try finished it (or its error), else a
-/// `SockWaiter` (not yet installed) for the caller to `wait()` on.
+/// Start the operation `make_op` describes on `sock`: its result if the first try finished it
+/// (or its error), else a `SockWaiter` (not yet installed) for the caller to `wait()` on. The
+/// operation's own arguments are converted after the socket's checks, so a blocking socket is
+/// refused before a bad argument is, as with the standard loop.
 pub fn start(
     event_loop: &Bound<'_, LoopCore>,
     sock: &Bound<'_, PyAny>,
-    op: SockOp,
+    make_op: impl FnOnce() -> PyResult<SockOp>,
 ) -> PyResult<Py<PyAny>> {
     let py = sock.py();
     let fd = checked_fd(event_loop.get(), sock)?;
+    let op = make_op()?;
     if let Some(result) = op.attempt(event_loop.get(), sock, fd, true)? {
         return Ok(result);
     }

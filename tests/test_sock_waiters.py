@@ -297,3 +297,26 @@ def test_a_bytearray_is_released_once_its_sendall_returned(
 
     assert any_loop.run_until_complete(main()) == len(DATA)
     assert len(data) == len(DATA) + 4
+
+
+BAD_ARGUMENTS: dict[str, Callable[[asyncio.AbstractEventLoop, socket.socket], Coroutine[Any, Any, Any]]] = {
+    "sock_recv": lambda lp, s: lp.sock_recv(s, "ten"),  # type: ignore[arg-type]
+    "sock_recv_into": lambda lp, s: lp.sock_recv_into(s, 10),
+    "sock_recvfrom_into": lambda lp, s: lp.sock_recvfrom_into(s, 10),
+    "sock_sendall": lambda lp, s: lp.sock_sendall(s, 10),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(BAD_ARGUMENTS))
+def test_a_blocking_socket_is_refused_before_a_bad_argument(operation: str) -> None:
+    def scenario(event_loop: asyncio.AbstractEventLoop) -> str:
+        event_loop.set_debug(True)
+        with socket.socket() as sock:  # blocking
+            try:
+                event_loop.run_until_complete(BAD_ARGUMENTS[operation](event_loop, sock))
+            except Exception as exc:
+                return type(exc).__name__
+        raise AssertionError("nothing was refused")
+
+    stdlib, ours = on_both_loops(scenario)
+    assert ours == stdlib == "ValueError"

@@ -401,7 +401,7 @@ class Loop(_core.LoopCore, _StdlibLoopBase):  # type: ignore[misc]
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram from sock into buf (non-blocking): (bytes received, address)."""
-        result = self._sock_recvfrom_into_start(sock, buf, nbytes or len(buf))
+        result = self._sock_recvfrom_into_start(sock, buf, nbytes)
         if type(result) is _SockWaiter:
             return await _waited(result)  # type: ignore[no-any-return]
         return result  # type: ignore[return-value]
