@@ -320,3 +320,38 @@ def test_a_blocking_socket_is_refused_before_a_bad_argument(operation: str) -> N
 
     stdlib, ours = on_both_loops(scenario)
     assert ours == stdlib == "ValueError"
+
+
+@pytest.mark.parametrize("operation", ["sock_accept", "sock_recv", "sock_recv_into"])
+def test_a_cancelled_wait_leaves_no_reader_and_the_next_one_works(
+    loop: ferroloop.Loop, listener: socket.socket, operation: str
+) -> None:
+    async def main() -> None:
+        with socket.create_connection(listener.getsockname()) as peer:
+            conn, _ = await loop.sock_accept(listener)
+            with conn:
+                sock = listener if operation == "sock_accept" else conn
+                waits: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
+                    "sock_accept": lambda: loop.sock_accept(listener),
+                    "sock_recv": lambda: loop.sock_recv(conn, 10),
+                    "sock_recv_into": lambda: loop.sock_recv_into(conn, bytearray(10)),
+                }
+                pending = asyncio.ensure_future(waits[operation]())
+                await asyncio.sleep(0.01)
+                assert loop._has_watcher(sock.fileno())
+                pending.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await pending
+                assert not loop._has_watcher(sock.fileno())
+                again = asyncio.ensure_future(waits[operation]())
+                await asyncio.sleep(0.01)
+                if operation == "sock_accept":
+                    with socket.create_connection(listener.getsockname()):
+                        accepted, _ = await asyncio.wait_for(again, 5)
+                        accepted.close()
+                else:
+                    peer.sendall(b"after")
+                    result = await asyncio.wait_for(again, 5)
+                    assert result in (b"after", 5)
+
+    loop.run_until_complete(main())
