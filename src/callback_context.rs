@@ -126,9 +126,17 @@ impl ContextSlot {
             .as_ptr()
     }
 
-    fn take(&self, _py: Python<'_>) -> Option<Py<PyAny>> {
+    /// Release the context, for the caller to drop after this returns.
+    pub fn take(&self, _py: Python<'_>) -> Option<Py<PyAny>> {
         // SAFETY: see the type's comment; the caller drops the value after this returns.
         unsafe { &mut *self.0.get() }.take()
+    }
+
+    /// Give the slot the context of `other` (a recycled handle's next call); returns what it
+    /// held, for the caller to drop after this returns.
+    pub fn replace(&self, _py: Python<'_>, other: ContextSlot) -> Option<Py<PyAny>> {
+        // SAFETY: see the type's comment; the replaced value is dropped by the caller.
+        std::mem::replace(unsafe { &mut *self.0.get() }, other.0.into_inner())
     }
 }
 

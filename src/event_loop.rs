@@ -24,6 +24,7 @@ use crate::errors::os_error;
 use crate::fd_watchers::{Direction, FdTable, FdWatch};
 use crate::fork_guard;
 use crate::gil_cell::GilCell;
+use crate::handle_pool::HandlePool;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::instrument::Instruments;
 use crate::ready::ReadyQueue;
@@ -58,6 +59,8 @@ struct Io {
 #[pyclass(module = "ferroloop._core", subclass, frozen)]
 pub struct LoopCore {
     ready: GilCell<ReadyQueue<Ready>>,
+    /// Handles the loop ran and nobody else kept, for the next `call_soon` to reuse.
+    spare_handles: HandlePool,
     scheduled: GilCell<TimerHeap<Py<Handle>>>,
     cancelled: Arc<CancelCounts>,
     fds: GilCell<FdTable>,
@@ -120,7 +123,10 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let debug = self.debug.load(Relaxed);
-        Py::new(py, Handle::new(py, callback, args, context, None, debug)?)
+        Py::new(
+            py,
+            Handle::new(py, callback, Some(args), context, None, debug)?,
+        )
     }
 
     #[inline]
@@ -148,7 +154,7 @@ impl LoopCore {
     fn queue_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
         method: &str,
         threadsafe: bool,
@@ -156,15 +162,18 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        if this.debug.load(Relaxed) {
+        let handle = if this.debug.load(Relaxed) {
             support::debug_checks(slf.as_any(), &callback, method, threadsafe)?;
-        }
-        let handle = if threadsafe {
-            let debug = this.debug.load(Relaxed);
-            let handle = Handle::new(py, callback, args, context, None, debug)?.with_run_lock();
+            let handle = Handle::new(py, callback, args, context, None, true)?;
+            let handle = if threadsafe {
+                handle.with_run_lock()
+            } else {
+                handle
+            };
             Py::new(py, handle)?
         } else {
-            this.new_handle(py, callback, args, context)?
+            this.spare_handles
+                .make(py, callback, args, context, threadsafe)?
         };
         if this.instruments.follows_tasks() {
             this.instruments.on_call_soon(handle.bind(py), threadsafe);
@@ -195,7 +204,7 @@ impl LoopCore {
         let state = TimerState {
             cancelled: this.cancelled.clone(),
         };
-        let base = Handle::new(py, callback, args, context, Some(state), debug)?;
+        let base = Handle::new(py, callback, Some(args), context, Some(state), debug)?;
         let timer = Bound::new(
             py,
             PyClassInitializer::from(base).add_subclass(TimerHandle { when }),
@@ -488,6 +497,7 @@ impl LoopCore {
                     } else {
                         // Spelled out: the closure is not always inlined on this hot path.
                         Handle::run(&handle, event_loop)?;
+                        self.spare_handles.recycle(py, handle);
                     }
                 }
                 Ready::Foreign(handle) => {
@@ -632,7 +642,7 @@ impl LoopCore {
     pub fn call_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         Self::queue_soon(slf, callback, args, context, "call_soon", false)
@@ -644,7 +654,7 @@ impl LoopCore {
     pub fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let handle = Self::queue_soon(slf, callback, args, context, "call_soon_threadsafe", true)?;
@@ -812,6 +822,7 @@ impl LoopCore {
         let waker = Waker::new(&poller).map_err(os_error)?;
         Ok(LoopCore {
             ready: GilCell::new(ReadyQueue::new()),
+            spare_handles: HandlePool::default(),
             scheduled: GilCell::new(TimerHeap::new()),
             cancelled: Arc::new(CancelCounts::default()),
             fds: GilCell::new(FdTable::default()),
@@ -1244,6 +1255,7 @@ impl LoopCore {
             .recv_spare
             .with_borrow_mut(py, std::option::Option::take);
         self.instruments.stop_watchdog(py);
+        self.spare_handles.clear(py);
         drop((ready, timers, watches, io, spare));
     }
 
@@ -1291,6 +1303,7 @@ impl LoopCore {
         }
         let watches = self.fds.with_borrow_mut(py, FdTable::drain_all);
         let factory = self.task_factory.with_borrow_mut(py, Option::take);
+        self.spare_handles.clear(py);
         drop((ready, timers, watches, factory));
     }
 }

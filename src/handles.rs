@@ -2,8 +2,8 @@
 //! the ready queue and the timer heap hold.
 //!
 //! Runs on the loop thread with the GIL held. A handle keeps its callback, its arguments (the
-//! `*args` tuple the call already built, so no second tuple is made) and the `contextvars`
-//! context it runs in. Running one enters the context with the C API and calls the callback
+//! `*args` tuple the call already built, so no second tuple is made; none for a callback
+//! called without arguments) and the `contextvars` context it runs in. Running one enters the context with the C API and calls the callback
 //! directly: no bound `Context.run` method, no new argument tuple. Cancelling a handle drops its
 //! callback and arguments (outside debug mode), as `asyncio.Handle.cancel` does, so cancelled
 //! handles a program keeps do not keep what they reference alive.
@@ -32,18 +32,40 @@ pub struct TimerState {
     pub cancelled: Arc<CancelCounts>,
 }
 
-/// The callback and the arguments it is called with.
+/// The callback and the arguments it is called with: `None` for none, so the common
+/// `call_soon(callback)` and every Task step neither build nor release an empty tuple.
 struct Call {
     callback: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: Option<Py<PyTuple>>,
 }
 
 impl Call {
+    fn new(callback: Bound<'_, PyAny>, args: Option<Bound<'_, PyTuple>>) -> Call {
+        Call {
+            callback: callback.unbind(),
+            args: args.filter(|a| !a.is_empty()).map(Bound::unbind),
+        }
+    }
+
     fn clone_ref(&self, py: Python<'_>) -> Call {
         Call {
             callback: self.callback.clone_ref(py),
-            args: self.args.clone_ref(py),
+            args: self.args.as_ref().map(|a| a.clone_ref(py)),
         }
+    }
+
+    /// The arguments as the tuple asyncio's `Handle._args` is.
+    fn args_tuple<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        match &self.args {
+            Some(args) => args.bind(py).clone(),
+            None => PyTuple::empty(py),
+        }
+    }
+
+    /// Release both references through `Bound`, attached to the interpreter.
+    fn release(self, py: Python<'_>) {
+        drop(self.callback.into_bound(py));
+        drop(self.args.map(|a| a.into_bound(py)));
     }
 }
 
@@ -62,8 +84,9 @@ pub struct Handle {
     source_traceback: Option<Py<PyAny>>,
     /// Whether `run_lock` is in use: `call_soon_threadsafe`'s handles only (see
     /// `threadsafe_handle.rs`). A flag beside the other two rather than an `Option`, which
-    /// would take 8 bytes more in every handle.
-    threadsafe: bool,
+    /// would take 8 bytes more in every handle; atomic so that a recycled handle can change
+    /// kind (`handle_pool.rs`).
+    threadsafe: AtomicBool,
     run_lock: RunLock,
     /// What the instruments learned about this handle's callback, kept so that a handle run
     /// again (an fd watcher's) or queued and then run (a task step) is looked at once:
@@ -103,6 +126,13 @@ impl CallSlot {
         unsafe { &mut *self.0.get() }.take()
     }
 
+    /// Give a released slot its next call (a recycled handle); returns what it held, for the
+    /// caller to drop after this returns.
+    fn put(&self, _py: Python<'_>, call: Call) -> Option<Call> {
+        // SAFETY: see the type's comment; the replaced value is dropped by the caller.
+        unsafe { &mut *self.0.get() }.replace(call)
+    }
+
     fn get_mut(&mut self) -> &mut Option<Call> {
         self.0.get_mut()
     }
@@ -115,7 +145,7 @@ impl Handle {
     pub(crate) fn new(
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
         timer: Option<TimerState>,
         debug: bool,
@@ -127,26 +157,84 @@ impl Handle {
             None
         };
         Ok(Handle {
-            call: CallSlot::new(Call {
-                callback: callback.unbind(),
-                args: args.unbind(),
-            }),
+            call: CallSlot::new(Call::new(callback, args)),
             context,
             cancelled: AtomicBool::new(false),
             scheduled: AtomicBool::new(timer.is_some()),
             timer,
             source_traceback,
-            threadsafe: false,
+            threadsafe: AtomicBool::new(false),
             run_lock: RunLock::default(),
             instrument_tag: AtomicU32::new(0),
         })
     }
 
+    /// A `call_soon` handle made outside debug mode, with its context already captured
+    /// (`handle_pool.rs`); `threadsafe` as `with_run_lock`.
+    pub(crate) fn plain(
+        callback: Bound<'_, PyAny>,
+        args: Option<Bound<'_, PyTuple>>,
+        context: ContextSlot,
+        threadsafe: bool,
+    ) -> Handle {
+        Handle {
+            call: CallSlot::new(Call::new(callback, args)),
+            context,
+            cancelled: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
+            timer: None,
+            source_traceback: None,
+            threadsafe: AtomicBool::new(threadsafe),
+            run_lock: RunLock::default(),
+            instrument_tag: AtomicU32::new(0),
+        }
+    }
+
     /// This handle, made safe to cancel from another thread while its callback runs.
     #[must_use]
-    pub fn with_run_lock(mut self) -> Handle {
-        self.threadsafe = true;
+    pub fn with_run_lock(self) -> Handle {
+        self.threadsafe.store(true, Relaxed);
         self
+    }
+
+    /// Whether a handle the loop has just run and holds the last reference to may be
+    /// recycled: a plain `call_soon`/`call_soon_threadsafe` handle made outside debug mode (a
+    /// timer's or a debug handle's fields are fixed at creation).
+    pub(crate) fn is_recyclable_kind(&self) -> bool {
+        self.timer.is_none() && self.source_traceback.is_none()
+    }
+
+    /// Release the callback, arguments and context of a handle nobody else references, so
+    /// it can be given a new call (`reuse`). Releasing them may run Python code; both cells
+    /// are out of reach by then.
+    pub(crate) fn release_for_reuse(&self, py: Python<'_>) {
+        let call = self.call.take(py);
+        let context = self.context.take(py);
+        if let Some(call) = call {
+            call.release(py);
+        }
+        drop(context.map(|c| c.into_bound(py)));
+    }
+
+    /// Make a released handle (see `release_for_reuse`) a new one for `callback(*args)` in
+    /// `context`, as `Handle::new` would have (outside debug mode, not a timer).
+    pub(crate) fn reuse(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Option<Bound<'_, PyTuple>>,
+        context: ContextSlot,
+        threadsafe: bool,
+    ) {
+        debug_assert!(self.is_recyclable_kind());
+        let old_call = self.call.put(py, Call::new(callback, args));
+        let old_context = self.context.replace(py, context);
+        self.cancelled.store(false, Relaxed);
+        self.threadsafe.store(threadsafe, Relaxed);
+        self.instrument_tag.store(0, Relaxed);
+        // Released by `release_for_reuse`: nothing Python to drop here.
+        debug_assert!(old_call.is_none() && old_context.is_none());
+        drop((old_call, old_context));
     }
 
     /// Another thread waits here while the callback runs (thread-safe handles only).
@@ -198,14 +286,23 @@ impl Handle {
     /// The run lock of a thread-safe handle.
     #[inline]
     fn run_lock(&self) -> Option<&RunLock> {
-        self.threadsafe.then_some(&self.run_lock)
+        self.threadsafe.load(Relaxed).then_some(&self.run_lock)
     }
 
     /// The callback and its arguments as `Bound` references (released without the
     /// thread-local check a `Py` drop makes), `None` once released.
-    fn bound_call<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    #[allow(clippy::type_complexity)]
+    fn bound_call<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<(Bound<'py, PyAny>, Option<Bound<'py, PyTuple>>)> {
         self.call.with(py, |c| {
-            c.map(|c| (c.callback.bind(py).clone(), c.args.bind(py).clone()))
+            c.map(|c| {
+                (
+                    c.callback.bind(py).clone(),
+                    c.args.as_ref().map(|a| a.bind(py).clone()),
+                )
+            })
         })
     }
 
@@ -252,7 +349,7 @@ impl Handle {
                     err,
                     this,
                     &callback,
-                    &args,
+                    args.as_ref(),
                 );
             }
         };
@@ -261,7 +358,7 @@ impl Handle {
             // Not a contextvars.Context: the standard loop calls `context.run(callback, *args)`,
             // so an object with a `run` method works and anything else fails the same way.
             let mut call_args = vec![callback.clone()];
-            call_args.extend(args.iter());
+            call_args.extend(args.iter().flat_map(PyTupleMethods::iter));
             PyTuple::new(py, call_args).and_then(|call_args| {
                 // SAFETY: `ctx` is the live object this handle owns (see above).
                 unsafe { Bound::from_borrowed_ptr(py, ctx) }
@@ -272,10 +369,9 @@ impl Handle {
         } else if unsafe { ffi::PyContext_Enter(ctx) } != 0 {
             Err(PyErr::fetch(py))
         } else {
-            let r = if args.is_empty() {
-                callback.call0()
-            } else {
-                callback.call1(&args)
+            let r = match &args {
+                None => callback.call0(),
+                Some(args) => callback.call1(args),
             };
             // SAFETY: balances the successful PyContext_Enter above on the same thread.
             if unsafe { ffi::PyContext_Exit(ctx) } != 0 {
@@ -291,9 +387,14 @@ impl Handle {
         }
         match result {
             Ok(_) => Ok(()),
-            Err(err) => {
-                report_callback_error(slf.as_any(), event_loop, err, this, &callback, &args)
-            }
+            Err(err) => report_callback_error(
+                slf.as_any(),
+                event_loop,
+                err,
+                this,
+                &callback,
+                args.as_ref(),
+            ),
         }
     }
 }
@@ -306,8 +407,7 @@ impl Drop for Handle {
         // asks a thread-local whether the thread is attached.
         let py = unsafe { Python::assume_attached() };
         if let Some(call) = self.call.get_mut().take() {
-            drop(call.callback.into_bound(py));
-            drop(call.args.into_bound(py));
+            call.release(py);
         }
         self.context.release(py);
     }
@@ -319,13 +419,14 @@ fn report_callback_error(
     err: PyErr,
     this: &Handle,
     callback: &Bound<'_, PyAny>,
-    args: &Bound<'_, PyTuple>,
+    args: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<()> {
     let py = handle.py();
     if crate::errors::is_fatal_to_loop(py, &err) {
         return Err(err);
     }
-    let source = support::format_callback_source(py, callback, args, event_loop)?;
+    let args = args.map_or_else(|| PyTuple::empty(py), Clone::clone);
+    let source = support::format_callback_source(py, callback, &args, event_loop)?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {source}"))?;
     context.set_item("exception", err.into_value(py))?;
@@ -370,7 +471,7 @@ impl Handle {
     #[getter]
     fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyType>> {
         let py = slf.py();
-        if slf.get().threadsafe {
+        if slf.get().threadsafe.load(Relaxed) {
             if let Some(cls) = threadsafe_handle::stdlib_type(py)? {
                 return Ok(cls.clone_ref(py));
             }
@@ -389,7 +490,7 @@ impl Handle {
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.call.with(py, |c| c.map(|c| c.args.clone_ref(py)))
+        self.call.with(py, |c| c.map(|c| c.args_tuple(py).unbind()))
     }
 
     #[getter]
@@ -423,7 +524,9 @@ impl Handle {
         self.call.with(py, |call| -> Result<(), PyTraverseError> {
             if let Some(call) = call {
                 visit.call(&call.callback)?;
-                visit.call(&call.args)?;
+                if let Some(args) = &call.args {
+                    visit.call(args)?;
+                }
             }
             Ok(())
         })?;
@@ -483,7 +586,7 @@ impl TimerHandle {
             let same_call = match (ha.call(py), hb.call(py)) {
                 (Some(ca), Some(cb)) => {
                     ca.callback.bind(py).eq(cb.callback.bind(py))?
-                        && ca.args.bind(py).eq(cb.args.bind(py))?
+                        && ca.args_tuple(py).eq(cb.args_tuple(py))?
                 }
                 (None, None) => true,
                 _ => false,

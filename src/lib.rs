@@ -20,6 +20,7 @@ pub mod fastcall;
 pub mod fd_watchers;
 pub mod fork_guard;
 pub mod gil_cell;
+pub mod handle_pool;
 pub mod handles;
 pub mod instrument;
 pub mod ready;
