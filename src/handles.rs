@@ -334,6 +334,16 @@ impl Handle {
         let Some((callback, args)) = this.bound_call(py) else {
             return Ok(()); // cancelled and released: nothing to run
         };
+        let report = |err| {
+            report_callback_error(
+                slf.as_any(),
+                event_loop,
+                err,
+                this,
+                &callback,
+                args.as_ref(),
+            )
+        };
         if let Some(lock) = this.run_lock() {
             lock.begin();
         }
@@ -343,14 +353,7 @@ impl Handle {
                 if let Some(lock) = this.run_lock() {
                     lock.end();
                 }
-                return report_callback_error(
-                    slf.as_any(),
-                    event_loop,
-                    err,
-                    this,
-                    &callback,
-                    args.as_ref(),
-                );
+                return report(err);
             }
         };
         // SAFETY: `ctx` is a live object owned by this handle; the check only reads its type.
@@ -387,14 +390,7 @@ impl Handle {
         }
         match result {
             Ok(_) => Ok(()),
-            Err(err) => report_callback_error(
-                slf.as_any(),
-                event_loop,
-                err,
-                this,
-                &callback,
-                args.as_ref(),
-            ),
+            Err(err) => report(err),
         }
     }
 }

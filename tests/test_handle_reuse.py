@@ -117,9 +117,7 @@ def test_the_exception_handler_gets_each_failing_callbacks_own_handle(
 
 
 @pytest.mark.parametrize("count", [1, 5000])
-def test_callbacks_scheduled_in_bulk_run_once_each_in_order(
-    any_loop: asyncio.AbstractEventLoop, count: int
-) -> None:
+def test_callbacks_scheduled_in_bulk_run_once_each_in_order(any_loop: asyncio.AbstractEventLoop, count: int) -> None:
     ran: list[int] = []
 
     def schedule() -> None:
