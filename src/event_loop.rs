@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueErro
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use crate::clock::{due_window_end, monotonic, monotonic_ns, to_ns};
@@ -1205,6 +1205,23 @@ impl LoopCore {
 
     fn _trace_labels<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         self.instruments.labels(py)
+    }
+
+    /// Every subclass (`ferroloop.Loop`, and a program's subclasses of it) gets its own
+    /// copies of these methods, which CPython's specializing interpreter calls directly:
+    /// see `subclass_methods.rs`.
+    #[classmethod]
+    #[pyo3(signature = (**kwargs))]
+    fn __init_subclass__(
+        cls: &Bound<'_, PyType>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let core = cls.py().get_type::<LoopCore>();
+        crate::subclass_methods::copy_onto(&core, cls)?;
+        let next = pyo3::types::PySuper::new(&core, cls)?
+            .getattr(intern!(cls.py(), "__init_subclass__"))?;
+        next.call((), kwargs)?;
+        Ok(())
     }
 
     /// The trace's event kinds and I/O kinds by name, and the bytes per event.

@@ -27,6 +27,7 @@ pub mod ready;
 pub mod sock_ops;
 pub mod socket_owner;
 pub mod stats;
+pub mod subclass_methods;
 pub mod support;
 pub mod sys;
 pub mod task_factory;
