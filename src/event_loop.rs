@@ -149,7 +149,7 @@ impl LoopCore {
         let debug = self.debug.load(Relaxed);
         Py::new(
             py,
-            Handle::new(py, callback, Some(args), context, None, debug)?,
+            Handle::new(py, callback, Some(args), context, false, debug)?,
         )
     }
 
@@ -188,7 +188,7 @@ impl LoopCore {
         this.check_closed()?;
         let handle = if this.debug.load(Relaxed) {
             support::debug_checks(slf.as_any(), &callback, method, threadsafe)?;
-            let handle = Handle::new(py, callback, args, context, None, true)?;
+            let handle = Handle::new(py, callback, args, context, false, true)?;
             let handle = if threadsafe {
                 handle.with_run_lock()
             } else {
@@ -228,10 +228,10 @@ impl LoopCore {
         let state = TimerState {
             cancelled: this.cancelled.clone(),
         };
-        let base = Handle::new(py, callback, Some(args), context, Some(state), debug)?;
+        let base = Handle::new(py, callback, Some(args), context, true, debug)?;
         let timer = Bound::new(
             py,
-            PyClassInitializer::from(base).add_subclass(TimerHandle { when }),
+            PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, state)),
         )?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         this.scheduled
@@ -786,7 +786,7 @@ fn cancel_watch(watch: Option<FdWatch>) {
 }
 
 fn mark_unscheduled(h: &Py<Handle>) {
-    h.get().scheduled.store(false, Relaxed);
+    h.get().unschedule();
 }
 
 /// Run a handle in debug mode: expose it as `_current_handle` and log it if it was slow.

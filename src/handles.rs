@@ -9,7 +9,7 @@
 //! handles a program keeps do not keep what they reference alive.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::ffi;
@@ -26,11 +26,23 @@ use crate::support;
 use crate::threadsafe_handle::{self, RunLock};
 
 /// What a `TimerHandle` shares with its loop: the loop's counts of cancelled timers (those
-/// still in the heap drive compaction). One pointer, so that every handle stays small: a
+/// still in the heap drive compaction). Kept in the `TimerHandle`, not in every `Handle`: a
 /// program with a million callbacks queued holds a million handles.
 pub struct TimerState {
     pub cancelled: Arc<CancelCounts>,
 }
+
+/// A handle's state, one bit each in one byte (`Handle::flags`).
+const CANCELLED: u8 = 1;
+/// A timer still in its loop's heap (never set for other handles).
+const SCHEDULED: u8 = 2;
+/// `call_soon_threadsafe`'s handles: cancelling from another thread waits for the running
+/// callback (`threadsafe_handle.rs`).
+const THREADSAFE: u8 = 4;
+/// A thread-safe handle's callback is running (the `RunLock`'s bit).
+const RUNNING: u8 = 8;
+/// The base of a `TimerHandle`.
+const TIMER: u8 = 16;
 
 /// The callback and the arguments it is called with: `None` for none, so the common
 /// `call_soon(callback)` and every Task step neither build nor release an empty tuple.
@@ -77,17 +89,12 @@ pub struct Handle {
     /// Released in `Drop`, through the attached interpreter. Empty while the context would be
     /// an empty copy nobody has seen (see `callback_context.rs`).
     context: ContextSlot,
-    cancelled: AtomicBool,
-    /// A timer still in its loop's heap (always false for other handles).
-    pub(crate) scheduled: AtomicBool,
-    timer: Option<TimerState>,
     source_traceback: Option<Py<PyAny>>,
-    /// Whether `run_lock` is in use: `call_soon_threadsafe`'s handles only (see
-    /// `threadsafe_handle.rs`). A flag beside the other two rather than an `Option`, which
-    /// would take 8 bytes more in every handle; atomic so that a recycled handle can change
-    /// kind (`handle_pool.rs`).
-    threadsafe: AtomicBool,
-    run_lock: RunLock,
+    /// `CANCELLED`, `SCHEDULED`, `THREADSAFE`, `RUNNING`, `TIMER`: one byte, so that with the
+    /// tag beside it a handle is 64 bytes (80 with the GC header) and a million queued
+    /// callbacks fault in 16 MB less. Atomic: another thread may cancel a thread-safe handle,
+    /// and a recycled handle changes kind (`handle_pool.rs`).
+    flags: AtomicU8,
     /// What the instruments learned about this handle's callback, kept so that a handle run
     /// again (an fd watcher's) or queued and then run (a task step) is looked at once:
     /// see `instrument::HandleTag`. Beside the flags, in what was padding.
@@ -147,7 +154,7 @@ impl Handle {
         callback: Bound<'_, PyAny>,
         args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
-        timer: Option<TimerState>,
+        timer: bool,
         debug: bool,
     ) -> PyResult<Handle> {
         let context = ContextSlot::capture(py, context)?;
@@ -159,12 +166,8 @@ impl Handle {
         Ok(Handle {
             call: CallSlot::new(Call::new(callback, args)),
             context,
-            cancelled: AtomicBool::new(false),
-            scheduled: AtomicBool::new(timer.is_some()),
-            timer,
             source_traceback,
-            threadsafe: AtomicBool::new(false),
-            run_lock: RunLock::default(),
+            flags: AtomicU8::new(if timer { TIMER | SCHEDULED } else { 0 }),
             instrument_tag: AtomicU32::new(0),
         })
     }
@@ -180,12 +183,8 @@ impl Handle {
         Handle {
             call: CallSlot::new(Call::new(callback, args)),
             context,
-            cancelled: AtomicBool::new(false),
-            scheduled: AtomicBool::new(false),
-            timer: None,
             source_traceback: None,
-            threadsafe: AtomicBool::new(threadsafe),
-            run_lock: RunLock::default(),
+            flags: AtomicU8::new(if threadsafe { THREADSAFE } else { 0 }),
             instrument_tag: AtomicU32::new(0),
         }
     }
@@ -193,7 +192,7 @@ impl Handle {
     /// This handle, made safe to cancel from another thread while its callback runs.
     #[must_use]
     pub fn with_run_lock(self) -> Handle {
-        self.threadsafe.store(true, Relaxed);
+        self.flags.fetch_or(THREADSAFE, Relaxed);
         self
     }
 
@@ -201,7 +200,7 @@ impl Handle {
     /// recycled: a plain `call_soon`/`call_soon_threadsafe` handle made outside debug mode (a
     /// timer's or a debug handle's fields are fixed at creation).
     pub(crate) fn is_recyclable_kind(&self) -> bool {
-        self.timer.is_none() && self.source_traceback.is_none()
+        !self.is_timer() && self.source_traceback.is_none()
     }
 
     /// Release the callback, arguments and context of a handle nobody else references, so
@@ -229,8 +228,9 @@ impl Handle {
         debug_assert!(self.is_recyclable_kind());
         let old_call = self.call.put(py, Call::new(callback, args));
         let old_context = self.context.replace(py, context);
-        self.cancelled.store(false, Relaxed);
-        self.threadsafe.store(threadsafe, Relaxed);
+        // Not running, not cancelled, not a timer (see `is_recyclable_kind`).
+        self.flags
+            .store(if threadsafe { THREADSAFE } else { 0 }, Relaxed);
         self.instrument_tag.store(0, Relaxed);
         // Released by `release_for_reuse`: nothing Python to drop here.
         debug_assert!(old_call.is_none() && old_context.is_none());
@@ -247,24 +247,29 @@ impl Handle {
     /// Whether this is a `TimerHandle`'s base (a subtype check costs more).
     #[inline]
     pub fn is_timer(&self) -> bool {
-        self.timer.is_some()
+        self.flags.load(Relaxed) & TIMER != 0
     }
 
-    pub fn cancel_handle(&self) {
-        if !self.cancelled.swap(true, Relaxed) {
-            if let Some(timer) = &self.timer {
-                if self.scheduled.load(Relaxed) {
-                    timer.cancelled.in_heap.fetch_add(1, Relaxed);
-                    timer.cancelled.total.add(1);
-                }
-            }
-        }
+    /// Whether this timer is still in its loop's heap.
+    #[inline]
+    pub fn is_scheduled(&self) -> bool {
+        self.flags.load(Relaxed) & SCHEDULED != 0
+    }
+
+    /// The heap let go of this timer.
+    pub(crate) fn unschedule(&self) {
+        self.flags.fetch_and(!SCHEDULED, Relaxed);
+    }
+
+    /// Mark the handle cancelled; whether it was not already. A timer's cancellation is
+    /// counted by `TimerHandle::count_cancel`.
+    pub fn cancel_handle(&self) -> bool {
+        self.flags.fetch_or(CANCELLED, Relaxed) & CANCELLED == 0
     }
 
     /// `Handle.cancel()` from Python: cancel, then drop the callback and its arguments unless
     /// the handle was made in debug mode (where reprs and logs still show the callback).
-    fn cancel_and_release(&self, py: Python<'_>) {
-        self.cancel_handle();
+    fn release_cancelled(&self, py: Python<'_>) {
         if self.source_traceback.is_none() {
             // Taken out first: dropping may run Python code that touches this handle.
             let released = self.call.take(py);
@@ -274,7 +279,7 @@ impl Handle {
 
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Relaxed)
+        self.flags.load(Relaxed) & CANCELLED != 0
     }
 
     /// New references to the callback and its arguments, `None` once released; held outside
@@ -285,8 +290,8 @@ impl Handle {
 
     /// The run lock of a thread-safe handle.
     #[inline]
-    fn run_lock(&self) -> Option<&RunLock> {
-        self.threadsafe.load(Relaxed).then_some(&self.run_lock)
+    fn run_lock(&self) -> Option<RunLock<'_>> {
+        (self.flags.load(Relaxed) & THREADSAFE != 0).then(|| RunLock::new(&self.flags, RUNNING))
     }
 
     /// The callback and its arguments as `Bound` references (released without the
@@ -344,14 +349,13 @@ impl Handle {
                 args.as_ref(),
             )
         };
-        if let Some(lock) = this.run_lock() {
-            lock.begin();
-        }
+        let lock = this.run_lock();
+        let running_before = lock.as_ref().map(RunLock::begin);
         let (ctx, lent) = match this.context.begin_run(py) {
             Ok(entered) => entered,
             Err(err) => {
-                if let Some(lock) = this.run_lock() {
-                    lock.end();
+                if let (Some(lock), Some(before)) = (&lock, running_before) {
+                    lock.end(before);
                 }
                 return report(err);
             }
@@ -385,8 +389,8 @@ impl Handle {
             }
         };
         this.context.end_run(py, lent);
-        if let Some(lock) = this.run_lock() {
-            lock.end();
+        if let (Some(lock), Some(before)) = (&lock, running_before) {
+            lock.end(before);
         }
         match result {
             Ok(_) => Ok(()),
@@ -440,19 +444,27 @@ impl Handle {
         let py = slf.py();
         let this = slf.get();
         this.wait_until_idle(py);
-        if let Some(timer) = &this.timer {
-            if timer.cancelled.traced.load(Relaxed)
-                && this.scheduled.load(Relaxed)
-                && !this.is_cancelled()
-            {
+        let timer = if this.is_timer() {
+            slf.cast::<TimerHandle>().ok()
+        } else {
+            None
+        };
+        let counts = timer.as_ref().map(|t| &t.get().state.cancelled);
+        if let Some(counts) = counts {
+            if counts.traced.load(Relaxed) && this.is_scheduled() && !this.is_cancelled() {
                 let cancel = (slf.as_ptr() as u64, crate::clock::monotonic_ns());
-                timer
-                    .cancelled
+                counts
                     .traced_cancels
                     .with_borrow_mut(py, |v| v.push(cancel));
             }
         }
-        this.cancel_and_release(py);
+        if this.cancel_handle() && this.is_scheduled() {
+            if let Some(counts) = counts {
+                counts.in_heap.fetch_add(1, Relaxed);
+                counts.total.add(1);
+            }
+        }
+        this.release_cancelled(py);
     }
 
     fn cancelled(&self, py: Python<'_>) -> bool {
@@ -467,7 +479,7 @@ impl Handle {
     #[getter]
     fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyType>> {
         let py = slf.py();
-        if slf.get().threadsafe.load(Relaxed) {
+        if slf.get().flags.load(Relaxed) & THREADSAFE != 0 {
             if let Some(cls) = threadsafe_handle::stdlib_type(py)? {
                 return Ok(cls.clone_ref(py));
             }
@@ -506,7 +518,7 @@ impl Handle {
 
     #[getter]
     fn _scheduled(&self) -> bool {
-        self.scheduled.load(Relaxed)
+        self.is_scheduled()
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
@@ -545,6 +557,13 @@ impl Handle {
 #[pyclass(module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
     pub(crate) when: f64,
+    state: TimerState,
+}
+
+impl TimerHandle {
+    pub(crate) fn new(when: f64, state: TimerState) -> TimerHandle {
+        TimerHandle { when, state }
+    }
 }
 
 #[pymethods]
