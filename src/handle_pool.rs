@@ -49,7 +49,7 @@ impl HandlePool {
             handle.get().reuse(py, callback, args, context, threadsafe);
             return Ok(handle);
         }
-        Py::new(py, Handle::plain(callback, args, context, threadsafe))
+        crate::handle_memory::new_handle(py, Handle::plain(callback, args, context, threadsafe))
     }
 
     /// The loop has run `handle` and dropped it from the ready queue: keep it if nobody

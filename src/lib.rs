@@ -20,7 +20,7 @@ pub mod fastcall;
 pub mod fd_watchers;
 pub mod fork_guard;
 pub mod gil_cell;
-pub mod handle_dealloc;
+pub mod handle_memory;
 pub mod handle_pool;
 pub mod handles;
 pub mod instrument;
@@ -47,7 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
-    handle_dealloc::install(&m.py().get_type::<handles::Handle>());
+    handle_memory::install(&m.py().get_type::<handles::Handle>())?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock_ops::RecvWaiter>()?;
     m.add_class::<transports::stream::StreamCore>()?;
