@@ -126,19 +126,35 @@ impl ContextSlot {
             .as_ptr()
     }
 
-    fn take(&self, _py: Python<'_>) -> Option<Py<PyAny>> {
+    /// Release the context, for the caller to drop after this returns.
+    pub fn take(&self, _py: Python<'_>) -> Option<Py<PyAny>> {
         // SAFETY: see the type's comment; the caller drops the value after this returns.
         unsafe { &mut *self.0.get() }.take()
     }
+
+    /// Give the slot the context of `other` (a recycled handle's next call); returns what it
+    /// held, for the caller to drop after this returns.
+    pub fn replace(&self, _py: Python<'_>, other: ContextSlot) -> Option<Py<PyAny>> {
+        // SAFETY: see the type's comment; the replaced value is dropped by the caller.
+        std::mem::replace(unsafe { &mut *self.0.get() }, other.0.into_inner())
+    }
 }
 
-/// Whether `context` (a `contextvars.Context`) has no variable set.
+/// Whether `context` (a `contextvars.Context`) has no variable set. Asks the type's
+/// `mp_length` slot directly (what `len()` reaches through two generic layers); a -1 would
+/// mean an error, treated as "not empty", with the exception cleared.
 fn is_empty_context(context: *mut ffi::PyObject) -> bool {
-    // SAFETY: `context` is a live Context; its length is its number of variables and cannot
-    // fail (a -1 would mean an error, treated as "not empty", with the exception cleared).
-    let len = unsafe { ffi::PyObject_Length(context) };
+    // SAFETY: `context` is a live Context; its type's mapping methods are static, and its
+    // length (the number of variables set) runs no Python code.
+    let len = unsafe {
+        let mapping = (*ffi::Py_TYPE(context)).tp_as_mapping;
+        match mapping.as_ref().and_then(|m| m.mp_length) {
+            Some(length) => length(context),
+            None => ffi::PyObject_Length(context),
+        }
+    };
     if len < 0 {
-        // SAFETY: the GIL is held by every caller; clears the error PyObject_Length set.
+        // SAFETY: the GIL is held by every caller; clears the error the length call set.
         unsafe { ffi::PyErr_Clear() };
     }
     len == 0

@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueErro
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use crate::clock::{due_window_end, monotonic, monotonic_ns, to_ns};
@@ -24,6 +24,7 @@ use crate::errors::os_error;
 use crate::fd_watchers::{Direction, FdTable, FdWatch};
 use crate::fork_guard;
 use crate::gil_cell::GilCell;
+use crate::handle_pool::HandlePool;
 use crate::handles::{Handle, TimerHandle, TimerState};
 use crate::instrument::Instruments;
 use crate::ready::ReadyQueue;
@@ -43,10 +44,34 @@ const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 pub const MAX_READ: usize = 256 * 1024;
 
 /// An entry of the ready queue.
-pub enum Ready {
-    Native(Py<Handle>),
-    /// An `asyncio.Handle` made by standard-library code (signal handlers), run via `_run()`.
-    Foreign(Py<PyAny>),
+/// A ready-queue entry: one of ferroloop's `Handle`s (or `TimerHandle`s), or an
+/// `asyncio.Handle` made by standard-library code (signal handlers), run via `_run()`. One
+/// pointer, told apart by its type when it runs: a million queued callbacks take 8 MB here,
+/// not 16 (an enum's tag would double it).
+pub struct Ready(Py<PyAny>);
+
+/// What a popped entry is.
+enum ReadyKind<'py> {
+    Native(Bound<'py, Handle>),
+    Foreign(Bound<'py, PyAny>),
+}
+
+impl Ready {
+    fn native(handle: Py<Handle>) -> Ready {
+        Ready(handle.into_any())
+    }
+
+    /// `handle` must not be one of ferroloop's handles (those go through `native`).
+    fn foreign(handle: Py<PyAny>) -> Ready {
+        Ready(handle)
+    }
+
+    fn into_kind(self, py: Python<'_>) -> ReadyKind<'_> {
+        match self.0.into_bound(py).cast_into::<Handle>() {
+            Ok(native) => ReadyKind::Native(native),
+            Err(other) => ReadyKind::Foreign(other.into_inner()),
+        }
+    }
 }
 
 struct Io {
@@ -58,6 +83,8 @@ struct Io {
 #[pyclass(module = "ferroloop._core", subclass, frozen)]
 pub struct LoopCore {
     ready: GilCell<ReadyQueue<Ready>>,
+    /// Handles the loop ran and nobody else kept, for the next `call_soon` to reuse.
+    spare_handles: HandlePool,
     scheduled: GilCell<TimerHeap<Py<Handle>>>,
     cancelled: Arc<CancelCounts>,
     fds: GilCell<FdTable>,
@@ -120,7 +147,10 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let debug = self.debug.load(Relaxed);
-        Py::new(py, Handle::new(py, callback, args, context, None, debug)?)
+        Py::new(
+            py,
+            Handle::new(py, callback, Some(args), context, false, debug)?,
+        )
     }
 
     #[inline]
@@ -148,7 +178,7 @@ impl LoopCore {
     fn queue_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
         method: &str,
         threadsafe: bool,
@@ -156,20 +186,23 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        if this.debug.load(Relaxed) {
+        let handle = if this.debug.load(Relaxed) {
             support::debug_checks(slf.as_any(), &callback, method, threadsafe)?;
-        }
-        let handle = if threadsafe {
-            let debug = this.debug.load(Relaxed);
-            let handle = Handle::new(py, callback, args, context, None, debug)?.with_run_lock();
+            let handle = Handle::new(py, callback, args, context, false, true)?;
+            let handle = if threadsafe {
+                handle.with_run_lock()
+            } else {
+                handle
+            };
             Py::new(py, handle)?
         } else {
-            this.new_handle(py, callback, args, context)?
+            this.spare_handles
+                .make(py, callback, args, context, threadsafe)?
         };
         if this.instruments.follows_tasks() {
             this.instruments.on_call_soon(handle.bind(py), threadsafe);
         }
-        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
+        this.push_ready(py, Ready::native(handle.clone_ref(py)));
         Ok(handle)
     }
 
@@ -195,10 +228,10 @@ impl LoopCore {
         let state = TimerState {
             cancelled: this.cancelled.clone(),
         };
-        let base = Handle::new(py, callback, args, context, Some(state), debug)?;
+        let base = Handle::new(py, callback, Some(args), context, true, debug)?;
         let timer = Bound::new(
             py,
-            PyClassInitializer::from(base).add_subclass(TimerHandle { when }),
+            PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, state)),
         )?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         this.scheduled
@@ -354,7 +387,7 @@ impl LoopCore {
                 if handle.get().is_cancelled() {
                     stale.push((fd, dir, handle));
                 } else {
-                    ready.push(Ready::Native(handle));
+                    ready.push(Ready::native(handle));
                 }
             }
         });
@@ -423,7 +456,7 @@ impl LoopCore {
         });
         if !due.is_empty() {
             self.ready
-                .with_borrow_mut(py, |ready| ready.extend(due.into_iter().map(Ready::Native)));
+                .with_borrow_mut(py, |ready| ready.extend(due.into_iter().map(Ready::native)));
         }
     }
 
@@ -447,9 +480,8 @@ impl LoopCore {
             else {
                 break;
             };
-            match item {
-                Ready::Native(handle) => {
-                    let handle = handle.into_bound(py);
+            match item.into_kind(py) {
+                ReadyKind::Native(handle) => {
                     if handle.get().is_cancelled() {
                         continue;
                     }
@@ -488,10 +520,10 @@ impl LoopCore {
                     } else {
                         // Spelled out: the closure is not always inlined on this hot path.
                         Handle::run(&handle, event_loop)?;
+                        self.spare_handles.recycle(py, handle);
                     }
                 }
-                Ready::Foreign(handle) => {
-                    let handle = handle.into_bound(py);
+                ReadyKind::Foreign(handle) => {
                     if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
                         continue;
                     }
@@ -632,7 +664,7 @@ impl LoopCore {
     pub fn call_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         Self::queue_soon(slf, callback, args, context, "call_soon", false)
@@ -644,7 +676,7 @@ impl LoopCore {
     pub fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let handle = Self::queue_soon(slf, callback, args, context, "call_soon_threadsafe", true)?;
@@ -799,7 +831,7 @@ fn cancel_watch(watch: Option<FdWatch>) {
 }
 
 fn mark_unscheduled(h: &Py<Handle>) {
-    h.get().scheduled.store(false, Relaxed);
+    h.get().unschedule();
 }
 
 /// Run a handle in debug mode: expose it as `_current_handle` and log it if it was slow.
@@ -857,6 +889,7 @@ impl LoopCore {
         let waker = Waker::new(&poller).map_err(os_error)?;
         Ok(LoopCore {
             ready: GilCell::new(ReadyQueue::new()),
+            spare_handles: HandlePool::default(),
             scheduled: GilCell::new(TimerHeap::new()),
             cancelled: Arc::new(CancelCounts::default()),
             fds: GilCell::new(FdTable::default()),
@@ -979,12 +1012,12 @@ impl LoopCore {
             if native.get().is_cancelled() {
                 return Ok(());
             }
-            Ready::Native(native.clone().unbind())
+            Ready::native(native.clone().unbind())
         } else {
             if handle.getattr(intern!(py, "_cancelled"))?.is_truthy()? {
                 return Ok(());
             }
-            Ready::Foreign(handle.unbind())
+            Ready::foreign(handle.unbind())
         };
         slf.get().push_ready(py, item);
         Ok(())
@@ -1259,6 +1292,23 @@ impl LoopCore {
         self.instruments.labels(py)
     }
 
+    /// Every subclass (`ferroloop.Loop`, and a program's subclasses of it) gets its own
+    /// copies of these methods, which CPython's specializing interpreter calls directly:
+    /// see `subclass_methods.rs`.
+    #[classmethod]
+    #[pyo3(signature = (**kwargs))]
+    fn __init_subclass__(
+        cls: &Bound<'_, PyType>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let core = cls.py().get_type::<LoopCore>();
+        crate::subclass_methods::copy_onto(&core, cls)?;
+        let next = pyo3::types::PySuper::new(&core, cls)?
+            .getattr(intern!(cls.py(), "__init_subclass__"))?;
+        next.call((), kwargs)?;
+        Ok(())
+    }
+
     /// The trace's event kinds and I/O kinds by name, and the bytes per event.
     #[staticmethod]
     fn _trace_format(py: Python<'_>) -> PyResult<(Bound<'_, PyDict>, Bound<'_, PyDict>, usize)> {
@@ -1307,16 +1357,14 @@ impl LoopCore {
             .recv_spare
             .with_borrow_mut(py, std::option::Option::take);
         self.instruments.stop_watchdog(py);
+        self.spare_handles.clear(py);
         drop((ready, timers, watches, io, spare));
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.ready.traverse(&visit, |ready, visit| {
             for item in ready.iter() {
-                match item {
-                    Ready::Native(h) => visit.call(h)?,
-                    Ready::Foreign(h) => visit.call(h)?,
-                }
+                visit.call(&item.0)?;
             }
             Ok(())
         })?;
@@ -1354,6 +1402,7 @@ impl LoopCore {
         }
         let watches = self.fds.with_borrow_mut(py, FdTable::drain_all);
         let factory = self.task_factory.with_borrow_mut(py, Option::take);
+        self.spare_handles.clear(py);
         drop((ready, timers, watches, factory));
     }
 }

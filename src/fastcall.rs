@@ -151,9 +151,9 @@ unsafe fn call_soon_impl(
     }
     let callback = arg(&values[0]);
     let extra = if nargs == 1 {
-        PyTuple::empty(py)
+        None
     } else {
-        PyTuple::new(py, values[1..nargs].iter().map(arg))?
+        Some(PyTuple::new(py, values[1..nargs].iter().map(arg))?)
     };
     // SAFETY: the method descriptor was made for the LoopCore type, and CPython checks that
     // `self` is an instance of it before calling.

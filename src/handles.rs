@@ -2,14 +2,14 @@
 //! the ready queue and the timer heap hold.
 //!
 //! Runs on the loop thread with the GIL held. A handle keeps its callback, its arguments (the
-//! `*args` tuple the call already built, so no second tuple is made) and the `contextvars`
-//! context it runs in. Running one enters the context with the C API and calls the callback
+//! `*args` tuple the call already built, so no second tuple is made; none for a callback
+//! called without arguments) and the `contextvars` context it runs in. Running one enters the context with the C API and calls the callback
 //! directly: no bound `Context.run` method, no new argument tuple. Cancelling a handle drops its
 //! callback and arguments (outside debug mode), as `asyncio.Handle.cancel` does, so cancelled
 //! handles a program keeps do not keep what they reference alive.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::ffi;
@@ -26,24 +26,58 @@ use crate::support;
 use crate::threadsafe_handle::{self, RunLock};
 
 /// What a `TimerHandle` shares with its loop: the loop's counts of cancelled timers (those
-/// still in the heap drive compaction). One pointer, so that every handle stays small: a
+/// still in the heap drive compaction). Kept in the `TimerHandle`, not in every `Handle`: a
 /// program with a million callbacks queued holds a million handles.
 pub struct TimerState {
     pub cancelled: Arc<CancelCounts>,
 }
 
-/// The callback and the arguments it is called with.
+/// A handle's state, one bit each in one byte (`Handle::flags`).
+const CANCELLED: u8 = 1;
+/// A timer still in its loop's heap (never set for other handles).
+const SCHEDULED: u8 = 2;
+/// `call_soon_threadsafe`'s handles: cancelling from another thread waits for the running
+/// callback (`threadsafe_handle.rs`).
+const THREADSAFE: u8 = 4;
+/// A thread-safe handle's callback is running (the `RunLock`'s bit).
+const RUNNING: u8 = 8;
+/// The base of a `TimerHandle`.
+const TIMER: u8 = 16;
+
+/// The callback and the arguments it is called with: `None` for none, so the common
+/// `call_soon(callback)` and every Task step neither build nor release an empty tuple.
 struct Call {
     callback: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: Option<Py<PyTuple>>,
 }
 
 impl Call {
+    fn new(callback: Bound<'_, PyAny>, args: Option<Bound<'_, PyTuple>>) -> Call {
+        Call {
+            callback: callback.unbind(),
+            args: args.filter(|a| !a.is_empty()).map(Bound::unbind),
+        }
+    }
+
     fn clone_ref(&self, py: Python<'_>) -> Call {
         Call {
             callback: self.callback.clone_ref(py),
-            args: self.args.clone_ref(py),
+            args: self.args.as_ref().map(|a| a.clone_ref(py)),
         }
+    }
+
+    /// The arguments as the tuple asyncio's `Handle._args` is.
+    fn args_tuple<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        match &self.args {
+            Some(args) => args.bind(py).clone(),
+            None => PyTuple::empty(py),
+        }
+    }
+
+    /// Release both references through `Bound`, attached to the interpreter.
+    fn release(self, py: Python<'_>) {
+        drop(self.callback.into_bound(py));
+        drop(self.args.map(|a| a.into_bound(py)));
     }
 }
 
@@ -55,16 +89,12 @@ pub struct Handle {
     /// Released in `Drop`, through the attached interpreter. Empty while the context would be
     /// an empty copy nobody has seen (see `callback_context.rs`).
     context: ContextSlot,
-    cancelled: AtomicBool,
-    /// A timer still in its loop's heap (always false for other handles).
-    pub(crate) scheduled: AtomicBool,
-    timer: Option<TimerState>,
     source_traceback: Option<Py<PyAny>>,
-    /// Whether `run_lock` is in use: `call_soon_threadsafe`'s handles only (see
-    /// `threadsafe_handle.rs`). A flag beside the other two rather than an `Option`, which
-    /// would take 8 bytes more in every handle.
-    threadsafe: bool,
-    run_lock: RunLock,
+    /// `CANCELLED`, `SCHEDULED`, `THREADSAFE`, `RUNNING`, `TIMER`: one byte, so that with the
+    /// tag beside it a handle is 64 bytes (80 with the GC header) and a million queued
+    /// callbacks fault in 16 MB less. Atomic: another thread may cancel a thread-safe handle,
+    /// and a recycled handle changes kind (`handle_pool.rs`).
+    flags: AtomicU8,
     /// What the instruments learned about this handle's callback, kept so that a handle run
     /// again (an fd watcher's) or queued and then run (a task step) is looked at once:
     /// see `instrument::HandleTag`. Beside the flags, in what was padding.
@@ -103,6 +133,13 @@ impl CallSlot {
         unsafe { &mut *self.0.get() }.take()
     }
 
+    /// Give a released slot its next call (a recycled handle); returns what it held, for the
+    /// caller to drop after this returns.
+    fn put(&self, _py: Python<'_>, call: Call) -> Option<Call> {
+        // SAFETY: see the type's comment; the replaced value is dropped by the caller.
+        unsafe { &mut *self.0.get() }.replace(call)
+    }
+
     fn get_mut(&mut self) -> &mut Option<Call> {
         self.0.get_mut()
     }
@@ -115,9 +152,9 @@ impl Handle {
     pub(crate) fn new(
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
-        timer: Option<TimerState>,
+        timer: bool,
         debug: bool,
     ) -> PyResult<Handle> {
         let context = ContextSlot::capture(py, context)?;
@@ -127,26 +164,77 @@ impl Handle {
             None
         };
         Ok(Handle {
-            call: CallSlot::new(Call {
-                callback: callback.unbind(),
-                args: args.unbind(),
-            }),
+            call: CallSlot::new(Call::new(callback, args)),
             context,
-            cancelled: AtomicBool::new(false),
-            scheduled: AtomicBool::new(timer.is_some()),
-            timer,
             source_traceback,
-            threadsafe: false,
-            run_lock: RunLock::default(),
+            flags: AtomicU8::new(if timer { TIMER | SCHEDULED } else { 0 }),
             instrument_tag: AtomicU32::new(0),
         })
     }
 
+    /// A `call_soon` handle made outside debug mode, with its context already captured
+    /// (`handle_pool.rs`); `threadsafe` as `with_run_lock`.
+    pub(crate) fn plain(
+        callback: Bound<'_, PyAny>,
+        args: Option<Bound<'_, PyTuple>>,
+        context: ContextSlot,
+        threadsafe: bool,
+    ) -> Handle {
+        Handle {
+            call: CallSlot::new(Call::new(callback, args)),
+            context,
+            source_traceback: None,
+            flags: AtomicU8::new(if threadsafe { THREADSAFE } else { 0 }),
+            instrument_tag: AtomicU32::new(0),
+        }
+    }
+
     /// This handle, made safe to cancel from another thread while its callback runs.
     #[must_use]
-    pub fn with_run_lock(mut self) -> Handle {
-        self.threadsafe = true;
+    pub fn with_run_lock(self) -> Handle {
+        self.flags.fetch_or(THREADSAFE, Relaxed);
         self
+    }
+
+    /// Whether a handle the loop has just run and holds the last reference to may be
+    /// recycled: a plain `call_soon`/`call_soon_threadsafe` handle made outside debug mode (a
+    /// timer's or a debug handle's fields are fixed at creation).
+    pub(crate) fn is_recyclable_kind(&self) -> bool {
+        !self.is_timer() && self.source_traceback.is_none()
+    }
+
+    /// Release the callback, arguments and context of a handle nobody else references, so
+    /// it can be given a new call (`reuse`). Releasing them may run Python code; both cells
+    /// are out of reach by then.
+    pub(crate) fn release_for_reuse(&self, py: Python<'_>) {
+        let call = self.call.take(py);
+        let context = self.context.take(py);
+        if let Some(call) = call {
+            call.release(py);
+        }
+        drop(context.map(|c| c.into_bound(py)));
+    }
+
+    /// Make a released handle (see `release_for_reuse`) a new one for `callback(*args)` in
+    /// `context`, as `Handle::new` would have (outside debug mode, not a timer).
+    pub(crate) fn reuse(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Option<Bound<'_, PyTuple>>,
+        context: ContextSlot,
+        threadsafe: bool,
+    ) {
+        debug_assert!(self.is_recyclable_kind());
+        let old_call = self.call.put(py, Call::new(callback, args));
+        let old_context = self.context.replace(py, context);
+        // Not running, not cancelled, not a timer (see `is_recyclable_kind`).
+        self.flags
+            .store(if threadsafe { THREADSAFE } else { 0 }, Relaxed);
+        self.instrument_tag.store(0, Relaxed);
+        // Released by `release_for_reuse`: nothing Python to drop here.
+        debug_assert!(old_call.is_none() && old_context.is_none());
+        drop((old_call, old_context));
     }
 
     /// Another thread waits here while the callback runs (thread-safe handles only).
@@ -159,24 +247,29 @@ impl Handle {
     /// Whether this is a `TimerHandle`'s base (a subtype check costs more).
     #[inline]
     pub fn is_timer(&self) -> bool {
-        self.timer.is_some()
+        self.flags.load(Relaxed) & TIMER != 0
     }
 
-    pub fn cancel_handle(&self) {
-        if !self.cancelled.swap(true, Relaxed) {
-            if let Some(timer) = &self.timer {
-                if self.scheduled.load(Relaxed) {
-                    timer.cancelled.in_heap.fetch_add(1, Relaxed);
-                    timer.cancelled.total.add(1);
-                }
-            }
-        }
+    /// Whether this timer is still in its loop's heap.
+    #[inline]
+    pub fn is_scheduled(&self) -> bool {
+        self.flags.load(Relaxed) & SCHEDULED != 0
+    }
+
+    /// The heap let go of this timer.
+    pub(crate) fn unschedule(&self) {
+        self.flags.fetch_and(!SCHEDULED, Relaxed);
+    }
+
+    /// Mark the handle cancelled; whether it was not already. A timer's cancellation is
+    /// counted by `TimerHandle::count_cancel`.
+    pub fn cancel_handle(&self) -> bool {
+        self.flags.fetch_or(CANCELLED, Relaxed) & CANCELLED == 0
     }
 
     /// `Handle.cancel()` from Python: cancel, then drop the callback and its arguments unless
     /// the handle was made in debug mode (where reprs and logs still show the callback).
-    fn cancel_and_release(&self, py: Python<'_>) {
-        self.cancel_handle();
+    fn release_cancelled(&self, py: Python<'_>) {
         if self.source_traceback.is_none() {
             // Taken out first: dropping may run Python code that touches this handle.
             let released = self.call.take(py);
@@ -186,7 +279,7 @@ impl Handle {
 
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Relaxed)
+        self.flags.load(Relaxed) & CANCELLED != 0
     }
 
     /// New references to the callback and its arguments, `None` once released; held outside
@@ -197,15 +290,24 @@ impl Handle {
 
     /// The run lock of a thread-safe handle.
     #[inline]
-    fn run_lock(&self) -> Option<&RunLock> {
-        self.threadsafe.then_some(&self.run_lock)
+    fn run_lock(&self) -> Option<RunLock<'_>> {
+        (self.flags.load(Relaxed) & THREADSAFE != 0).then(|| RunLock::new(&self.flags, RUNNING))
     }
 
     /// The callback and its arguments as `Bound` references (released without the
     /// thread-local check a `Py` drop makes), `None` once released.
-    fn bound_call<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    #[allow(clippy::type_complexity)]
+    fn bound_call<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<(Bound<'py, PyAny>, Option<Bound<'py, PyTuple>>)> {
         self.call.with(py, |c| {
-            c.map(|c| (c.callback.bind(py).clone(), c.args.bind(py).clone()))
+            c.map(|c| {
+                (
+                    c.callback.bind(py).clone(),
+                    c.args.as_ref().map(|a| a.bind(py).clone()),
+                )
+            })
         })
     }
 
@@ -237,23 +339,25 @@ impl Handle {
         let Some((callback, args)) = this.bound_call(py) else {
             return Ok(()); // cancelled and released: nothing to run
         };
-        if let Some(lock) = this.run_lock() {
-            lock.begin();
-        }
+        let report = |err| {
+            report_callback_error(
+                slf.as_any(),
+                event_loop,
+                err,
+                this,
+                &callback,
+                args.as_ref(),
+            )
+        };
+        let lock = this.run_lock();
+        let running_before = lock.as_ref().map(RunLock::begin);
         let (ctx, lent) = match this.context.begin_run(py) {
             Ok(entered) => entered,
             Err(err) => {
-                if let Some(lock) = this.run_lock() {
-                    lock.end();
+                if let (Some(lock), Some(before)) = (&lock, running_before) {
+                    lock.end(before);
                 }
-                return report_callback_error(
-                    slf.as_any(),
-                    event_loop,
-                    err,
-                    this,
-                    &callback,
-                    &args,
-                );
+                return report(err);
             }
         };
         // SAFETY: `ctx` is a live object owned by this handle; the check only reads its type.
@@ -261,7 +365,7 @@ impl Handle {
             // Not a contextvars.Context: the standard loop calls `context.run(callback, *args)`,
             // so an object with a `run` method works and anything else fails the same way.
             let mut call_args = vec![callback.clone()];
-            call_args.extend(args.iter());
+            call_args.extend(args.iter().flat_map(PyTupleMethods::iter));
             PyTuple::new(py, call_args).and_then(|call_args| {
                 // SAFETY: `ctx` is the live object this handle owns (see above).
                 unsafe { Bound::from_borrowed_ptr(py, ctx) }
@@ -272,10 +376,9 @@ impl Handle {
         } else if unsafe { ffi::PyContext_Enter(ctx) } != 0 {
             Err(PyErr::fetch(py))
         } else {
-            let r = if args.is_empty() {
-                callback.call0()
-            } else {
-                callback.call1(&args)
+            let r = match &args {
+                None => callback.call0(),
+                Some(args) => callback.call1(args),
             };
             // SAFETY: balances the successful PyContext_Enter above on the same thread.
             if unsafe { ffi::PyContext_Exit(ctx) } != 0 {
@@ -286,14 +389,12 @@ impl Handle {
             }
         };
         this.context.end_run(py, lent);
-        if let Some(lock) = this.run_lock() {
-            lock.end();
+        if let (Some(lock), Some(before)) = (&lock, running_before) {
+            lock.end(before);
         }
         match result {
             Ok(_) => Ok(()),
-            Err(err) => {
-                report_callback_error(slf.as_any(), event_loop, err, this, &callback, &args)
-            }
+            Err(err) => report(err),
         }
     }
 }
@@ -306,8 +407,7 @@ impl Drop for Handle {
         // asks a thread-local whether the thread is attached.
         let py = unsafe { Python::assume_attached() };
         if let Some(call) = self.call.get_mut().take() {
-            drop(call.callback.into_bound(py));
-            drop(call.args.into_bound(py));
+            call.release(py);
         }
         self.context.release(py);
     }
@@ -319,13 +419,14 @@ fn report_callback_error(
     err: PyErr,
     this: &Handle,
     callback: &Bound<'_, PyAny>,
-    args: &Bound<'_, PyTuple>,
+    args: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<()> {
     let py = handle.py();
     if crate::errors::is_fatal_to_loop(py, &err) {
         return Err(err);
     }
-    let source = support::format_callback_source(py, callback, args, event_loop)?;
+    let args = args.map_or_else(|| PyTuple::empty(py), Clone::clone);
+    let source = support::format_callback_source(py, callback, &args, event_loop)?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {source}"))?;
     context.set_item("exception", err.into_value(py))?;
@@ -343,19 +444,27 @@ impl Handle {
         let py = slf.py();
         let this = slf.get();
         this.wait_until_idle(py);
-        if let Some(timer) = &this.timer {
-            if timer.cancelled.traced.load(Relaxed)
-                && this.scheduled.load(Relaxed)
-                && !this.is_cancelled()
-            {
+        let timer = if this.is_timer() {
+            slf.cast::<TimerHandle>().ok()
+        } else {
+            None
+        };
+        let counts = timer.as_ref().map(|t| &t.get().state.cancelled);
+        if let Some(counts) = counts {
+            if counts.traced.load(Relaxed) && this.is_scheduled() && !this.is_cancelled() {
                 let cancel = (slf.as_ptr() as u64, crate::clock::monotonic_ns());
-                timer
-                    .cancelled
+                counts
                     .traced_cancels
                     .with_borrow_mut(py, |v| v.push(cancel));
             }
         }
-        this.cancel_and_release(py);
+        if this.cancel_handle() && this.is_scheduled() {
+            if let Some(counts) = counts {
+                counts.in_heap.fetch_add(1, Relaxed);
+                counts.total.add(1);
+            }
+        }
+        this.release_cancelled(py);
     }
 
     fn cancelled(&self, py: Python<'_>) -> bool {
@@ -370,7 +479,7 @@ impl Handle {
     #[getter]
     fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyType>> {
         let py = slf.py();
-        if slf.get().threadsafe {
+        if slf.get().flags.load(Relaxed) & THREADSAFE != 0 {
             if let Some(cls) = threadsafe_handle::stdlib_type(py)? {
                 return Ok(cls.clone_ref(py));
             }
@@ -389,7 +498,7 @@ impl Handle {
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.call.with(py, |c| c.map(|c| c.args.clone_ref(py)))
+        self.call.with(py, |c| c.map(|c| c.args_tuple(py).unbind()))
     }
 
     #[getter]
@@ -409,7 +518,7 @@ impl Handle {
 
     #[getter]
     fn _scheduled(&self) -> bool {
-        self.scheduled.load(Relaxed)
+        self.is_scheduled()
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
@@ -423,7 +532,9 @@ impl Handle {
         self.call.with(py, |call| -> Result<(), PyTraverseError> {
             if let Some(call) = call {
                 visit.call(&call.callback)?;
-                visit.call(&call.args)?;
+                if let Some(args) = &call.args {
+                    visit.call(args)?;
+                }
             }
             Ok(())
         })?;
@@ -446,6 +557,13 @@ impl Handle {
 #[pyclass(module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
     pub(crate) when: f64,
+    state: TimerState,
+}
+
+impl TimerHandle {
+    pub(crate) fn new(when: f64, state: TimerState) -> TimerHandle {
+        TimerHandle { when, state }
+    }
 }
 
 #[pymethods]
@@ -483,7 +601,7 @@ impl TimerHandle {
             let same_call = match (ha.call(py), hb.call(py)) {
                 (Some(ca), Some(cb)) => {
                     ca.callback.bind(py).eq(cb.callback.bind(py))?
-                        && ca.args.bind(py).eq(cb.args.bind(py))?
+                        && ca.args_tuple(py).eq(cb.args_tuple(py))?
                 }
                 (None, None) => true,
                 _ => false,

@@ -10,7 +10,8 @@
 //! GIL, can finish. No other check is needed against the loop: with
 //! the GIL held, nothing can cancel between the loop's "is it cancelled?" and `begin`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -18,35 +19,48 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-/// The thread running the handle's callback now (its `pthread_self`), 0 when none. Marking
-/// costs two atomic stores per run and no allocation: `call_soon_threadsafe` is a hot path.
+thread_local! {
+    /// The run lock of the thread-safe handle whose callback this thread runs now (its
+    /// address), 0 when none: what tells the running thread from the others.
+    static RUNNING_HERE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the handle's callback is running, as one bit of the handle's flags byte (`bit`), so
+/// that a handle stays small: a million may be queued. Marking costs two atomic operations
+/// and a thread-local write per run and no allocation: `call_soon_threadsafe` is a hot path.
 /// Waiting is rare (another thread cancels while the callback runs), so it polls with backoff
 /// instead of keeping a condition variable per handle.
-#[derive(Default)]
-pub struct RunLock {
-    running_on: AtomicU64,
+pub struct RunLock<'a> {
+    flags: &'a AtomicU8,
+    bit: u8,
 }
 
-fn this_thread() -> u64 {
-    // SAFETY: pthread_self has no preconditions and cannot fail; it is never 0 on Linux.
-    unsafe { libc::pthread_self() as u64 }
-}
-
-impl RunLock {
-    pub fn begin(&self) {
-        self.running_on.store(this_thread(), Ordering::Release);
+impl<'a> RunLock<'a> {
+    pub fn new(flags: &'a AtomicU8, bit: u8) -> RunLock<'a> {
+        RunLock { flags, bit }
     }
 
-    pub fn end(&self) {
-        self.running_on.store(0, Ordering::Release);
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self.flags) as usize
+    }
+
+    /// Mark the callback running on this thread; `end` takes what this returns.
+    #[must_use]
+    pub fn begin(&self) -> usize {
+        self.flags.fetch_or(self.bit, Ordering::Release);
+        RUNNING_HERE.with(|r| r.replace(self.id()))
+    }
+
+    pub fn end(&self, previous: usize) {
+        RUNNING_HERE.with(|r| r.set(previous));
+        self.flags.fetch_and(!self.bit, Ordering::Release);
     }
 
     /// Return once no other thread runs the callback, waiting with the GIL released.
     pub fn wait_until_idle(&self, py: Python<'_>) {
-        let me = this_thread();
         let busy = || {
-            let running = self.running_on.load(Ordering::Acquire);
-            running != 0 && running != me
+            self.flags.load(Ordering::Acquire) & self.bit != 0
+                && RUNNING_HERE.with(Cell::get) != self.id()
         };
         if !busy() {
             return;
@@ -61,7 +75,6 @@ impl RunLock {
     }
 }
 
-/// `events._ThreadSafeHandle` where the interpreter has it (3.14+).
 pub fn stdlib_type(py: Python<'_>) -> PyResult<Option<&Py<PyType>>> {
     static STDLIB: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
     let cls = STDLIB.get_or_try_init(py, || -> PyResult<_> {

@@ -254,7 +254,7 @@ pub fn schedule_connection_lost<C: TransportCore>(
     LoopCore::call_soon(
         this.event_loop(py),
         callback,
-        PyTuple::new(py, [exc])?,
+        Some(PyTuple::new(py, [exc])?),
         context,
     )?;
     Ok(())

@@ -420,12 +420,7 @@ impl DatagramCore {
         let this = slf.get();
         let callback = slf.getattr(intern!(py, "_read_ready"))?;
         let context = this.context().map(|c| c.bind(py).clone());
-        LoopCore::call_soon(
-            this.event_loop(py),
-            callback,
-            pyo3::types::PyTuple::empty(py),
-            context,
-        )?;
+        LoopCore::call_soon(this.event_loop(py), callback, None, context)?;
         Ok(())
     }
 

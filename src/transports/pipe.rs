@@ -17,7 +17,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyBytes;
 use pyo3::PyTraverseError;
 
 use crate::errors::os_error;
@@ -148,7 +148,7 @@ impl ReadPipeCore {
         common::remove_reader(self, py)?;
         if let Some(protocol) = protocol {
             let eof_received = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
-            LoopCore::call_soon(self.event_loop(py), eof_received, PyTuple::empty(py), None)?;
+            LoopCore::call_soon(self.event_loop(py), eof_received, None, None)?;
         }
         common::schedule_connection_lost(self, py, py.None())
     }
