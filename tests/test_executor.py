@@ -94,21 +94,22 @@ def test_many_concurrent_executor_calls(loop: ferroloop.Loop) -> None:
 
 
 def test_run_in_executor_does_not_block_the_loop(loop: ferroloop.Loop) -> None:
-    ticks = 0
+    # The worker waits for the loop to have ticked three times while the worker runs: a loop
+    # blocked on the worker would never tick, and the wait would time out.
+    ticked_thrice = threading.Event()
 
     async def ticker() -> None:
-        nonlocal ticks
-        while True:
+        for _ in range(3):
             await asyncio.sleep(0.005)
-            ticks += 1
+        ticked_thrice.set()
 
-    async def main() -> None:
+    async def main() -> bool:
         tick_task = asyncio.ensure_future(ticker())
-        await loop.run_in_executor(None, time.sleep, 0.1)
-        tick_task.cancel()
+        seen = await loop.run_in_executor(None, ticked_thrice.wait, 30)
+        await tick_task
+        return seen
 
-    loop.run_until_complete(main())
-    assert ticks >= 5
+    assert loop.run_until_complete(main()) is True
 
 
 def test_to_thread_works_and_copies_the_context(loop: ferroloop.Loop) -> None:
