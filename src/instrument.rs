@@ -192,18 +192,26 @@ impl Instruments {
             return;
         }
         // The clock is read only for a task's wake-up or the trace: most callbacks queued
-        // are neither.
+        // are neither. On the loop thread that is the callbacks' own clock (a callback queued
+        // inside another is stamped within its span); another thread reads the system's.
+        let clock_now = || {
+            if threadsafe {
+                monotonic_ns()
+            } else {
+                self.clock.now()
+            }
+        };
         let mut now = 0;
         let task = match owner {
             _ if by_itself => running.task,
             Some(owner) if callback_identity::is_task(&owner) => {
-                now = monotonic_ns();
+                now = clock_now();
                 report(py, self.task_id(&owner, now)).unwrap_or(0)
             }
             _ => 0,
         };
         if now == 0 && (task != 0 || tracing) {
-            now = monotonic_ns();
+            now = clock_now();
         }
         let tag = if task == 0 { NOT_A_TASK } else { task };
         handle.get().instrument_tag.store(tag, Relaxed);
@@ -340,7 +348,7 @@ impl Instruments {
         self.trace_event(
             py,
             TraceEvent {
-                ts: monotonic_ns(),
+                ts: self.clock.now(),
                 kind: Kind::Io as u8,
                 a: fd as u64,
                 b: bytes as u64,
@@ -721,21 +729,28 @@ impl Instruments {
         }
     }
 
+    /// Start recording into a new ring of `capacity` events; MemoryError if it cannot be
+    /// mapped.
     pub fn start_trace(
         &self,
         py: Python<'_>,
         capacity: usize,
         overflow: Overflow,
         cancels: &CancelCounts,
-    ) {
+    ) -> PyResult<()> {
+        let ring = TraceRing::new(capacity, overflow).map_err(|err| {
+            pyo3::exceptions::PyMemoryError::new_err(format!(
+                "no memory for a trace buffer of {capacity} events: {err}"
+            ))
+        })?;
         cancels
             .traced_cancels
             .with_borrow_mut(py, std::vec::Vec::clear);
         cancels.traced.store(true, Relaxed);
-        self.trace
-            .with_borrow_mut(py, |v| *v = Some(TraceRing::new(capacity, overflow)));
+        self.trace.with_borrow_mut(py, |v| *v = Some(ring));
         self.last_end.store(0, Relaxed); // see `set_task_stats`
         self.set_flag(TRACE, true);
+        Ok(())
     }
 
     /// Stop tracing; returns (events as bytes, dropped count) or None if it was not on.
