@@ -43,9 +43,11 @@ const NOT_A_TASK: u32 = 1 << 31;
 struct Running {
     handle: u64,
     task: u32,
-    /// How many times the running task queued its own next step during this step, while
-    /// the trace is off (the trace records each such wake-up itself, with its time).
+    /// How many times the running task queued its own next step during this step.
     self_wakes: u32,
+    /// When it first did, while the trace is on (0: not yet, or not traced: then the step's
+    /// end, whose time is read anyway, counts as its wake-up).
+    self_woken_ns: u64,
     /// The address of the running task (0: none), which a step that wakes itself names again.
     task_addr: usize,
 }
@@ -146,30 +148,51 @@ impl Instruments {
     /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed). The common case
     /// first, inline: the running task queueing its own next step (a bare yield, `sleep(0)`)
     /// is recognised by the address its callback is bound to, and is woken at the end of this
-    /// step (no type check, no table lookup, no clock read of its own).
+    /// step (no type check, no table lookup; untraced, no clock read of its own).
     #[inline]
     pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
-        if !threadsafe && self.flags() & TRACE == 0 {
+        if !threadsafe {
             let owner = handle.get().callback_owner_addr(py);
-            if self.woke_itself(py, owner) {
-                let task = self.running.with_borrow(py, |v| v.task);
-                handle.get().instrument_tag.store(task, Relaxed);
+            let tracing = self.flags() & TRACE != 0;
+            if let Some(running) = self.woke_itself(py, owner, tracing) {
+                handle.get().instrument_tag.store(running.task, Relaxed);
+                if tracing {
+                    self.trace_event(
+                        py,
+                        TraceEvent {
+                            ts: running.self_woken_ns,
+                            kind: Kind::CallSoon as u8,
+                            a: handle.as_ptr() as u64,
+                            b: running.handle,
+                            task: running.task,
+                            label: 0,
+                        },
+                    );
+                }
                 return;
             }
         }
         self.identify_queued(handle, threadsafe);
     }
 
-    /// Whether the object at `owner` is the running task (then its self-wake is counted).
+    /// If the object at `owner` is the running task, count its self-wake and return the
+    /// running callback, with `self_woken_ns` this wake-up's time when `tracing`.
     #[inline]
-    fn woke_itself(&self, py: Python<'_>, owner: usize) -> bool {
+    fn woke_itself(&self, py: Python<'_>, owner: usize, tracing: bool) -> Option<Running> {
         self.running.with_borrow_mut(py, |r| {
-            let itself = r.task != 0 && owner == r.task_addr;
-            if itself {
-                r.self_wakes += 1;
+            if r.task == 0 || owner != r.task_addr {
+                return None;
             }
-            itself
+            r.self_wakes += 1;
+            let mut running = *r;
+            if tracing {
+                running.self_woken_ns = self.clock.now();
+                if r.self_woken_ns == 0 {
+                    r.self_woken_ns = running.self_woken_ns;
+                }
+            }
+            Some(running)
         })
     }
 
@@ -187,7 +210,7 @@ impl Instruments {
                 .is_some_and(|o| o.as_ptr() as usize == running.task_addr);
         if by_itself && !tracing {
             // Bound in a way only `bound_self` reads; counted as in `on_call_soon`.
-            self.woke_itself(py, running.task_addr);
+            self.woke_itself(py, running.task_addr, false);
             handle.get().instrument_tag.store(running.task, Relaxed);
             return;
         }
@@ -427,8 +450,8 @@ impl Instruments {
         let running = Running {
             handle: started.handle_id,
             task,
-            self_wakes: 0,
             task_addr,
+            ..Running::default()
         };
         started.outer = self
             .running
@@ -471,7 +494,7 @@ impl Instruments {
                     started.task,
                     started.handle_id,
                     span,
-                    ran.self_wakes,
+                    (ran.self_wakes, ran.self_woken_ns),
                     flags,
                 );
             }
@@ -565,25 +588,31 @@ impl Instruments {
         }
     }
 
-    /// Task `task`'s step ran over `span` (start, end), waking itself `self_wakes` times. The
-    /// usual step, not its task's first, that queued its own next step and is not traced, ends
-    /// here.
-    #[inline]
+    /// Task `task`'s step ran over `span` (start, end), waking itself `self_wakes` times (the
+    /// first at `self_woken_ns` when traced). The usual step, not its task's first, that
+    /// queued its own next step ends here.
+    #[allow(clippy::inline_always)]
+    #[inline(always)] // as `end_callback`, which it ends
     fn after_step(
         &self,
         task_obj: &Bound<'_, PyAny>,
         task: u32,
         handle_id: u64,
         span: (u64, u64),
-        self_wakes: u32,
+        (self_wakes, self_woken_ns): (u32, u64),
         flags: u8,
     ) {
         let py = task_obj.py();
         let (start, end) = span;
-        let (first_step, requeued) = self
-            .tasks
-            .with_borrow_mut(py, |v| v.stepped(task, start, end, self_wakes));
-        if requeued && !first_step && flags & TRACE == 0 {
+        let (first_step, requeued) = self.tasks.with_borrow_mut(py, |v| {
+            v.stepped(task, start, end, self_wakes, self_woken_ns)
+        });
+        if requeued && !first_step {
+            // Pending on a bare yield (see `after_step_more`).
+            if flags & TRACE != 0 {
+                let label = self.bare_yield_label(py);
+                self.end_event(py, handle_id, end, task, label, 0);
+            }
             return;
         }
         self.after_step_more(
