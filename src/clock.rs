@@ -29,12 +29,18 @@ const CALIBRATION_NS: u64 = 2_000_000;
 /// An anchor whose two counter reads (around the monotonic read) are further apart than this
 /// was interrupted, and is not used to measure the rate.
 const ANCHOR_SLACK_TICKS: u64 = 20_000;
+/// Once the rate is known, an anchor younger than this is kept: a busy loop iterating every
+/// few microseconds (an echo server) would otherwise pay a `clock_gettime` and two counter
+/// reads per iteration. The counter's reading is off the monotonic clock by at most the
+/// rate's error (and any NTP slew, at most 500 ppm) times this: a few tens of ns.
+const REANCHOR_NS: u64 = 250_000;
 
 /// `monotonic_ns()` for the timestamps the instruments take around each callback, at a
 /// fraction of the cost where the CPU's cycle counter is usable: `anchor` reads the monotonic
-/// clock (once per loop iteration, where the first callback's start is read anyway) and the
-/// counter together; `now` is that reading plus the counter's advance since, at the rate
-/// measured between anchors at least `CALIBRATION_NS` apart. Between anchors it can be off by
+/// clock (at a loop iteration's start, where the first callback's start is read anyway, when
+/// the last anchor is `REANCHOR_NS` old) and the counter together; `now` is that reading plus
+/// the counter's advance since, at the rate measured between anchors at least
+/// `CALIBRATION_NS` apart. Between anchors it can be off by
 /// the rate's error (parts per million) times the time since the anchor; until the rate is
 /// known, and where the counter is not usable, `now` is `monotonic_ns()`.
 ///
@@ -50,11 +56,21 @@ pub struct StepClock {
     measured_ns: AtomicU64,
     /// Nanoseconds per tick, 32.32 fixed point (0: not known).
     scale: AtomicU64,
+    /// `REANCHOR_NS` in ticks, at that rate.
+    reanchor_ticks: AtomicU64,
 }
 
 impl StepClock {
-    /// Read the monotonic clock (returned) and re-anchor the counter to it.
+    /// The monotonic clock now: read, and the counter re-anchored to it, unless the anchor
+    /// is younger than `REANCHOR_NS` (then as `now`).
     pub fn anchor(&self) -> u64 {
+        let scale = self.scale.load(Relaxed);
+        if scale != 0 {
+            let ticks = cycle_counter().wrapping_sub(self.anchor_ticks.load(Relaxed));
+            if ticks < self.reanchor_ticks.load(Relaxed) {
+                return self.anchor_ns.load(Relaxed) + Self::advance(ticks, scale);
+            }
+        }
         if !cycle_counter_usable() {
             return monotonic_ns();
         }
@@ -75,8 +91,14 @@ impl StepClock {
         } else if ns.saturating_sub(self.measured_ns.load(Relaxed)) >= CALIBRATION_NS {
             let elapsed = ticks.wrapping_sub(self.since_ticks.load(Relaxed));
             if elapsed > 0 {
-                let scale = (u128::from(ns - since) << 32) / u128::from(elapsed);
-                self.scale.store(u64::try_from(scale).unwrap_or(0), Relaxed);
+                let scale = u64::try_from((u128::from(ns - since) << 32) / u128::from(elapsed))
+                    .unwrap_or(0);
+                if scale != 0 {
+                    let reanchor = (u128::from(REANCHOR_NS) << 32) / u128::from(scale);
+                    self.reanchor_ticks
+                        .store(u64::try_from(reanchor).unwrap_or(0), Relaxed);
+                }
+                self.scale.store(scale, Relaxed);
             }
             self.measured_ns.store(ns, Relaxed);
         }
@@ -91,8 +113,13 @@ impl StepClock {
             return monotonic_ns();
         }
         let ticks = cycle_counter().wrapping_sub(self.anchor_ticks.load(Relaxed));
-        let advance = (u128::from(ticks) * u128::from(scale)) >> 32;
-        self.anchor_ns.load(Relaxed) + advance as u64
+        self.anchor_ns.load(Relaxed) + Self::advance(ticks, scale)
+    }
+
+    /// Nanoseconds in `ticks` at `scale`.
+    #[inline]
+    fn advance(ticks: u64, scale: u64) -> u64 {
+        ((u128::from(ticks) * u128::from(scale)) >> 32) as u64
     }
 }
 
@@ -137,6 +164,19 @@ mod tests {
         // Two milliseconds from the anchor, at a rate measured over 25: within 20 us.
         assert!(stepped + 20_000 >= before && stepped <= after + 20_000);
         assert!(clock.now() >= stepped);
+    }
+
+    #[test]
+    fn a_young_anchor_is_kept_and_an_old_one_renewed() {
+        let clock = StepClock::default();
+        clock.anchor();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        clock.anchor();
+        for pause_us in [0, 1_000] {
+            std::thread::sleep(std::time::Duration::from_micros(pause_us));
+            let (before, anchored, after) = (monotonic_ns(), clock.anchor(), monotonic_ns());
+            assert!(anchored + 20_000 >= before && anchored <= after + 20_000);
+        }
     }
 
     #[test]

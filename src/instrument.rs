@@ -742,20 +742,26 @@ impl Instruments {
         self.follows_tasks()
     }
 
-    /// Move the timer cancellations `cancels` logged into the trace.
+    /// Move the timer cancellations `cancels` logged into the trace (at each traced
+    /// iteration: most have none).
     fn record_cancels(&self, py: Python<'_>, cancels: &CancelCounts) {
-        let logged = cancels.traced_cancels.with_borrow_mut(py, std::mem::take);
-        for (handle, ts) in logged {
-            self.trace_event(
-                py,
-                TraceEvent {
-                    ts,
-                    kind: Kind::TimerCancelled as u8,
-                    a: handle,
-                    ..Default::default()
-                },
-            );
-        }
+        cancels.traced_cancels.with_borrow_mut(py, |logged| {
+            if logged.is_empty() {
+                return;
+            }
+            self.trace.with_borrow_mut(py, |ring| {
+                for (handle, ts) in logged.drain(..) {
+                    if let Some(ring) = ring.as_mut() {
+                        ring.push(TraceEvent {
+                            ts,
+                            kind: Kind::TimerCancelled as u8,
+                            a: handle,
+                            ..Default::default()
+                        });
+                    }
+                }
+            });
+        });
     }
 
     /// Start recording into a new ring of `capacity` events; MemoryError if it cannot be
