@@ -15,9 +15,10 @@ loop thread's CPU time (which leaves out the time other processes took the CPU, 
 this process's page faults and cache misses). The trace's ring is made (and its first 32 MiB
 committed) before the clocks start, and copied out after they stop. On a noisy machine use
 `--callgrind`, which counts instructions (valgrind) for the marginal cost of N operations: a
-run of 2N minus a run of N, so start-up and import cancel out.
+run of 2N minus a run of N, so start-up and import cancel out; or `--alternate`, which times
+the modes that start no thread taking turns on one loop in one process.
 
-    python -m bench.instrument_cost [--rounds 5] [--size 200000] [--callgrind]
+    python -m bench.instrument_cost [--rounds 5] [--size 200000] [--callgrind | --alternate]
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def _instrument(loop: asyncio.AbstractEventLoop, mode: str) -> None:
 def _finish(loop: asyncio.AbstractEventLoop, mode: str) -> None:
     if mode == "trace":
         loop._trace_stop()  # type: ignore[attr-defined]  # the recording, not the writing
+    if mode in ("trace", "task_stats"):
+        loop.set_task_stats(False)  # type: ignore[attr-defined]  # and forget the task records
 
 
 def _clocks() -> tuple[float, float]:
@@ -130,6 +133,36 @@ async def protocol_echo(size: int, mode: str) -> tuple[float, float]:
     return elapsed
 
 
+# The modes `--alternate` takes turns with: no extra thread, which would leave glibc on its
+# multi-threaded paths for the rest of the process, "off" included.
+ALTERNATING_MODES = ("off", "task_stats", "trace")
+WORKLOAD_FUNCS = {"sleep0_pingpong": sleep0_pingpong, "protocol_echo": protocol_echo}
+
+
+def alternating(rounds: int, size: int) -> dict[tuple[str, str, str], list[float]]:
+    """In this process, on one loop: each workload with the modes taking turns, round by round
+    (after one round to warm up); seconds per operation by (clock, workload, mode). Leaves out
+    the differences between processes (heap and hash layouts, where the kernel put things)."""
+    import gc
+
+    import ferroloop
+
+    async def run_all() -> dict[tuple[str, str, str], list[float]]:
+        samples: dict[tuple[str, str, str], list[float]] = {}
+        for workload in WORKLOADS:
+            for r in range(rounds + 1):
+                order = ALTERNATING_MODES[r % 3 :] + ALTERNATING_MODES[: r % 3]
+                for mode in order:
+                    wall, cpu = await WORKLOAD_FUNCS[workload](size, mode)
+                    if r:
+                        samples.setdefault(("wall", workload, mode), []).append(wall / size)
+                        samples.setdefault(("cpu", workload, mode), []).append(cpu / size)
+        return samples
+
+    gc.disable()
+    return ferroloop.run(run_all())
+
+
 def measure(workload: str, mode: str, size: int) -> tuple[float, float]:
     """In the worker process: wall and CPU seconds for `size` operations."""
     import gc
@@ -137,8 +170,7 @@ def measure(workload: str, mode: str, size: int) -> tuple[float, float]:
     import ferroloop
 
     gc.disable()
-    func = {"sleep0_pingpong": sleep0_pingpong, "protocol_echo": protocol_echo}[workload]
-    return ferroloop.run(func(size, mode))
+    return ferroloop.run(WORKLOAD_FUNCS[workload](size, mode))
 
 
 def _worker_cmd(workload: str, mode: str, size: int, cpu: int | None) -> list[str]:
@@ -201,15 +233,15 @@ def callgrind(size: int) -> dict[tuple[str, str], float]:
     return result
 
 
-def report(values: dict[tuple[str, str], float], unit: str) -> str:
-    lines = ["| workload | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+def report(values: dict[tuple[str, str], float], unit: str, modes: tuple[str, ...] = MODES) -> str:
+    lines = ["| workload | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for workload in WORKLOADS:
         base = values[(workload, "off")]
         cells = [
             f"{values[(workload, m)]:.4g} {unit} ({values[(workload, m)] / base - 1:+.1%})"
             if m != "off"
             else f"{base:.4g} {unit}"
-            for m in MODES
+            for m in modes
         ]
         lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -221,6 +253,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200_000)
     parser.add_argument("--cpu", type=int, default=0)
     parser.add_argument("--callgrind", action="store_true", help="count instructions instead of timing")
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help=f"time {', '.join(ALTERNATING_MODES)} taking turns in this one process (pin it with taskset)",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -231,11 +268,12 @@ def main() -> None:
     if args.callgrind:
         print(report(callgrind(args.size), "instr/op"))
         return
-    samples = timed(args.rounds, args.size, args.cpu)
+    modes = ALTERNATING_MODES if args.alternate else MODES
+    samples = alternating(args.rounds, args.size) if args.alternate else timed(args.rounds, args.size, args.cpu)
     for clock in ("wall", "cpu"):
         medians = {k[1:]: statistics.median(v) * 1e9 for k, v in samples.items() if k[0] == clock}
         print(f"{clock} time, median of {args.rounds}:")
-        print(report(medians, "ns/op"))
+        print(report(medians, "ns/op", modes))
 
 
 if __name__ == "__main__":
