@@ -63,6 +63,7 @@ pub struct StepClock {
 impl StepClock {
     /// The monotonic clock now: read, and the counter re-anchored to it, unless the anchor
     /// is younger than `REANCHOR_NS` (then as `now`).
+    #[inline]
     pub fn anchor(&self) -> u64 {
         let scale = self.scale.load(Relaxed);
         if scale != 0 {
@@ -71,6 +72,11 @@ impl StepClock {
                 return self.anchor_ns.load(Relaxed) + Self::advance(ticks, scale);
             }
         }
+        self.reanchor()
+    }
+
+    #[inline(never)]
+    fn reanchor(&self) -> u64 {
         if !cycle_counter_usable() {
             return monotonic_ns();
         }
