@@ -10,11 +10,15 @@ detector on, with per-task statistics on, and with the full trace recording:
   messages, one in flight, N round trips.
 
 Each (workload, mode) is a fresh process pinned to one CPU, modes interleaved round by round;
-the report gives the median time per operation and its ratio to "off". On a noisy machine
-use `--callgrind`, which counts instructions (valgrind) for the marginal cost of N
-operations: a run of 2N minus a run of N, so start-up and import cancel out.
+the report gives the median time per operation and its ratio to "off", as wall time and as the
+loop thread's CPU time (which leaves out the time other processes took the CPU, and keeps
+this process's page faults and cache misses). The trace's ring is made (and its first 32 MiB
+committed) before the clocks start, and copied out after they stop. On a noisy machine use
+`--callgrind`, which counts instructions (valgrind) for the marginal cost of N operations: a
+run of 2N minus a run of N, so start-up and import cancel out; or `--alternate`, which times
+the modes that start no thread taking turns on one loop in one process.
 
-    python -m bench.instrument_cost [--rounds 5] [--size 200000] [--callgrind]
+    python -m bench.instrument_cost [--rounds 5] [--size 200000] [--callgrind | --alternate]
 """
 
 from __future__ import annotations
@@ -54,9 +58,21 @@ def _instrument(loop: asyncio.AbstractEventLoop, mode: str) -> None:
 def _finish(loop: asyncio.AbstractEventLoop, mode: str) -> None:
     if mode == "trace":
         loop._trace_stop()  # type: ignore[attr-defined]  # the recording, not the writing
+    if mode in ("trace", "task_stats"):
+        loop.set_task_stats(False)  # type: ignore[attr-defined]  # and forget the task records
 
 
-async def sleep0_pingpong(size: int, mode: str) -> float:
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.thread_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    """Wall and this thread's CPU seconds since `start`."""
+    wall, cpu = _clocks()
+    return wall - start[0], cpu - start[1]
+
+
+async def sleep0_pingpong(size: int, mode: str) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     _instrument(loop, mode)
 
@@ -64,14 +80,14 @@ async def sleep0_pingpong(size: int, mode: str) -> float:
         for _ in range(times):
             await asyncio.sleep(0)
 
-    start = time.perf_counter()
+    start = _clocks()
     await asyncio.gather(*(yield_repeatedly(size // 1000) for _ in range(1000)))
-    elapsed = time.perf_counter() - start
+    elapsed = _since(start)
     _finish(loop, mode)
     return elapsed
 
 
-async def protocol_echo(size: int, mode: str) -> float:
+async def protocol_echo(size: int, mode: str) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     message = b"x" * 1024
 
@@ -106,10 +122,10 @@ async def protocol_echo(size: int, mode: str) -> float:
     port = server.sockets[0].getsockname()[1]
     transport, client = await loop.create_connection(Client, "127.0.0.1", port)
     _instrument(loop, mode)
-    start = time.perf_counter()
+    start = _clocks()
     transport.write(message)
     await client.done
-    elapsed = time.perf_counter() - start
+    elapsed = _since(start)
     _finish(loop, mode)
     transport.close()
     server.close()
@@ -117,15 +133,44 @@ async def protocol_echo(size: int, mode: str) -> float:
     return elapsed
 
 
-def measure(workload: str, mode: str, size: int) -> float:
-    """In the worker process: seconds for `size` operations."""
+# The modes `--alternate` takes turns with: no extra thread, which would leave glibc on its
+# multi-threaded paths for the rest of the process, "off" included.
+ALTERNATING_MODES = ("off", "task_stats", "trace")
+WORKLOAD_FUNCS = {"sleep0_pingpong": sleep0_pingpong, "protocol_echo": protocol_echo}
+
+
+def alternating(rounds: int, size: int) -> dict[tuple[str, str, str], list[float]]:
+    """In this process, on one loop: each workload with the modes taking turns, round by round
+    (after one round to warm up); seconds per operation by (clock, workload, mode). Leaves out
+    the differences between processes (heap and hash layouts, where the kernel put things)."""
+    import gc
+
+    import ferroloop
+
+    async def run_all() -> dict[tuple[str, str, str], list[float]]:
+        samples: dict[tuple[str, str, str], list[float]] = {}
+        for workload in WORKLOADS:
+            for r in range(rounds + 1):
+                order = ALTERNATING_MODES[r % 3 :] + ALTERNATING_MODES[: r % 3]
+                for mode in order:
+                    wall, cpu = await WORKLOAD_FUNCS[workload](size, mode)
+                    if r:
+                        samples.setdefault(("wall", workload, mode), []).append(wall / size)
+                        samples.setdefault(("cpu", workload, mode), []).append(cpu / size)
+        return samples
+
+    gc.disable()
+    return ferroloop.run(run_all())
+
+
+def measure(workload: str, mode: str, size: int) -> tuple[float, float]:
+    """In the worker process: wall and CPU seconds for `size` operations."""
     import gc
 
     import ferroloop
 
     gc.disable()
-    func = {"sleep0_pingpong": sleep0_pingpong, "protocol_echo": protocol_echo}[workload]
-    return ferroloop.run(func(size, mode))
+    return ferroloop.run(WORKLOAD_FUNCS[workload](size, mode))
 
 
 def _worker_cmd(workload: str, mode: str, size: int, cpu: int | None) -> list[str]:
@@ -141,8 +186,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def timed(rounds: int, size: int, cpu: int | None) -> dict[tuple[str, str], list[float]]:
-    samples: dict[tuple[str, str], list[float]] = {}
+def timed(rounds: int, size: int, cpu: int | None) -> dict[tuple[str, str, str], list[float]]:
+    """Seconds per operation by (clock, workload, mode), clock "wall" or "cpu"."""
+    samples: dict[tuple[str, str, str], list[float]] = {}
     for r in range(rounds):
         for workload in WORKLOADS:
             order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
@@ -155,7 +201,9 @@ def timed(rounds: int, size: int, cpu: int | None) -> dict[tuple[str, str], list
                     cwd=ROOT,
                     check=True,
                 ).stdout
-                samples.setdefault((workload, mode), []).append(json.loads(out)["seconds"] / size)
+                result = json.loads(out)
+                for clock in ("wall", "cpu"):
+                    samples.setdefault((clock, workload, mode), []).append(result[clock] / size)
     return samples
 
 
@@ -185,15 +233,15 @@ def callgrind(size: int) -> dict[tuple[str, str], float]:
     return result
 
 
-def report(values: dict[tuple[str, str], float], unit: str) -> str:
-    lines = ["| workload | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+def report(values: dict[tuple[str, str], float], unit: str, modes: tuple[str, ...] = MODES) -> str:
+    lines = ["| workload | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for workload in WORKLOADS:
         base = values[(workload, "off")]
         cells = [
             f"{values[(workload, m)]:.4g} {unit} ({values[(workload, m)] / base - 1:+.1%})"
             if m != "off"
             else f"{base:.4g} {unit}"
-            for m in MODES
+            for m in modes
         ]
         lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -205,18 +253,27 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200_000)
     parser.add_argument("--cpu", type=int, default=0)
     parser.add_argument("--callgrind", action="store_true", help="count instructions instead of timing")
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help=f"time {', '.join(ALTERNATING_MODES)} taking turns in this one process (pin it with taskset)",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         workload, mode, size = args.worker
-        print(json.dumps({"seconds": measure(workload, mode, int(size))}))
+        wall, cpu = measure(workload, mode, int(size))
+        print(json.dumps({"wall": wall, "cpu": cpu}))
         return
     if args.callgrind:
         print(report(callgrind(args.size), "instr/op"))
         return
-    samples = timed(args.rounds, args.size, args.cpu)
-    medians = {k: statistics.median(v) * 1e9 for k, v in samples.items()}
-    print(report(medians, "ns/op"))
+    modes = ALTERNATING_MODES if args.alternate else MODES
+    samples = alternating(args.rounds, args.size) if args.alternate else timed(args.rounds, args.size, args.cpu)
+    for clock in ("wall", "cpu"):
+        medians = {k[1:]: statistics.median(v) * 1e9 for k, v in samples.items() if k[0] == clock}
+        print(f"{clock} time, median of {args.rounds}:")
+        print(report(medians, "ns/op", modes))
 
 
 if __name__ == "__main__":

@@ -29,12 +29,18 @@ const CALIBRATION_NS: u64 = 2_000_000;
 /// An anchor whose two counter reads (around the monotonic read) are further apart than this
 /// was interrupted, and is not used to measure the rate.
 const ANCHOR_SLACK_TICKS: u64 = 20_000;
+/// Once the rate is known, an anchor younger than this is kept: a busy loop iterating every
+/// few microseconds (an echo server) would otherwise pay a `clock_gettime` and two counter
+/// reads per iteration. The counter's reading is off the monotonic clock by at most the
+/// rate's error (and any NTP slew, at most 500 ppm) times this: a few tens of ns.
+const REANCHOR_NS: u64 = 250_000;
 
 /// `monotonic_ns()` for the timestamps the instruments take around each callback, at a
 /// fraction of the cost where the CPU's cycle counter is usable: `anchor` reads the monotonic
-/// clock (once per loop iteration, where the first callback's start is read anyway) and the
-/// counter together; `now` is that reading plus the counter's advance since, at the rate
-/// measured between anchors at least `CALIBRATION_NS` apart. Between anchors it can be off by
+/// clock (at a loop iteration's start, where the first callback's start is read anyway, when
+/// the last anchor is `REANCHOR_NS` old) and the counter together; `now` is that reading plus
+/// the counter's advance since, at the rate measured between anchors at least
+/// `CALIBRATION_NS` apart. Between anchors it can be off by
 /// the rate's error (parts per million) times the time since the anchor; until the rate is
 /// known, and where the counter is not usable, `now` is `monotonic_ns()`.
 ///
@@ -50,11 +56,27 @@ pub struct StepClock {
     measured_ns: AtomicU64,
     /// Nanoseconds per tick, 32.32 fixed point (0: not known).
     scale: AtomicU64,
+    /// `REANCHOR_NS` in ticks, at that rate.
+    reanchor_ticks: AtomicU64,
 }
 
 impl StepClock {
-    /// Read the monotonic clock (returned) and re-anchor the counter to it.
+    /// The monotonic clock now: read, and the counter re-anchored to it, unless the anchor
+    /// is younger than `REANCHOR_NS` (then as `now`).
+    #[inline]
     pub fn anchor(&self) -> u64 {
+        let scale = self.scale.load(Relaxed);
+        if scale != 0 {
+            let ticks = cycle_counter().wrapping_sub(self.anchor_ticks.load(Relaxed));
+            if ticks < self.reanchor_ticks.load(Relaxed) {
+                return self.anchor_ns.load(Relaxed) + Self::advance(ticks, scale);
+            }
+        }
+        self.reanchor()
+    }
+
+    #[inline(never)]
+    fn reanchor(&self) -> u64 {
         if !cycle_counter_usable() {
             return monotonic_ns();
         }
@@ -75,8 +97,14 @@ impl StepClock {
         } else if ns.saturating_sub(self.measured_ns.load(Relaxed)) >= CALIBRATION_NS {
             let elapsed = ticks.wrapping_sub(self.since_ticks.load(Relaxed));
             if elapsed > 0 {
-                let scale = (u128::from(ns - since) << 32) / u128::from(elapsed);
-                self.scale.store(u64::try_from(scale).unwrap_or(0), Relaxed);
+                let scale = u64::try_from((u128::from(ns - since) << 32) / u128::from(elapsed))
+                    .unwrap_or(0);
+                if scale != 0 {
+                    let reanchor = (u128::from(REANCHOR_NS) << 32) / u128::from(scale);
+                    self.reanchor_ticks
+                        .store(u64::try_from(reanchor).unwrap_or(0), Relaxed);
+                }
+                self.scale.store(scale, Relaxed);
             }
             self.measured_ns.store(ns, Relaxed);
         }
@@ -91,8 +119,13 @@ impl StepClock {
             return monotonic_ns();
         }
         let ticks = cycle_counter().wrapping_sub(self.anchor_ticks.load(Relaxed));
-        let advance = (u128::from(ticks) * u128::from(scale)) >> 32;
-        self.anchor_ns.load(Relaxed) + advance as u64
+        self.anchor_ns.load(Relaxed) + Self::advance(ticks, scale)
+    }
+
+    /// Nanoseconds in `ticks` at `scale`.
+    #[inline]
+    fn advance(ticks: u64, scale: u64) -> u64 {
+        ((u128::from(ticks) * u128::from(scale)) >> 32) as u64
     }
 }
 
@@ -126,17 +159,46 @@ mod tests {
         assert!(due_window_end(late) > late);
     }
 
-    #[test]
-    fn the_step_clock_follows_the_monotonic_clock() {
+    /// A step clock whose rate was measured over `ms` milliseconds, just anchored.
+    fn calibrated(ms: u64) -> StepClock {
         let clock = StepClock::default();
         clock.anchor();
-        std::thread::sleep(std::time::Duration::from_millis(25));
+        std::thread::sleep(std::time::Duration::from_millis(ms));
         clock.anchor();
+        clock
+    }
+
+    /// `read()` agrees with the monotonic clock read around it, within 20 us.
+    fn assert_near_monotonic(read: impl FnOnce() -> u64) -> u64 {
+        let (before, value, after) = (monotonic_ns(), read(), monotonic_ns());
+        assert!(value + 20_000 >= before && value <= after + 20_000);
+        value
+    }
+
+    #[test]
+    fn the_step_clock_follows_the_monotonic_clock() {
+        let clock = calibrated(25);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let (before, stepped, after) = (monotonic_ns(), clock.now(), monotonic_ns());
-        // Two milliseconds from the anchor, at a rate measured over 25: within 20 us.
-        assert!(stepped + 20_000 >= before && stepped <= after + 20_000);
+        // Two milliseconds from the anchor, at a rate measured over 25.
+        let stepped = assert_near_monotonic(|| clock.now());
         assert!(clock.now() >= stepped);
+    }
+
+    #[test]
+    fn a_young_anchor_is_kept_and_an_old_one_renewed() {
+        if !cycle_counter_usable() {
+            return; // every anchor is a plain clock read: nothing is kept
+        }
+        let clock = calibrated(5);
+        let (anchored_at, first_ticks) = (monotonic_ns(), clock.anchor_ticks.load(Relaxed));
+        assert_near_monotonic(|| clock.anchor());
+        if monotonic_ns() - anchored_at < REANCHOR_NS / 2 {
+            // (unless this thread was descheduled for that long)
+            assert_eq!(clock.anchor_ticks.load(Relaxed), first_ticks);
+        }
+        std::thread::sleep(std::time::Duration::from_nanos(2 * REANCHOR_NS));
+        assert_near_monotonic(|| clock.anchor());
+        assert_ne!(clock.anchor_ticks.load(Relaxed), first_ticks);
     }
 
     #[test]

@@ -1279,8 +1279,7 @@ impl LoopCore {
             Overflow::DropOldest
         };
         self.instruments
-            .start_trace(py, capacity, overflow, &self.cancelled);
-        Ok(())
+            .start_trace(py, capacity, overflow, &self.cancelled)
     }
 
     /// Stop recording: (events as bytes, dropped count), or None if no trace was running.

@@ -43,9 +43,11 @@ const NOT_A_TASK: u32 = 1 << 31;
 struct Running {
     handle: u64,
     task: u32,
-    /// How many times the running task queued its own next step during this step, while
-    /// the trace is off (the trace records each such wake-up itself, with its time).
+    /// How many times the running task queued its own next step during this step.
     self_wakes: u32,
+    /// When it first did, while the trace is on (0: not yet, or not traced: then the step's
+    /// end, whose time is read anyway, counts as its wake-up).
+    self_woken_ns: u64,
     /// The address of the running task (0: none), which a step that wakes itself names again.
     task_addr: usize,
 }
@@ -146,30 +148,51 @@ impl Instruments {
     /// `call_soon`/`call_soon_threadsafe` queued `handle` (tasks followed). The common case
     /// first, inline: the running task queueing its own next step (a bare yield, `sleep(0)`)
     /// is recognised by the address its callback is bound to, and is woken at the end of this
-    /// step (no type check, no table lookup, no clock read of its own).
+    /// step (no type check, no table lookup; untraced, no clock read of its own).
     #[inline]
     pub fn on_call_soon(&self, handle: &Bound<'_, Handle>, threadsafe: bool) {
         let py = handle.py();
-        if !threadsafe && self.flags() & TRACE == 0 {
+        if !threadsafe {
             let owner = handle.get().callback_owner_addr(py);
-            if self.woke_itself(py, owner) {
-                let task = self.running.with_borrow(py, |v| v.task);
-                handle.get().instrument_tag.store(task, Relaxed);
+            let tracing = self.flags() & TRACE != 0;
+            if let Some(running) = self.woke_itself(py, owner, tracing) {
+                handle.get().instrument_tag.store(running.task, Relaxed);
+                if tracing {
+                    self.trace_event(
+                        py,
+                        TraceEvent {
+                            ts: running.self_woken_ns,
+                            kind: Kind::CallSoon as u8,
+                            a: handle.as_ptr() as u64,
+                            b: running.handle,
+                            task: running.task,
+                            label: 0,
+                        },
+                    );
+                }
                 return;
             }
         }
         self.identify_queued(handle, threadsafe);
     }
 
-    /// Whether the object at `owner` is the running task (then its self-wake is counted).
+    /// If the object at `owner` is the running task, count its self-wake and return the
+    /// running callback, with `self_woken_ns` this wake-up's time when `tracing`.
     #[inline]
-    fn woke_itself(&self, py: Python<'_>, owner: usize) -> bool {
+    fn woke_itself(&self, py: Python<'_>, owner: usize, tracing: bool) -> Option<Running> {
         self.running.with_borrow_mut(py, |r| {
-            let itself = r.task != 0 && owner == r.task_addr;
-            if itself {
-                r.self_wakes += 1;
+            if r.task == 0 || owner != r.task_addr {
+                return None;
             }
-            itself
+            r.self_wakes += 1;
+            let mut running = *r;
+            if tracing {
+                running.self_woken_ns = self.clock.now();
+                if r.self_woken_ns == 0 {
+                    r.self_woken_ns = running.self_woken_ns;
+                }
+            }
+            Some(running)
         })
     }
 
@@ -187,23 +210,31 @@ impl Instruments {
                 .is_some_and(|o| o.as_ptr() as usize == running.task_addr);
         if by_itself && !tracing {
             // Bound in a way only `bound_self` reads; counted as in `on_call_soon`.
-            self.woke_itself(py, running.task_addr);
+            self.woke_itself(py, running.task_addr, false);
             handle.get().instrument_tag.store(running.task, Relaxed);
             return;
         }
         // The clock is read only for a task's wake-up or the trace: most callbacks queued
-        // are neither.
+        // are neither. On the loop thread that is the callbacks' own clock (a callback queued
+        // inside another is stamped within its span); another thread reads the system's.
+        let clock_now = || {
+            if threadsafe {
+                monotonic_ns()
+            } else {
+                self.clock.now()
+            }
+        };
         let mut now = 0;
         let task = match owner {
             _ if by_itself => running.task,
             Some(owner) if callback_identity::is_task(&owner) => {
-                now = monotonic_ns();
+                now = clock_now();
                 report(py, self.task_id(&owner, now)).unwrap_or(0)
             }
             _ => 0,
         };
         if now == 0 && (task != 0 || tracing) {
-            now = monotonic_ns();
+            now = clock_now();
         }
         let tag = if task == 0 { NOT_A_TASK } else { task };
         handle.get().instrument_tag.store(tag, Relaxed);
@@ -340,7 +371,7 @@ impl Instruments {
         self.trace_event(
             py,
             TraceEvent {
-                ts: monotonic_ns(),
+                ts: self.clock.now(),
                 kind: Kind::Io as u8,
                 a: fd as u64,
                 b: bytes as u64,
@@ -419,8 +450,8 @@ impl Instruments {
         let running = Running {
             handle: started.handle_id,
             task,
-            self_wakes: 0,
             task_addr,
+            ..Running::default()
         };
         started.outer = self
             .running
@@ -463,7 +494,7 @@ impl Instruments {
                     started.task,
                     started.handle_id,
                     span,
-                    ran.self_wakes,
+                    (ran.self_wakes, ran.self_woken_ns),
                     flags,
                 );
             }
@@ -557,25 +588,31 @@ impl Instruments {
         }
     }
 
-    /// Task `task`'s step ran over `span` (start, end), waking itself `self_wakes` times. The
-    /// usual step, not its task's first, that queued its own next step and is not traced, ends
-    /// here.
-    #[inline]
+    /// Task `task`'s step ran over `span` (start, end), waking itself `self_wakes` times (the
+    /// first at `self_woken_ns` when traced). The usual step, not its task's first, that
+    /// queued its own next step ends here.
+    #[allow(clippy::inline_always)]
+    #[inline(always)] // as `end_callback`, which it ends
     fn after_step(
         &self,
         task_obj: &Bound<'_, PyAny>,
         task: u32,
         handle_id: u64,
         span: (u64, u64),
-        self_wakes: u32,
+        (self_wakes, self_woken_ns): (u32, u64),
         flags: u8,
     ) {
         let py = task_obj.py();
         let (start, end) = span;
-        let (first_step, requeued) = self
-            .tasks
-            .with_borrow_mut(py, |v| v.stepped(task, start, end, self_wakes));
-        if requeued && !first_step && flags & TRACE == 0 {
+        let (first_step, requeued) = self.tasks.with_borrow_mut(py, |v| {
+            v.stepped(task, start, end, self_wakes, self_woken_ns)
+        });
+        if requeued && !first_step {
+            // Pending on a bare yield (see `after_step_more`).
+            if flags & TRACE != 0 {
+                let label = self.bare_yield_label(py);
+                self.end_event(py, handle_id, end, task, label, 0);
+            }
             return;
         }
         self.after_step_more(
@@ -705,37 +742,55 @@ impl Instruments {
         self.follows_tasks()
     }
 
-    /// Move the timer cancellations `cancels` logged into the trace.
+    /// Move the timer cancellations `cancels` logged into the trace (at each traced
+    /// iteration: most have none, and pay one test).
+    #[inline]
     fn record_cancels(&self, py: Python<'_>, cancels: &CancelCounts) {
-        let logged = cancels.traced_cancels.with_borrow_mut(py, std::mem::take);
-        for (handle, ts) in logged {
-            self.trace_event(
-                py,
-                TraceEvent {
-                    ts,
-                    kind: Kind::TimerCancelled as u8,
-                    a: handle,
-                    ..Default::default()
-                },
-            );
+        if !cancels.traced_cancels.with_borrow(py, Vec::is_empty) {
+            self.record_logged_cancels(py, cancels);
         }
     }
 
+    #[inline(never)]
+    fn record_logged_cancels(&self, py: Python<'_>, cancels: &CancelCounts) {
+        cancels.traced_cancels.with_borrow_mut(py, |logged| {
+            self.trace.with_borrow_mut(py, |ring| {
+                for (handle, ts) in logged.drain(..) {
+                    if let Some(ring) = ring.as_mut() {
+                        ring.push(TraceEvent {
+                            ts,
+                            kind: Kind::TimerCancelled as u8,
+                            a: handle,
+                            ..Default::default()
+                        });
+                    }
+                }
+            });
+        });
+    }
+
+    /// Start recording into a new ring of `capacity` events; MemoryError if it cannot be
+    /// mapped.
     pub fn start_trace(
         &self,
         py: Python<'_>,
         capacity: usize,
         overflow: Overflow,
         cancels: &CancelCounts,
-    ) {
+    ) -> PyResult<()> {
+        let ring = TraceRing::new(capacity, overflow).map_err(|err| {
+            pyo3::exceptions::PyMemoryError::new_err(format!(
+                "no memory for a trace buffer of {capacity} events: {err}"
+            ))
+        })?;
         cancels
             .traced_cancels
             .with_borrow_mut(py, std::vec::Vec::clear);
         cancels.traced.store(true, Relaxed);
-        self.trace
-            .with_borrow_mut(py, |v| *v = Some(TraceRing::new(capacity, overflow)));
+        self.trace.with_borrow_mut(py, |v| *v = Some(ring));
         self.last_end.store(0, Relaxed); // see `set_task_stats`
         self.set_flag(TRACE, true);
+        Ok(())
     }
 
     /// Stop tracing; returns (events as bytes, dropped count) or None if it was not on.

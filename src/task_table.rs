@@ -164,15 +164,16 @@ impl TaskTable {
         true
     }
 
-    /// Record a finished step, in which the task queued its own next step `self_wakes` times;
-    /// returns whether it was the task's first step, and whether its next step is queued
-    /// already.
+    /// Record a finished step, in which the task queued its own next step `self_wakes` times,
+    /// the first at `self_woken_ns` (0: count it woken at the step's end); returns whether it
+    /// was the task's first step, and whether its next step is queued already.
     pub fn stepped(
         &mut self,
         id: u32,
         start_ns: u64,
         end_ns: u64,
         self_wakes: u32,
+        self_woken_ns: u64,
     ) -> (bool, bool) {
         let Some(r) = self.times(id) else {
             return (false, false);
@@ -185,7 +186,11 @@ impl TaskTable {
         if self_wakes != 0 {
             r.self_wakes += u64::from(self_wakes);
             if r.woken_ns == 0 {
-                r.woken_ns = end_ns;
+                r.woken_ns = if self_woken_ns == 0 {
+                    end_ns
+                } else {
+                    self_woken_ns
+                };
             }
         }
         (r.steps == 1, r.woken_ns != 0)

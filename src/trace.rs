@@ -1,4 +1,5 @@
-//! The trace buffer: fixed-size events in a bounded ring, in pure Rust.
+//! The trace buffer: fixed-size events in a bounded ring, in pure Rust (its memory comes from
+//! `sys::memory`).
 //!
 //! The loop appends an event (kind, timestamp, two payload words, task id, label id) at each
 //! point worth seeing; nothing is named here. Ids become names only when the trace is written
@@ -9,13 +10,20 @@
 //!
 //! ```
 //! use _core::trace::{Kind, Overflow, TraceEvent, TraceRing};
-//! let mut ring = TraceRing::new(2, Overflow::DropOldest);
+//! # fn main() -> std::io::Result<()> {
+//! let mut ring = TraceRing::new(2, Overflow::DropOldest)?;
 //! for ts in 1..=3 {
 //!     ring.push(TraceEvent { ts, kind: Kind::CallbackStart as u8, ..Default::default() });
 //! }
 //! assert_eq!(ring.dropped(), 1);
 //! assert_eq!(ring.ordered().map(|e| e.ts).collect::<Vec<_>>(), vec![2, 3]);
+//! # Ok(())
+//! # }
 //! ```
+
+use std::io;
+
+use crate::sys::memory::{Mapping, COMMIT_CHUNK};
 
 /// What an event records; the payload words `a` and `b` per kind are listed in
 /// `python/ferroloop/_trace.py`, which reads them.
@@ -151,9 +159,14 @@ pub enum Overflow {
 }
 
 pub struct TraceRing {
-    /// Reserved at full capacity up front (the kernel maps pages only as events reach them),
-    /// so the ring never moves while it fills.
-    events: Vec<Stored>,
+    /// Room for `capacity` events, mapped up front so that the ring never moves, and
+    /// committed ahead of the writer (`INITIAL_COMMIT` at once, then a chunk at a time):
+    /// a page fault per 128 events would cost more than writing them (see `sys::memory`).
+    memory: Mapping,
+    /// Events written so far (at most `capacity`); they are the first `len` slots.
+    len: usize,
+    /// Slots whose memory is committed (at most `capacity`).
+    committed: usize,
     capacity: usize,
     /// Where the next event goes once the ring is full (its oldest event).
     oldest: usize,
@@ -161,40 +174,83 @@ pub struct TraceRing {
     dropped: u64,
 }
 
+/// Bytes committed when the ring is made: the whole of `DEFAULT_TRACE_EVENTS`' ring
+/// (`_instrument.py`), so that a default trace takes no page fault while recording; a larger
+/// ring commits the rest a chunk at a time as it fills.
+pub const INITIAL_COMMIT: usize = 32 << 20;
+
 impl TraceRing {
-    pub fn new(capacity: usize, overflow: Overflow) -> Self {
+    /// A ring of `capacity` events (at least one): fails only if the memory cannot be mapped.
+    pub fn new(capacity: usize, overflow: Overflow) -> io::Result<Self> {
         let capacity = capacity.max(1);
-        TraceRing {
-            events: Vec::with_capacity(capacity),
+        let bytes = capacity
+            .checked_mul(EVENT_BYTES)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let memory = Mapping::new(bytes)?;
+        memory.commit(0..INITIAL_COMMIT);
+        Ok(TraceRing {
+            memory,
+            len: 0,
+            committed: capacity.min(INITIAL_COMMIT / EVENT_BYTES),
             capacity,
             oldest: 0,
             overflow,
             dropped: 0,
-        }
+        })
+    }
+
+    /// The first slot. A mapping starts on a page boundary, aligned for any `Stored`.
+    #[inline]
+    #[allow(clippy::cast_ptr_alignment)]
+    fn slots(&self) -> *mut Stored {
+        self.memory.as_ptr().cast::<Stored>()
+    }
+
+    #[inline]
+    fn write(&mut self, slot: usize, stored: Stored) {
+        debug_assert!(slot < self.capacity);
+        // SAFETY: `slot` < `capacity`, so the event lies inside the mapping (aligned, see
+        // `slots`), which this ring owns and `&mut self` borrows.
+        unsafe { self.slots().add(slot).write(stored) };
     }
 
     #[inline]
     pub fn push(&mut self, event: TraceEvent) {
         let stored = Stored::pack(event);
-        if self.events.len() < self.capacity {
-            // Within the capacity reserved in `new`: never reallocates.
-            self.events.push(stored);
+        if self.len < self.committed {
+            self.write(self.len, stored);
+            self.len += 1;
         } else {
-            self.push_full(stored);
+            self.push_uncommitted_or_full(stored);
         }
     }
 
     #[cold]
-    fn push_full(&mut self, stored: Stored) {
+    fn push_uncommitted_or_full(&mut self, stored: Stored) {
+        if self.len < self.capacity {
+            let from = self.committed * EVENT_BYTES;
+            self.memory.commit(from..from + COMMIT_CHUNK);
+            self.committed = (self.committed + COMMIT_CHUNK / EVENT_BYTES).min(self.capacity);
+            self.write(self.len, stored);
+            self.len += 1;
+            return;
+        }
         self.dropped += 1;
         if self.overflow == Overflow::DropNewest {
             return;
         }
-        self.events[self.oldest] = stored;
+        self.write(self.oldest, stored);
         self.oldest += 1;
         if self.oldest == self.capacity {
             self.oldest = 0;
         }
+    }
+
+    /// The events written, in slot order.
+    fn events(&self) -> &[Stored] {
+        // SAFETY: the first `len` slots lie inside the mapping and have each been written
+        // (slots are filled in order, and only rewritten after that); the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.slots(), self.len) }
     }
 
     pub fn dropped(&self) -> u64 {
@@ -206,23 +262,23 @@ impl TraceRing {
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.len == 0
     }
 
     /// Oldest first.
     pub fn ordered(&self) -> impl Iterator<Item = TraceEvent> + '_ {
-        let (newer, older) = self.events.split_at(self.oldest);
+        let (newer, older) = self.events().split_at(self.oldest);
         older.iter().chain(newer).map(Stored::unpack)
     }
 
     /// Write the events oldest first into `out` (`len() * EVENT_BYTES` bytes), little-endian,
     /// `EVENT_BYTES` each.
     pub fn write_bytes(&self, out: &mut [u8]) {
-        let (newer, older) = self.events.split_at(self.oldest);
+        let (newer, older) = self.events().split_at(self.oldest);
         let mut at = 0;
         for part in [older, newer] {
             let n = part.len() * EVENT_BYTES;
@@ -233,7 +289,7 @@ impl TraceRing {
 
     /// The events oldest first, little-endian, `EVENT_BYTES` each.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![0u8; self.events.len() * EVENT_BYTES];
+        let mut out = vec![0u8; self.len * EVENT_BYTES];
         self.write_bytes(&mut out);
         out
     }
@@ -279,7 +335,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_capacity_events_in_order() {
-        let mut ring = TraceRing::new(3, Overflow::DropOldest);
+        let mut ring = TraceRing::new(3, Overflow::DropOldest).unwrap();
         for ts in 0..10 {
             ring.push(event(ts));
         }
@@ -291,7 +347,7 @@ mod tests {
 
     #[test]
     fn dropping_the_newest_keeps_the_first_capacity_events() {
-        let mut ring = TraceRing::new(3, Overflow::DropNewest);
+        let mut ring = TraceRing::new(3, Overflow::DropNewest).unwrap();
         for ts in 0..10 {
             ring.push(event(ts));
         }
@@ -302,7 +358,7 @@ mod tests {
 
     #[test]
     fn bytes_follow_the_ring_order_after_wrapping() {
-        let mut ring = TraceRing::new(3, Overflow::DropOldest);
+        let mut ring = TraceRing::new(3, Overflow::DropOldest).unwrap();
         for ts in 0..5 {
             ring.push(event(ts));
         }
@@ -315,8 +371,19 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_larger_than_its_first_commit_keeps_every_event() {
+        let capacity = INITIAL_COMMIT / EVENT_BYTES + COMMIT_CHUNK / EVENT_BYTES + 10;
+        let mut ring = TraceRing::new(capacity, Overflow::DropOldest).unwrap();
+        for ts in 0..capacity as u64 + 5 {
+            ring.push(event(ts));
+        }
+        assert_eq!((ring.len(), ring.dropped()), (capacity, 5));
+        assert!(ring.ordered().map(|e| e.ts).eq(5..capacity as u64 + 5));
+    }
+
+    #[test]
     fn bytes_are_fixed_size_records() {
-        let mut ring = TraceRing::new(4, Overflow::DropOldest);
+        let mut ring = TraceRing::new(4, Overflow::DropOldest).unwrap();
         ring.push(TraceEvent {
             ts: 1,
             a: 2,

@@ -243,6 +243,22 @@ def test_bad_options_get_a_clear_error(options: list[str], message: str) -> None
     assert message in result.stderr
 
 
+def test_a_buffer_too_large_for_memory_is_a_memory_error(tmp_path: Path) -> None:
+    async def step() -> int:
+        await asyncio.sleep(0)
+        return 5
+
+    coro = step()
+    with (
+        pytest.raises(MemoryError, match="trace buffer of 4611686018427387904 events"),
+        ferroloop.trace(tmp_path / "x.json", buffer_size=2**62, html=False) as session,
+    ):
+        ferroloop.run(coro)  # the loop is traced from its start: refused there
+    coro.close()
+    assert session.recordings == []
+    assert ferroloop.run(step()) == 5  # the session is gone; the next loop runs untraced
+
+
 def test_bad_arguments_to_trace_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="buffer_size"):
         ferroloop.trace(tmp_path / "x.json", buffer_size=0)

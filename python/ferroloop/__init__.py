@@ -71,9 +71,11 @@ def trace(
 ) -> TraceSession:
     """Trace the ferroloop loops that run inside a `with` block into `path` (Chrome
     trace-event JSON, for https://ui.perfetto.dev) and, with `html`, a self-contained page
-    beside it (`.html`). `buffer_size` bounds the events kept per loop; once it is full, the
-    `drop="oldest"` events are overwritten (a server keeps its latest history) or the
-    `"newest"` are not recorded (a start-up keeps its beginning), and the trace says how many.
+    beside it (`.html`). `buffer_size` bounds the events kept per loop (32 bytes each; the
+    memory for the first million is taken when recording starts, a few ms, so that recording
+    does not stop at each new page); once it is full, the `drop="oldest"` events are
+    overwritten (a server keeps its latest history) or the `"newest"` are not recorded (a
+    start-up keeps its beginning), and the trace says how many.
     `duration` stops recording that many seconds after a loop starts being traced. The trace
     is written when the block ends, also if it raises."""
     from ._trace import TraceSession  # json, html and dataclasses load only when tracing

@@ -354,7 +354,8 @@ class LoopCore:
     def _task_records(self) -> list[dict[str, Any]]:
         """One dict per task seen while per-task statistics or the trace were on."""
     def _trace_start(self, capacity: int, drop_newest: bool = False) -> None:
-        """Record into a new ring of `capacity` events (ValueError for 0)."""
+        """Record into a new ring of `capacity` events, 32 bytes each, its first 32 MiB committed
+        at once (ValueError for 0, MemoryError if it cannot be mapped)."""
     def _trace_stop(self) -> tuple[bytes, int] | None:
         """Stop recording: (events, 32 bytes each, oldest first; dropped count), or None."""
     def _trace_labels(self) -> list[str]:

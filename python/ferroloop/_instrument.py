@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from ._loop import Loop
 
 BLOCKING_ENV = "FERROLOOP_BLOCKING_THRESHOLD"
-# Events a trace keeps per loop unless told otherwise (32 bytes each in the Rust ring).
+# Events a trace keeps per loop unless told otherwise (32 bytes each in the Rust ring, which
+# commits its memory when the trace starts up to this size: `INITIAL_COMMIT` in src/trace.rs).
 DEFAULT_TRACE_EVENTS = 1_000_000
 
 # A task is reported as busy-looping when it woke itself in more than half of at least this

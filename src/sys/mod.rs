@@ -6,6 +6,7 @@
 //!   and the BSDs is a `kqueue.rs` (with a pipe or `EVFILT_USER` waker) exporting the same
 //!   `Poller` and `Waker`, chosen by the `cfg` below; nothing above this module changes;
 //! - [`clock`]: the monotonic clock;
+//! - [`memory`]: an anonymous mapping committed ahead of its writer (the trace ring's);
 //! - [`nonblocking`]: non-blocking reads and writes on sockets, pipes and character devices (recv,
 //!   send, sendmsg, read, writev), `shutdown`, `FIONREAD`, and the Linux pipe sizing;
 //! - [`datagram`]: `sendto`/`recvfrom` and the socket addresses they carry (the one file here
@@ -24,6 +25,7 @@ use std::io;
 pub mod clock;
 pub mod datagram;
 pub mod event;
+pub mod memory;
 pub mod nonblocking;
 
 #[cfg(target_os = "linux")]
