@@ -93,8 +93,9 @@ async def one_connection(mode: str, plain: Any, secure: Any, client_tls: ssl.SSL
         pass
 
 
-async def churn(connections: int, tls: tuple[ssl.SSLContext, ssl.SSLContext] | None,
-                concurrency: int = 32, seed: int = 0) -> dict[str, int]:
+async def churn(
+    connections: int, tls: tuple[ssl.SSLContext, ssl.SSLContext] | None, concurrency: int = 32, seed: int = 0
+) -> dict[str, int]:
     """`connections` connections, `concurrency` at a time, modes mixed at random (TLS only
     with contexts)."""
     loop = asyncio.get_running_loop()

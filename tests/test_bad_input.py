@@ -175,12 +175,16 @@ CASES: list[tuple[str, Callable[[Env], Any]]] = [
     ("sock_sendfile text file", lambda e: e.loop.sock_sendfile(e.nonblocking_sock, open(os.devnull))),
     # -- connections and servers with odd sockets --
     ("create_connection closed sock", lambda e: e.loop.create_connection(asyncio.Protocol, sock=e.closed_sock)),
-    ("create_connection sock and host",
-     lambda e: e.loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, sock=e.nonblocking_sock)),
+    (
+        "create_connection sock and host",
+        lambda e: e.loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, sock=e.nonblocking_sock),
+    ),
     ("create_connection nothing", lambda e: e.loop.create_connection(asyncio.Protocol)),
     ("create_connection bad port", lambda e: e.loop.create_connection(asyncio.Protocol, "127.0.0.1", 70000)),
-    ("create_connection ssl not a context",
-     lambda e: e.loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl=1)),
+    (
+        "create_connection ssl not a context",
+        lambda e: e.loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl=1),
+    ),
     ("create_server closed sock", lambda e: e.loop.create_server(asyncio.Protocol, sock=e.closed_sock)),
     ("create_server bad backlog", lambda e: e.loop.create_server(asyncio.Protocol, "127.0.0.1", 0, backlog="x")),
     ("connect_accepted_socket closed", lambda e: e.loop.connect_accepted_socket(asyncio.Protocol, e.closed_sock)),
@@ -225,8 +229,10 @@ CASES: list[tuple[str, Callable[[Env], Any]]] = [
     ("set_write_buffer_limits negative", lambda e: e.transport.set_write_buffer_limits(-1)),
     ("set_write_buffer_limits huge", lambda e: e.transport.set_write_buffer_limits(HUGE)),
     ("set_write_buffer_limits too many", lambda e: e.transport.set_write_buffer_limits(1, 2, 3)),
-    ("write after the app closed the socket",
-     lambda e: (e.transport.get_extra_info("socket")._sock.close(), e.transport.write(b"x"))),
+    (
+        "write after the app closed the socket",
+        lambda e: (e.transport.get_extra_info("socket")._sock.close(), e.transport.write(b"x")),
+    ),
     ("write after the peer closed", lambda e: peer_gone_then_write(e)),
     # -- pipe transports --
     ("pipe write str", lambda e: e.write_pipe.write("x")),
@@ -319,9 +325,7 @@ def outcome_on(factory: Callable[[], asyncio.AbstractEventLoop], action: Callabl
     handler_calls: list[type] = []
     # Reports with an exception only: "Task was destroyed but it is pending!" depends on when
     # the garbage collector runs, not on the loop.
-    loop.set_exception_handler(
-        lambda _loop, ctx: "exception" in ctx and handler_calls.append(type(ctx["exception"]))
-    )
+    loop.set_exception_handler(lambda _loop, ctx: "exception" in ctx and handler_calls.append(type(ctx["exception"])))
 
     async def scenario() -> Any:
         await build(env)

@@ -134,9 +134,7 @@ def test_the_environment_variable_switches_it_on(tmp_path: Path) -> None:
             """
         )
     )
-    result = run_python(
-        "-m", "ferroloop", str(script), env_extra={"FERROLOOP_BLOCKING_THRESHOLD": "0.05"}
-    )
+    result = run_python("-m", "ferroloop", str(script), env_extra={"FERROLOOP_BLOCKING_THRESHOLD": "0.05"})
     assert result.returncode == 0, result.stderr
     assert "has been blocking the event loop" in result.stderr
     assert "in crunch" in result.stderr

@@ -257,8 +257,7 @@ def test_a_nan_timer_among_others_fires_on_the_next_iteration(loop: ferroloop.Lo
         lambda lp: lp.call_soon(),
         lambda lp: lp.call_soon(print, context=None, bogus=1),
     ],
-    ids=["later-None", "later-str", "later-bytes", "at-None", "later-noargs", "soon-noargs",
-         "unknown-kwarg"],
+    ids=["later-None", "later-str", "later-bytes", "at-None", "later-noargs", "soon-noargs", "unknown-kwarg"],
 )
 def test_bad_scheduling_arguments_raise_type_error(loop: ferroloop.Loop, schedule: Any) -> None:
     with pytest.raises(TypeError):
@@ -556,9 +555,7 @@ def test_keyboard_interrupt_and_system_exit_propagate_out_of_run_forever(
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
-def test_keyboard_interrupt_and_system_exit_from_a_timer(
-    loop: ferroloop.Loop, exc_type: type[BaseException]
-) -> None:
+def test_keyboard_interrupt_and_system_exit_from_a_timer(loop: ferroloop.Loop, exc_type: type[BaseException]) -> None:
     def interrupt() -> None:
         raise exc_type
 

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _source_files() -> list[str]:
     try:
-        listed = subprocess.run(["git", "ls-files", "src", "python/ferroloop"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout.split()
+        listed = subprocess.run(
+            ["git", "ls-files", "src", "python/ferroloop"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the file list comes from git")
     return [f for f in listed if f.endswith((".rs", ".py", ".pyi"))]

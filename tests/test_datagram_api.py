@@ -54,7 +54,8 @@ class Datagrams(asyncio.DatagramProtocol):
 
 async def endpoint(**kwargs: Any) -> tuple[asyncio.DatagramTransport, Datagrams]:
     return await asyncio.get_running_loop().create_datagram_endpoint(  # type: ignore[return-value]
-        Datagrams, **kwargs)
+        Datagrams, **kwargs
+    )
 
 
 async def receive(protocol: Datagrams) -> tuple[bytes, Any]:
@@ -163,8 +164,7 @@ def test_endpoint_options(any_loop: asyncio.AbstractEventLoop) -> None:
         first, first_protocol = await endpoint(local_addr=("127.0.0.1", 0), reuse_port=True)
         port = first.get_extra_info("sockname")[1]
         second, second_protocol = await endpoint(local_addr=("127.0.0.1", port), reuse_port=True)
-        broadcaster, broadcaster_protocol = await endpoint(
-            local_addr=("127.0.0.1", 0), allow_broadcast=True)
+        broadcaster, broadcaster_protocol = await endpoint(local_addr=("127.0.0.1", 0), allow_broadcast=True)
         broadcast_socket = broadcaster.get_extra_info("socket")
         assert broadcast_socket.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
         assert first.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
@@ -218,8 +218,7 @@ def test_unix_datagram_endpoint(any_loop: asyncio.AbstractEventLoop, tmp_path: P
 
     async def scenario() -> None:
         server, server_protocol = await endpoint(family=socket.AF_UNIX, local_addr=server_path)
-        client, client_protocol = await endpoint(family=socket.AF_UNIX, local_addr=client_path,
-                                                 remote_addr=server_path)
+        client, client_protocol = await endpoint(family=socket.AF_UNIX, local_addr=client_path, remote_addr=server_path)
         client.sendto(b"unix datagram")
         assert await receive(server_protocol) == (b"unix datagram", client_path)
         server.sendto(b"back", client_path)
@@ -265,8 +264,7 @@ def test_sendto_after_close_matches_asyncio(caplog: pytest.LogCaptureFixture) ->
     def scenario(event_loop: asyncio.AbstractEventLoop) -> tuple[int, list[str]]:
         async def sends_after_close() -> tuple[int, list[str]]:
             server, server_protocol = await endpoint(local_addr=("127.0.0.1", 0))
-            client, client_protocol = await endpoint(
-                remote_addr=server.get_extra_info("sockname"))
+            client, client_protocol = await endpoint(remote_addr=server.get_extra_info("sockname"))
             client.close()
             caplog.clear()
             for _ in range(8):

@@ -46,16 +46,16 @@ def test_pythonasynciodebug_turns_debug_on(env_value: str, expected: str) -> Non
 
 def test_dev_mode_turns_debug_on() -> None:
     proc = run_python(
-        "-X", "dev", "-c",
+        "-X",
+        "dev",
+        "-c",
         "import ferroloop; lp = ferroloop.new_event_loop(); print(lp.get_debug()); lp.close()",
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
 
 
-def test_slow_callback_is_logged_on_the_asyncio_logger(
-    loop: ferroloop.Loop, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_slow_callback_is_logged_on_the_asyncio_logger(loop: ferroloop.Loop, caplog: pytest.LogCaptureFixture) -> None:
     def slow() -> None:
         time.sleep(0.06)
 
@@ -73,8 +73,7 @@ def test_slow_callback_is_logged_on_the_asyncio_logger(
     messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert len(messages) == 2, messages
     assert re.fullmatch(r"Executing <Handle .*slow\(\) .*> took 0\.\d{3} seconds", messages[0])
-    assert re.fullmatch(r"Executing <TimerHandle .*slow\(\) .*> took 0\.\d{3} seconds",
-                        messages[1])
+    assert re.fullmatch(r"Executing <TimerHandle .*slow\(\) .*> took 0\.\d{3} seconds", messages[1])
     assert all(r.levelno == logging.WARNING for r in caplog.records)
 
 
@@ -97,8 +96,7 @@ def test_slow_task_step_is_logged(loop: ferroloop.Loop, caplog: pytest.LogCaptur
     loop.slow_callback_duration = 0.02
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         loop.run_until_complete(blocking_step())
-    assert any(re.match(r"Executing <Task .*blocking_step", r.getMessage())
-               for r in caplog.records)
+    assert any(re.match(r"Executing <Task .*blocking_step", r.getMessage()) for r in caplog.records)
 
 
 def test_unclosed_loop_garbage_collected_warns_resource_warning() -> None:
@@ -119,7 +117,9 @@ def test_closed_loop_garbage_collected_does_not_warn() -> None:
 
 def test_unclosed_loop_in_a_subprocess_reports_resource_warning() -> None:
     proc = run_python(
-        "-W", "always::ResourceWarning", "-c",
+        "-W",
+        "always::ResourceWarning",
+        "-c",
         "import ferroloop, gc; lp = ferroloop.new_event_loop(); del lp; gc.collect()",
     )
     assert proc.returncode == 0
@@ -142,7 +142,9 @@ def test_debug_mode_records_where_handles_and_tasks_were_created(loop: ferroloop
 
 def test_debug_mode_warns_about_a_never_awaited_coroutine_with_its_origin() -> None:
     proc = run_python(
-        "-W", "always", "-c",
+        "-W",
+        "always",
+        "-c",
         "import asyncio, ferroloop\n"
         "async def forgotten(): pass\n"
         "async def main():\n"

@@ -41,8 +41,7 @@ def test_lookup_errors_match_the_stdlib() -> None:
     def scenario(event_loop: asyncio.AbstractEventLoop) -> list[Any]:
         run = event_loop.run_until_complete
         return [
-            outcome(lambda: run(event_loop.getaddrinfo("not-an-ip", 80,
-                                                       flags=socket.AI_NUMERICHOST))),
+            outcome(lambda: run(event_loop.getaddrinfo("not-an-ip", 80, flags=socket.AI_NUMERICHOST))),
             outcome(lambda: run(event_loop.getaddrinfo(123, 80))),
             outcome(lambda: run(event_loop.getaddrinfo("127.0.0.1", 80, family="inet"))),
             outcome(lambda: run(event_loop.getnameinfo("127.0.0.1"))),
@@ -54,9 +53,7 @@ def test_lookup_errors_match_the_stdlib() -> None:
     assert ours[0] == ("raised", socket.gaierror)
 
 
-def test_getaddrinfo_does_not_block_the_loop(
-    loop: ferroloop.Loop, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_getaddrinfo_does_not_block_the_loop(loop: ferroloop.Loop, monkeypatch: pytest.MonkeyPatch) -> None:
     real_getaddrinfo = socket.getaddrinfo
 
     def slow_getaddrinfo(*args: Any, **kwargs: Any) -> Any:
@@ -68,9 +65,7 @@ def test_getaddrinfo_does_not_block_the_loop(
     assert ticks >= 5
 
 
-def test_getnameinfo_does_not_block_the_loop(
-    loop: ferroloop.Loop, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_getnameinfo_does_not_block_the_loop(loop: ferroloop.Loop, monkeypatch: pytest.MonkeyPatch) -> None:
     real_getnameinfo = socket.getnameinfo
 
     def slow_getnameinfo(*args: Any, **kwargs: Any) -> Any:
@@ -101,9 +96,7 @@ async def count_ticks_during(lookup: Any) -> int:
     return ticks
 
 
-def test_concurrent_lookups_run_in_parallel(
-    loop: ferroloop.Loop, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_concurrent_lookups_run_in_parallel(loop: ferroloop.Loop, monkeypatch: pytest.MonkeyPatch) -> None:
     real_getaddrinfo = socket.getaddrinfo
 
     def slow_getaddrinfo(*args: Any, **kwargs: Any) -> Any:

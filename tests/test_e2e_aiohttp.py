@@ -200,7 +200,7 @@ def test_https_keep_alive_and_large_bodies(loop: ferroloop.Loop) -> None:
             for n in range(10):
                 async with session.get(f"{base}/hello", params={"n": str(n)}) as response:
                     assert await response.text() == f"hello {n}"
-            body = (bytes(range(256)) * 8192)[: 2_000_003]
+            body = (bytes(range(256)) * 8192)[:2_000_003]
             async with session.post(f"{base}/echo", data=body) as response:
                 assert await response.read() == body
             async with session.get(f"{base}/download") as response:

@@ -31,8 +31,7 @@ def run_on_ferroloop(main: Callable[[], Awaitable[None]]) -> None:
         with anyio.fail_after(50):
             await main()
 
-    anyio.run(checked, backend="asyncio",
-              backend_options={"loop_factory": ferroloop.new_event_loop})
+    anyio.run(checked, backend="asyncio", backend_options={"loop_factory": ferroloop.new_event_loop})
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ async def send_and_collect(stream: ByteStream, payload: bytes) -> bytes:
 
     async def sender() -> None:
         for start in range(0, len(payload), 100_000):
-            await stream.send(payload[start:start + 100_000])
+            await stream.send(payload[start : start + 100_000])
         await stream.send_eof()
 
     async with anyio.create_task_group() as group:
@@ -96,10 +95,15 @@ def test_tls_stream_echo(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) ->
         async with listener, anyio.create_task_group() as group:
             group.start_soon(listener.serve, echo_until_eof)
             stream = await anyio.connect_tcp(
-                "127.0.0.1", port, tls=True, ssl_context=client_context,
-                tls_hostname="localhost", tls_standard_compatible=False)
+                "127.0.0.1",
+                port,
+                tls=True,
+                ssl_context=client_context,
+                tls_hostname="localhost",
+                tls_standard_compatible=False,
+            )
             async with stream:
-                payload = BIG[:1 << 20]
+                payload = BIG[: 1 << 20]
                 await stream.send(payload)
                 received = bytearray()
                 while len(received) < len(payload):
@@ -112,10 +116,12 @@ def test_tls_stream_echo(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) ->
 
 def test_udp_sockets() -> None:
     async def main() -> None:
-        async with await anyio.create_udp_socket(local_host="127.0.0.1") as server, \
-                await anyio.create_connected_udp_socket(
-                    "127.0.0.1", server.extra(anyio.abc.SocketAttribute.local_port),
-                    local_host="127.0.0.1") as client:
+        async with (
+            await anyio.create_udp_socket(local_host="127.0.0.1") as server,
+            await anyio.create_connected_udp_socket(
+                "127.0.0.1", server.extra(anyio.abc.SocketAttribute.local_port), local_host="127.0.0.1"
+            ) as client,
+        ):
             for n in range(50):
                 await client.send(f"datagram {n}".encode())
                 data, address = await server.receive()
@@ -160,8 +166,7 @@ def test_httpx_against_an_anyio_http_server() -> None:
                         buffered += await stream.receive()
                     body, buffered = buffered[:length], buffered[length:]
                     reply = hashlib.sha256(body).hexdigest().encode()
-                    await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
-                                      % (len(reply), reply))
+                    await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply))
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 pass
 

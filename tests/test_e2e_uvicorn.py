@@ -47,8 +47,9 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     headers = [(b"content-type", b"application/octet-stream"), (b"x-loop", loop_name.encode())]
     if scope["path"] == "/hello":
         client_port = str(scope["client"][1]).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*headers, (b"x-client-port", client_port)]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [*headers, (b"x-client-port", client_port)]}
+        )
         await send({"type": "http.response.body", "body": b"hello"})
     elif scope["path"] == "/echo":
         digest = hashlib.sha256()
@@ -85,7 +86,9 @@ async def websocket_echo(receive: Receive, send: Send) -> None:
 
 
 def serve_and_call(
-    loop: ferroloop.Loop, http: str, client_part: Callable[[str], Awaitable[None]],
+    loop: ferroloop.Loop,
+    http: str,
+    client_part: Callable[[str], Awaitable[None]],
     ws: str = "none",
 ) -> None:
     """Run uvicorn on loopback inside `loop` (uvicorn's loop="none": use the running loop),
@@ -93,8 +96,17 @@ def serve_and_call(
 
     async def main() -> None:
         assert type(asyncio.get_running_loop()) is ferroloop.Loop
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="none", http=http, ws=ws,
-                                lifespan="on", log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            loop="none",
+            http=http,
+            ws=ws,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+        )
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
         for _ in range(500):
@@ -169,8 +181,7 @@ def test_streamed_response(loop: ferroloop.Loop, http_impl: str) -> None:
 
 def test_concurrent_clients(loop: ferroloop.Loop, http_impl: str) -> None:
     async def client_part(base: str) -> None:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=50),
-                                     trust_env=False) as client:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=50), trust_env=False) as client:
 
             async def one(n: int) -> None:
                 body = n.to_bytes(2, "big") * (n * 37 + 1)
@@ -185,10 +196,8 @@ def test_concurrent_clients(loop: ferroloop.Loop, http_impl: str) -> None:
 def test_websocket_through_uvicorn(loop: ferroloop.Loop, http_impl: str) -> None:
     """uvicorn's websockets protocol (it takes the connection over from the HTTP protocol
     with transport.set_protocol) against the websockets client."""
-    websockets_client = pytest.importorskip("websockets.asyncio.client",
-                                            reason="websockets is in the `test` extra")
-    ws_impl = "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS \
-        else "websockets"
+    websockets_client = pytest.importorskip("websockets.asyncio.client", reason="websockets is in the `test` extra")
+    ws_impl = "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
 
     async def client_part(base: str) -> None:
         url = base.replace("http://", "ws://") + "/ws"

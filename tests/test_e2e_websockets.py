@@ -27,9 +27,7 @@ async def echo(connection: ServerConnection) -> None:
         await connection.send(message)
 
 
-def run_echo_session(
-    loop: ferroloop.Loop, client_part: Callable[[ClientConnection], Awaitable[None]]
-) -> None:
+def run_echo_session(loop: ferroloop.Loop, client_part: Callable[[ClientConnection], Awaitable[None]]) -> None:
     async def main() -> None:
         assert type(asyncio.get_running_loop()) is ferroloop.Loop
         async with serve(echo, "127.0.0.1", 0, max_size=MAX_SIZE) as server:

@@ -283,9 +283,7 @@ def test_dash_m_ferroloop_keeps_the_exit_status(script: Path, status: int) -> No
 
 def test_dash_m_ferroloop_uncaught_exception_exits_1_with_traceback(tmp_path: Path) -> None:
     path = tmp_path / "fails.py"
-    path.write_text(
-        "import asyncio\nasync def main():\n    raise KeyError('lost')\nasyncio.run(main())\n"
-    )
+    path.write_text("import asyncio\nasync def main():\n    raise KeyError('lost')\nasyncio.run(main())\n")
     proc = run_python("-m", "ferroloop", str(path))
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr

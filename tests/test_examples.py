@@ -36,9 +36,7 @@ def run_example(name: str) -> tuple[list[str], float]:
 def test_examples_hello_gather_overlaps_the_sleeps() -> None:
     lines, elapsed = run_example("hello_gather.py")
     assert lines[0] == f"running on {FERROLOOP_CLASS}"
-    assert lines[1:-1] == [
-        f"{name}: {word}" for word in ("one", "two", "three") for name in "abc"
-    ]
+    assert lines[1:-1] == [f"{name}: {word}" for word in ("one", "two", "three") for name in "abc"]
     finished = re.fullmatch(r"finished in (\d+\.\d\d) s", lines[-1])
     assert finished is not None, lines[-1]
     assert 2.9 <= float(finished.group(1)) < 5

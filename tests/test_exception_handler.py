@@ -56,8 +56,7 @@ def test_callback_error_context_keys_match_the_stdlib() -> None:
         event_loop.set_debug(True)
         event_loop.call_soon(failing_callback)
         run_one_iteration(event_loop)
-        return [(sorted(c), c["message"], type(c["exception"]), type(c["handle"]).__name__)
-                for c in contexts]
+        return [(sorted(c), c["message"], type(c["exception"]), type(c["handle"]).__name__) for c in contexts]
 
     stdlib, ours = on_both_loops(keys)
     assert ours == stdlib
@@ -79,8 +78,7 @@ def default_handler_log(event_loop: asyncio.AbstractEventLoop) -> list[str]:
         event_loop.call_exception_handler({"message": "plain message", "key": "value"})
     finally:
         asyncio_logger.removeHandler(collector)
-    return [f"{r.levelname}|{r.getMessage()}|{r.exc_info[0] if r.exc_info else None}"
-            for r in records]
+    return [f"{r.levelname}|{r.getMessage()}|{r.exc_info[0] if r.exc_info else None}" for r in records]
 
 
 def test_default_handler_log_format_matches_the_stdlib() -> None:

@@ -63,9 +63,7 @@ class FileLike:
 # -- readers ----------------------------------------------------------------------------------
 
 
-def test_reader_on_a_pipe_fires_when_data_arrives(
-    loop: ferroloop.Loop, pipe: tuple[int, int]
-) -> None:
+def test_reader_on_a_pipe_fires_when_data_arrives(loop: ferroloop.Loop, pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     chunks: list[bytes] = []
 
@@ -101,9 +99,7 @@ def test_reader_with_a_socket_object_and_arguments(
     assert loop.remove_reader(a) is True
 
 
-def test_reader_with_an_object_that_has_fileno(
-    loop: ferroloop.Loop, pipe: tuple[int, int]
-) -> None:
+def test_reader_with_an_object_that_has_fileno(loop: ferroloop.Loop, pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     fired: list[bool] = []
     watched = FileLike(read_fd)
@@ -157,6 +153,7 @@ def test_adding_a_reader_again_replaces_the_callback(
         def on_readable() -> None:
             calls.append(tag)
             a.recv(10)
+
         return on_readable
 
     loop.add_reader(a, make("first"))
@@ -177,6 +174,7 @@ def test_a_reader_removed_before_it_runs_does_not_run(
     c, d = socket.socketpair()
     calls: list[str] = []
     try:
+
         def first() -> None:
             calls.append("first")
             loop.remove_reader(a)
@@ -201,9 +199,7 @@ def test_a_reader_removed_before_it_runs_does_not_run(
 # -- writers ----------------------------------------------------------------------------------
 
 
-def test_writer_fires_when_writable(
-    loop: ferroloop.Loop, socket_pair: tuple[socket.socket, socket.socket]
-) -> None:
+def test_writer_fires_when_writable(loop: ferroloop.Loop, socket_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = socket_pair
     calls: list[str] = []
 
@@ -219,9 +215,7 @@ def test_writer_fires_when_writable(
     assert loop.remove_writer(a) is False
 
 
-def test_writer_waits_until_a_full_pipe_drains(
-    loop: ferroloop.Loop, pipe: tuple[int, int]
-) -> None:
+def test_writer_waits_until_a_full_pipe_drains(loop: ferroloop.Loop, pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     written = 0
     try:
@@ -294,8 +288,7 @@ def removal_results(event_loop: asyncio.AbstractEventLoop) -> list[Any]:
             event_loop.remove_reader(a.fileno() + 1000),  # an fd that is not even open
         ]
         event_loop.add_reader(a, print)
-        results += [event_loop.remove_writer(a), event_loop.remove_reader(a),
-                    event_loop.remove_reader(a)]
+        results += [event_loop.remove_writer(a), event_loop.remove_reader(a), event_loop.remove_reader(a)]
         event_loop.add_writer(a.fileno(), print)
         results += [event_loop.remove_writer(a), event_loop.remove_writer(a.fileno())]
         # Closing the socket makes fileno() -1; the watcher is still found by its object.

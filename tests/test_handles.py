@@ -76,11 +76,26 @@ def comparisons(event_loop: asyncio.AbstractEventLoop) -> list[Any]:
     other_cb = event_loop.call_at(5.0, other_callback, 1)
     later = event_loop.call_at(6.0, callback, 1)
     results = [
-        a == same, a != same, a == other_args, a == other_cb, a == later,
-        a < later, a <= later, a > later, a >= later,
-        later > a, later >= a, a <= same, a >= same, a < same, a > same,
-        a <= other_args, a >= other_args,
-        hash(a) == hash(same), a == 1, a != "x",
+        a == same,
+        a != same,
+        a == other_args,
+        a == other_cb,
+        a == later,
+        a < later,
+        a <= later,
+        a > later,
+        a >= later,
+        later > a,
+        later >= a,
+        a <= same,
+        a >= same,
+        a < same,
+        a > same,
+        a <= other_args,
+        a >= other_args,
+        hash(a) == hash(same),
+        a == 1,
+        a != "x",
         [h is a for h in sorted([later, a])],
     ]
     same.cancel()
@@ -160,8 +175,10 @@ def test_cancel_releases_the_callback_arguments_like_the_stdlib() -> None:
     # program that keeps cancelled handles around does not keep their arguments alive.
     def scenario(event_loop: asyncio.AbstractEventLoop) -> list[bool]:
         freed = []
-        for schedule in (lambda p: event_loop.call_soon(callback_with_args, p, ""),
-                         lambda p: event_loop.call_later(60, callback_with_args, p, "")):
+        for schedule in (
+            lambda p: event_loop.call_soon(callback_with_args, p, ""),
+            lambda p: event_loop.call_later(60, callback_with_args, p, ""),
+        ):
             payload = Payload()
             ref = weakref.ref(payload)
             handle = schedule(payload)

@@ -63,8 +63,9 @@ def _observe(tmp_path: Path, loop_name: str) -> dict[str, str]:
             graph += line
         seen = {"graph": graph}
         for tool in ("ps", "pstree"):
-            result = subprocess.run([sys.executable, "-m", "asyncio", tool, str(child.pid)],
-                                    capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [sys.executable, "-m", "asyncio", tool, str(child.pid)], capture_output=True, text=True, timeout=60
+            )
             if result.returncode != 0 and "ermission" in result.stderr:
                 pytest.skip(f"this machine does not let one process read another: {result.stderr[-200:]}")
             assert result.returncode == 0, result.stderr

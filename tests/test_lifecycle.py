@@ -168,9 +168,7 @@ def test_run_until_complete_on_a_running_loop_raises(loop: ferroloop.Loop) -> No
 
 
 @pytest.mark.parametrize("other_factory", [ferroloop.new_event_loop, asyncio.new_event_loop])
-def test_running_a_loop_while_another_runs_in_the_thread_raises(
-    loop: ferroloop.Loop, other_factory: Any
-) -> None:
+def test_running_a_loop_while_another_runs_in_the_thread_raises(loop: ferroloop.Loop, other_factory: Any) -> None:
     other = other_factory()
     errors: list[str] = []
 
@@ -266,8 +264,7 @@ def test_closed_loop_refuses_to_run(loop: ferroloop.Loop) -> None:
         lambda lp: lp.add_reader(0, print),
         lambda lp: lp.add_writer(1, print),
     ],
-    ids=["call_soon", "call_later", "call_at", "call_soon_threadsafe", "run_in_executor",
-         "add_reader", "add_writer"],
+    ids=["call_soon", "call_later", "call_at", "call_soon_threadsafe", "run_in_executor", "add_reader", "add_writer"],
 )
 def test_closed_loop_refuses_new_work(loop: ferroloop.Loop, call: Any) -> None:
     loop.close()
@@ -288,8 +285,12 @@ def test_closed_loop_refuses_create_task(loop: ferroloop.Loop) -> None:
 def test_closed_loop_behaves_like_a_closed_stdlib_loop() -> None:
     def after_close(event_loop: asyncio.AbstractEventLoop) -> list[Any]:
         event_loop.close()
-        results: list[Any] = [type(event_loop.time()), event_loop.remove_reader(0),
-                              event_loop.remove_writer(1), type(event_loop.create_future())]
+        results: list[Any] = [
+            type(event_loop.time()),
+            event_loop.remove_reader(0),
+            event_loop.remove_writer(1),
+            type(event_loop.create_future()),
+        ]
         return results
 
     stdlib, ours = on_both_loops(after_close)
@@ -310,8 +311,7 @@ def test_close_drops_pending_callbacks(loop: ferroloop.Loop) -> None:
 def test_get_running_loop_and_get_event_loop_inside_coroutines(loop: ferroloop.Loop) -> None:
     async def main() -> tuple[Any, Any, Any]:
         await asyncio.sleep(0)
-        return (asyncio.get_running_loop(), asyncio.get_event_loop(),
-                asyncio.events._get_running_loop())
+        return (asyncio.get_running_loop(), asyncio.get_event_loop(), asyncio.events._get_running_loop())
 
     assert loop.run_until_complete(main()) == (loop, loop, loop)
     with pytest.raises(RuntimeError, match="no running event loop"):
@@ -477,7 +477,6 @@ def test_a_loop_refuses_to_start_when_the_gil_is_disabled(monkeypatch: pytest.Mo
         ferroloop.new_event_loop()
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
     ferroloop.new_event_loop().close()
-
 
 
 def test_a_loop_core_in_a_cycle_through_its_fd_table_is_collected() -> None:

@@ -128,9 +128,7 @@ def test_read_pipe_delivers_data_then_eof_then_connection_lost(
     run(any_loop, scenario())
 
 
-def test_pause_reading_holds_data_until_resume(
-    any_loop: asyncio.AbstractEventLoop, pipe_fds: tuple[int, int]
-) -> None:
+def test_pause_reading_holds_data_until_resume(any_loop: asyncio.AbstractEventLoop, pipe_fds: tuple[int, int]) -> None:
     read_fd, write_fd = pipe_fds
 
     async def scenario() -> None:

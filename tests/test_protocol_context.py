@@ -67,7 +67,8 @@ def scenario(event_loop: asyncio.AbstractEventLoop) -> list[tuple[str, str, str]
 
 
 def test_protocol_callbacks_run_in_the_context_the_interpreters_loop_uses(
-        loop: ferroloop.Loop, stdlib_loop: asyncio.AbstractEventLoop) -> None:
+    loop: ferroloop.Loop, stdlib_loop: asyncio.AbstractEventLoop
+) -> None:
     expected = scenario(stdlib_loop)
     assert scenario(loop) == expected
     by_callback = {(side, callback): value for side, callback, value in expected}

@@ -60,8 +60,7 @@ def _fresh_echo_instances() -> None:
     Echo.instances = []
 
 
-async def echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    payload: bytes = b"ping") -> None:
+async def echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes = b"ping") -> None:
     writer.write(payload)
     assert await reader.readexactly(len(payload)) == payload
 
@@ -122,8 +121,7 @@ def test_wait_closed_waits_for_connections(any_loop: asyncio.AbstractEventLoop) 
         late_waiter = asyncio.ensure_future(server.wait_closed())
         await asyncio.sleep(0.05)
         if PY312:
-            assert not early_waiter.done() and not late_waiter.done(), \
-                "wait_closed must wait for the open connection"
+            assert not early_waiter.done() and not late_waiter.done(), "wait_closed must wait for the open connection"
         else:
             assert late_waiter.done()
         writer.close()
@@ -137,8 +135,7 @@ def test_wait_closed_waits_for_connections(any_loop: asyncio.AbstractEventLoop) 
 
 def test_serve_forever(any_loop: asyncio.AbstractEventLoop) -> None:
     async def scenario() -> None:
-        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0,
-                                                                start_serving=False)
+        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0, start_serving=False)
         assert not server.is_serving()
         serving = asyncio.ensure_future(server.serve_forever())
         await asyncio.sleep(0)
@@ -162,8 +159,7 @@ def test_serve_forever(any_loop: asyncio.AbstractEventLoop) -> None:
 
 def test_start_serving_later(any_loop: asyncio.AbstractEventLoop) -> None:
     async def scenario() -> None:
-        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0,
-                                                                start_serving=False)
+        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0, start_serving=False)
         address = server.sockets[0].getsockname()
         assert not server.is_serving()
         # Not listening yet, as in the standard library: the connection is refused.
@@ -201,8 +197,7 @@ def test_async_with_closes_the_server(any_loop: asyncio.AbstractEventLoop) -> No
 def test_close_and_abort_clients(any_loop: asyncio.AbstractEventLoop, method: str) -> None:
     async def scenario() -> None:
         server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
-        clients = [await asyncio.open_connection(*server.sockets[0].getsockname())
-                   for _ in range(3)]
+        clients = [await asyncio.open_connection(*server.sockets[0].getsockname()) for _ in range(3)]
         for reader, writer in clients:
             await echo_once(reader, writer)
         server.close()
@@ -308,16 +303,14 @@ async def unix_round_trip(path: str | os.PathLike[str]) -> None:
     await writer.wait_closed()
 
 
-def test_unix_server_and_connection(any_loop: asyncio.AbstractEventLoop,
-                                    socket_path: Path) -> None:
+def test_unix_server_and_connection(any_loop: asyncio.AbstractEventLoop, socket_path: Path) -> None:
     async def scenario() -> None:
         event_loop = asyncio.get_running_loop()
         server = await event_loop.create_unix_server(Echo, socket_path)
         assert isinstance(server, asyncio.AbstractServer)
         assert server.sockets[0].family == socket.AF_UNIX
         assert server.sockets[0].getsockname() == str(socket_path)
-        transport, protocol = await event_loop.create_unix_connection(
-            asyncio.Protocol, str(socket_path))
+        transport, protocol = await event_loop.create_unix_connection(asyncio.Protocol, str(socket_path))
         assert isinstance(transport, asyncio.Transport)
         assert transport.can_write_eof()
         assert isinstance(transport.get_extra_info("socket"), trsock.TransportSocket)
@@ -354,8 +347,7 @@ def test_unix_abstract_namespace(any_loop: asyncio.AbstractEventLoop) -> None:
     run(any_loop, scenario())
 
 
-def test_stale_unix_socket_file_is_replaced(any_loop: asyncio.AbstractEventLoop,
-                                           socket_path: Path) -> None:
+def test_stale_unix_socket_file_is_replaced(any_loop: asyncio.AbstractEventLoop, socket_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(socket_path))
     stale.close()  # a crashed server's leftover: the file stays behind
@@ -370,8 +362,7 @@ def test_stale_unix_socket_file_is_replaced(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_a_regular_file_is_not_replaced(any_loop: asyncio.AbstractEventLoop,
-                                        socket_path: Path) -> None:
+def test_a_regular_file_is_not_replaced(any_loop: asyncio.AbstractEventLoop, socket_path: Path) -> None:
     socket_path.write_text("not a socket")
 
     async def scenario() -> None:
@@ -384,8 +375,7 @@ def test_a_regular_file_is_not_replaced(any_loop: asyncio.AbstractEventLoop,
     assert socket_path.read_text() == "not a socket"
 
 
-def test_unix_server_on_a_given_socket(any_loop: asyncio.AbstractEventLoop,
-                                       socket_path: Path) -> None:
+def test_unix_server_on_a_given_socket(any_loop: asyncio.AbstractEventLoop, socket_path: Path) -> None:
     async def scenario() -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(socket_path))
@@ -397,8 +387,7 @@ def test_unix_server_on_a_given_socket(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_unix_connection_to_nowhere(any_loop: asyncio.AbstractEventLoop,
-                                    socket_path: Path) -> None:
+def test_unix_connection_to_nowhere(any_loop: asyncio.AbstractEventLoop, socket_path: Path) -> None:
     async def scenario() -> None:
         with pytest.raises(FileNotFoundError):
             await asyncio.open_unix_connection(socket_path)

@@ -32,9 +32,7 @@ def restore_signals() -> Iterator[None]:
         signal.set_wakeup_fd(-1)
 
 
-def test_a_real_signal_reaches_the_handler_with_its_arguments(
-    loop: ferroloop.Loop, restore_signals: None
-) -> None:
+def test_a_real_signal_reaches_the_handler_with_its_arguments(loop: ferroloop.Loop, restore_signals: None) -> None:
     received: list[tuple[Any, ...]] = []
 
     def on_signal(*args: Any) -> None:
@@ -52,9 +50,7 @@ def test_a_real_signal_reaches_the_handler_with_its_arguments(
     safety.cancel()
 
 
-def test_signal_sent_from_another_thread_wakes_the_loop(
-    loop: ferroloop.Loop, restore_signals: None
-) -> None:
+def test_signal_sent_from_another_thread_wakes_the_loop(loop: ferroloop.Loop, restore_signals: None) -> None:
     received: list[int] = []
 
     def on_signal() -> None:
@@ -135,7 +131,9 @@ def test_add_signal_handler_checks_match_the_stdlib(
     [("2", TypeError), (0, ValueError), (signal.NSIG + 10, ValueError)],
 )
 def test_remove_signal_handler_checks_match_the_stdlib(
-    loop: ferroloop.Loop, stdlib_loop: asyncio.AbstractEventLoop, sig: Any,
+    loop: ferroloop.Loop,
+    stdlib_loop: asyncio.AbstractEventLoop,
+    sig: Any,
     exc_type: type[Exception],
 ) -> None:
     for event_loop in (stdlib_loop, loop):

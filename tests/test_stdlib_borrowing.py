@@ -35,8 +35,12 @@ def _calls_into_ferroloop() -> Iterator[tuple[str, str, int, tuple[str, ...], bo
     for where, function in _borrowed_functions():
         tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
         for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "self"):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "self"
+            ):
                 continue
             method = node.func.attr
             if method in BORROWED or not hasattr(ferroloop.Loop, method):
@@ -57,10 +61,14 @@ def test_borrowed_code_calls_into_ferroloop() -> None:
     assert {"_make_socket_transport", "_make_ssl_transport", "_add_reader", "create_task"} <= methods
 
 
-@pytest.mark.parametrize(("where", "method", "npos", "keywords", "has_kwargs"), CALLS,
-                         ids=[f"{c[0]}->{c[1]}/{c[2]}{''.join(',' + k for k in c[3])}" for c in CALLS])
-def test_each_call_fits_ferroloops_signature(where: str, method: str, npos: int,
-                                             keywords: tuple[str, ...], has_kwargs: bool) -> None:
+@pytest.mark.parametrize(
+    ("where", "method", "npos", "keywords", "has_kwargs"),
+    CALLS,
+    ids=[f"{c[0]}->{c[1]}/{c[2]}{''.join(',' + k for k in c[3])}" for c in CALLS],
+)
+def test_each_call_fits_ferroloops_signature(
+    where: str, method: str, npos: int, keywords: tuple[str, ...], has_kwargs: bool
+) -> None:
     signature = inspect.signature(getattr(ferroloop.Loop, method))
     # Bound as the unbound function: `self` is the first positional argument.
     signature.bind(*([None] * (npos + 1)), **dict.fromkeys(keywords))

@@ -94,8 +94,7 @@ def test_limits_and_incomplete_reads(any_loop: asyncio.AbstractEventLoop) -> Non
     async def scenario() -> None:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         async with server:
-            reader, writer = await asyncio.open_connection(
-                *server.sockets[0].getsockname(), limit=100)
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname(), limit=100)
             # ("Separator is found, but chunk is longer than limit" or "... not found, and
             # chunk exceed the limit", depending on how the bytes arrived)
             with pytest.raises(ValueError, match="limit"):
@@ -125,7 +124,7 @@ def test_big_echo_with_back_pressure(any_loop: asyncio.AbstractEventLoop) -> Non
             async def send() -> None:
                 nonlocal largest_buffer
                 for start in range(0, len(BIG), 100_000):
-                    writer.write(BIG[start:start + 100_000])
+                    writer.write(BIG[start : start + 100_000])
                     await writer.drain()
                     largest_buffer = max(largest_buffer, writer.transport.get_write_buffer_size())
                 writer.write_eof()
@@ -209,16 +208,15 @@ def test_unix_streams(any_loop: asyncio.AbstractEventLoop, tmp_path: Path) -> No
     run(any_loop, scenario())
 
 
-def test_tls_streams(any_loop: asyncio.AbstractEventLoop,
-                     tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+def test_tls_streams(any_loop: asyncio.AbstractEventLoop, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     server_context, client_context = tls_contexts
 
     async def scenario() -> None:
         server = await asyncio.start_server(echo_client, "127.0.0.1", 0, ssl=server_context)
         async with server:
             reader, writer = await asyncio.open_connection(
-                *server.sockets[0].getsockname(), ssl=client_context,
-                server_hostname="localhost")
+                *server.sockets[0].getsockname(), ssl=client_context, server_hostname="localhost"
+            )
             ssl_object = writer.get_extra_info("ssl_object")
             assert isinstance(ssl_object, ssl.SSLObject)
             assert writer.get_extra_info("peercert")["subject"]
@@ -226,7 +224,7 @@ def test_tls_streams(any_loop: asyncio.AbstractEventLoop,
 
             async def send() -> None:
                 for start in range(0, len(payload), 50_000):
-                    writer.write(payload[start:start + 50_000])
+                    writer.write(payload[start : start + 50_000])
                     await writer.drain()
 
             sending = asyncio.ensure_future(send())

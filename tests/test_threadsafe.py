@@ -177,8 +177,7 @@ def test_call_soon_threadsafe_while_the_loop_runs_callbacks(loop: ferroloop.Loop
     assert received == list(range(count))
 
 
-def _cancel_from_another_thread_while_running(event_loop: asyncio.AbstractEventLoop,
-                                              check: str) -> list[str]:
+def _cancel_from_another_thread_while_running(event_loop: asyncio.AbstractEventLoop, check: str) -> list[str]:
     """Another thread cancels (or asks `cancelled()` of) a call_soon_threadsafe handle while
     its callback runs; returns the order in which things happened."""
     order: list[str] = []
@@ -205,7 +204,8 @@ def _cancel_from_another_thread_while_running(event_loop: asyncio.AbstractEventL
 
 @pytest.mark.parametrize("check", ["cancel", "cancelled"])
 def test_a_threadsafe_handle_waits_for_its_running_callback_before_cancelling(
-        check: str, loop: ferroloop.Loop, stdlib_loop: asyncio.AbstractEventLoop) -> None:
+    check: str, loop: ferroloop.Loop, stdlib_loop: asyncio.AbstractEventLoop
+) -> None:
     order = _cancel_from_another_thread_while_running(loop, check)
     assert order == ["callback finished", f"{check}() returned {None if check == 'cancel' else False}"]
     if hasattr(asyncio.events, "_ThreadSafeHandle"):  # 3.14+: the standard loop does the same
@@ -237,7 +237,8 @@ def test_a_threadsafe_handle_cancelled_before_it_runs_never_runs(loop: ferroloop
 
 
 def test_a_threadsafe_handle_is_the_interpreters_threadsafe_handle_type(
-        stdlib_loop: asyncio.AbstractEventLoop, loop: ferroloop.Loop) -> None:
+    stdlib_loop: asyncio.AbstractEventLoop, loop: ferroloop.Loop
+) -> None:
     handle = loop.call_soon_threadsafe(print)
     assert isinstance(handle, ferroloop.Handle)
     stdlib_type = getattr(asyncio.events, "_ThreadSafeHandle", None)  # 3.14+

@@ -81,16 +81,15 @@ def count_ssl_connection_lost(monkeypatch: pytest.MonkeyPatch) -> list[BaseExcep
 # -- verification ---------------------------------------------------------------------------
 
 
-def test_verified_connection_checks_the_hostname(any_loop: asyncio.AbstractEventLoop,
-                                                 pki: Pki) -> None:
+def test_verified_connection_checks_the_hostname(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     errors = record_errors(any_loop)
 
     async def scenario() -> None:
         server = await any_loop.create_server(Echo, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             transport, protocol = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME)
+                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             ssl_object = transport.get_extra_info("ssl_object")
             assert ssl_object.server_hostname == HOSTNAME
             assert ("DNS", HOSTNAME) in transport.get_extra_info("peercert")["subjectAltName"]
@@ -103,15 +102,14 @@ def test_verified_connection_checks_the_hostname(any_loop: asyncio.AbstractEvent
     assert errors == []
 
 
-def test_hostname_defaults_to_the_host_argument(any_loop: asyncio.AbstractEventLoop,
-                                                pki: Pki) -> None:
+def test_hostname_defaults_to_the_host_argument(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     async def scenario() -> None:
         server = await any_loop.create_server(Echo, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             # The certificate names 127.0.0.1 too: the host doubles as the name to check.
             transport, _ = await any_loop.create_connection(
-                Recorder, "127.0.0.1", server.sockets[0].getsockname()[1],
-                ssl=pki.client_context())
+                Recorder, "127.0.0.1", server.sockets[0].getsockname()[1], ssl=pki.client_context()
+            )
             assert transport.get_extra_info("ssl_object").server_hostname == "127.0.0.1"
             transport.close()
 
@@ -127,13 +125,15 @@ def test_wrong_hostname_is_refused(any_loop: asyncio.AbstractEventLoop, pki: Pki
             made.append(Recorder())
             return made[-1]
 
-        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0,
-                                              ssl=pki.server_context())
+        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             with pytest.raises(ssl.SSLCertVerificationError) as raised:
                 await any_loop.create_connection(
-                    Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                    server_hostname="wrong.example")
+                    Recorder,
+                    *server.sockets[0].getsockname(),
+                    ssl=pki.client_context(),
+                    server_hostname="wrong.example",
+                )
             assert "Hostname mismatch" in raised.value.verify_message
             await asyncio.sleep(0.05)  # the server side sees the client's alert
 
@@ -143,8 +143,7 @@ def test_wrong_hostname_is_refused(any_loop: asyncio.AbstractEventLoop, pki: Pki
 
 
 @pytest.mark.parametrize("client", ["other authority", "ssl=True"])
-def test_untrusted_certificate_is_refused(any_loop: asyncio.AbstractEventLoop, pki: Pki,
-                                          client: str) -> None:
+def test_untrusted_certificate_is_refused(any_loop: asyncio.AbstractEventLoop, pki: Pki, client: str) -> None:
     errors = record_errors(any_loop)
     if client == "ssl=True":
         client_ssl: ssl.SSLContext | bool = True  # the default context: the system's roots
@@ -157,8 +156,8 @@ def test_untrusted_certificate_is_refused(any_loop: asyncio.AbstractEventLoop, p
         async with server:
             with pytest.raises(ssl.SSLCertVerificationError) as raised:
                 await any_loop.create_connection(
-                    Recorder, *server.sockets[0].getsockname(), ssl=client_ssl,
-                    server_hostname=HOSTNAME)
+                    Recorder, *server.sockets[0].getsockname(), ssl=client_ssl, server_hostname=HOSTNAME
+                )
             assert raised.value.verify_code == 20  # unable to get local issuer certificate
             await asyncio.sleep(0.05)
 
@@ -175,12 +174,14 @@ def test_alpn_is_negotiated(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> No
                 assert isinstance(transport, asyncio.Transport)
                 accepted.set_result(transport)
 
-        server = await any_loop.create_server(
-            Server, "127.0.0.1", 0, ssl=pki.server_context(alpn=["h2", "http/1.1"]))
+        server = await any_loop.create_server(Server, "127.0.0.1", 0, ssl=pki.server_context(alpn=["h2", "http/1.1"]))
         async with server:
             transport, _ = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(),
-                ssl=pki.client_context(alpn=["http/1.1", "spdy/3"]), server_hostname=HOSTNAME)
+                Recorder,
+                *server.sockets[0].getsockname(),
+                ssl=pki.client_context(alpn=["http/1.1", "spdy/3"]),
+                server_hostname=HOSTNAME,
+            )
             server_transport = await accepted
             for side in (transport, server_transport):
                 assert side.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
@@ -206,10 +207,10 @@ def test_mutual_tls_and_extra_info(any_loop: asyncio.AbstractEventLoop, pki: Pki
         async with server:
             address = server.sockets[0].getsockname()
             transport, _ = await any_loop.create_connection(
-                Recorder, *address, ssl=client_context, server_hostname=HOSTNAME)
+                Recorder, *address, ssl=client_context, server_hostname=HOSTNAME
+            )
             server_transport = await accepted
-            sides = ((transport, client_context, HOSTNAME),
-                     (server_transport, server_context, "client.example"))
+            sides = ((transport, client_context, HOSTNAME), (server_transport, server_context, "client.example"))
             for side, context, peer_name in sides:
                 ssl_object = side.get_extra_info("ssl_object")
                 assert isinstance(ssl_object, ssl.SSLObject)
@@ -252,8 +253,8 @@ def test_stalled_client_handshake_times_out_on_the_server(pki: Pki) -> None:
 
         async def scenario() -> tuple[bytes, float]:
             server = await event_loop.create_server(
-                server_protocol, "127.0.0.1", 0, ssl=pki.server_context(),
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                server_protocol, "127.0.0.1", 0, ssl=pki.server_context(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
             async with server:
                 with socket.create_connection(server.sockets[0].getsockname()) as client:
                     client.setblocking(False)
@@ -271,16 +272,20 @@ def test_stalled_client_handshake_times_out_on_the_server(pki: Pki) -> None:
     assert ferro == stdlib
 
 
-def test_client_handshake_timeout(any_loop: asyncio.AbstractEventLoop,
-                                  count_ssl_connection_lost: list[BaseException | None]) -> None:
+def test_client_handshake_timeout(
+    any_loop: asyncio.AbstractEventLoop, count_ssl_connection_lost: list[BaseException | None]
+) -> None:
     async def scenario() -> float:
         with socket.create_server(("127.0.0.1", 0)) as silent_server:  # accepts, never answers
             started = time.monotonic()
-            with pytest.raises(ConnectionAbortedError,
-                               match="SSL handshake is taking longer than 0.3 seconds"):
+            with pytest.raises(ConnectionAbortedError, match="SSL handshake is taking longer than 0.3 seconds"):
                 await any_loop.create_connection(
-                    Recorder, *silent_server.getsockname(), ssl=ssl.create_default_context(),
-                    server_hostname=HOSTNAME, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                    Recorder,
+                    *silent_server.getsockname(),
+                    ssl=ssl.create_default_context(),
+                    server_hostname=HOSTNAME,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                )
             return time.monotonic() - started
 
     waited = run(any_loop, scenario())
@@ -298,12 +303,15 @@ def test_close_performs_the_tls_shutdown(any_loop: asyncio.AbstractEventLoop, pk
             served.append(Recorder())
             return served[-1]
 
-        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0,
-                                              ssl=pki.server_context())
+        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             transport, protocol = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME, ssl_shutdown_timeout=5)
+                Recorder,
+                *server.sockets[0].getsockname(),
+                ssl=pki.client_context(),
+                server_hostname=HOSTNAME,
+                ssl_shutdown_timeout=5,
+            )
             transport.write(b"last words")
             started = time.monotonic()
             transport.close()
@@ -314,8 +322,7 @@ def test_close_performs_the_tls_shutdown(any_loop: asyncio.AbstractEventLoop, pk
             assert time.monotonic() - started < 1.0
             # The server got the data, then the close_notify as end of stream.
             assert served[0].data == b"last words"
-            assert served[0].calls == ["connection_made", "data_received", "eof_received",
-                                       "connection_lost"]
+            assert served[0].calls == ["connection_made", "data_received", "eof_received", "connection_lost"]
             # and the closing side sees the peer's close_notify as end of stream too.
             assert protocol.calls == ["connection_made", "eof_received", "connection_lost"]
 
@@ -333,12 +340,11 @@ def test_abort_skips_the_tls_shutdown(any_loop: asyncio.AbstractEventLoop, pki: 
             served.append(Recorder())
             return served[-1]
 
-        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0,
-                                              ssl=pki.server_context())
+        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             transport, protocol = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME)
+                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             transport.write(b"x" * 1000)
             await served[0].receive(1000)
             assert served[0].transport is not None
@@ -354,8 +360,7 @@ def test_abort_skips_the_tls_shutdown(any_loop: asyncio.AbstractEventLoop, pki: 
             transport.write(b"after abort")  # dropped, as on any closed transport
             assert transport.get_extra_info("socket") is None
             assert protocol.calls == ["connection_made", "data_received", "connection_lost"]
-            assert served[0].calls == ["connection_made", "data_received", "eof_received",
-                                       "connection_lost"]
+            assert served[0].calls == ["connection_made", "data_received", "eof_received", "connection_lost"]
 
     run(any_loop, scenario())
     assert errors == []
@@ -382,13 +387,17 @@ def stalled_tls_peer(pki: Pki) -> Iterator[tuple[str, int]]:
     thread.join(10)
 
 
-def test_close_gives_up_after_the_shutdown_timeout(any_loop: asyncio.AbstractEventLoop,
-                                                   pki: Pki,
-                                                   stalled_tls_peer: tuple[str, int]) -> None:
+def test_close_gives_up_after_the_shutdown_timeout(
+    any_loop: asyncio.AbstractEventLoop, pki: Pki, stalled_tls_peer: tuple[str, int]
+) -> None:
     async def scenario() -> tuple[Recorder, float]:
         transport, protocol = await any_loop.create_connection(
-            Recorder, *stalled_tls_peer, ssl=pki.client_context(), server_hostname=HOSTNAME,
-            ssl_shutdown_timeout=SHUTDOWN_TIMEOUT)
+            Recorder,
+            *stalled_tls_peer,
+            ssl=pki.client_context(),
+            server_hostname=HOSTNAME,
+            ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
         started = time.monotonic()
         transport.close()
         await protocol.lost
@@ -406,6 +415,7 @@ def test_abrupt_close_during_the_client_handshake(
 ) -> None:
     """The server resets the connection after the ClientHello: create_connection raises the
     error, which the TLS layer saw once."""
+
     async def scenario() -> None:
         with socket.create_server(("127.0.0.1", 0)) as listener:
             listener.setblocking(False)
@@ -418,8 +428,8 @@ def test_abrupt_close_during_the_client_handshake(
             resetting = asyncio.ensure_future(reset_after_hello())
             with pytest.raises(ConnectionResetError) as raised:
                 await any_loop.create_connection(
-                    Recorder, *listener.getsockname(), ssl=ssl.create_default_context(),
-                    server_hostname=HOSTNAME)
+                    Recorder, *listener.getsockname(), ssl=ssl.create_default_context(), server_hostname=HOSTNAME
+                )
             await resetting
             await asyncio.sleep(0.01)
             assert count_ssl_connection_lost == [raised.value]
@@ -428,8 +438,7 @@ def test_abrupt_close_during_the_client_handshake(
 
 
 def test_abrupt_close_during_the_server_handshake(
-    any_loop: asyncio.AbstractEventLoop, pki: Pki,
-    count_ssl_connection_lost: list[BaseException | None]
+    any_loop: asyncio.AbstractEventLoop, pki: Pki, count_ssl_connection_lost: list[BaseException | None]
 ) -> None:
     errors = record_errors(any_loop)
     made: list[Recorder] = []
@@ -440,8 +449,7 @@ def test_abrupt_close_during_the_server_handshake(
         return made[-1]
 
     async def scenario() -> None:
-        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0,
-                                              ssl=pki.server_context())
+        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             client = socket.create_connection(server.sockets[0].getsockname())
             client.setblocking(False)
@@ -460,8 +468,7 @@ def test_abrupt_close_during_the_server_handshake(
     assert errors == []
 
 
-def test_abrupt_close_during_the_shutdown(any_loop: asyncio.AbstractEventLoop,
-                                          pki: Pki) -> None:
+def test_abrupt_close_during_the_shutdown(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     """The peer answers our close_notify with a reset: connection_lost(ConnectionResetError),
     once."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -479,8 +486,12 @@ def test_abrupt_close_during_the_shutdown(any_loop: asyncio.AbstractEventLoop,
 
     async def scenario() -> Recorder:
         transport, protocol = await any_loop.create_connection(
-            Recorder, *listener.getsockname(), ssl=pki.client_context(),
-            server_hostname=HOSTNAME, ssl_shutdown_timeout=5)
+            Recorder,
+            *listener.getsockname(),
+            ssl=pki.client_context(),
+            server_hostname=HOSTNAME,
+            ssl_shutdown_timeout=5,
+        )
         transport.close()
         await protocol.lost
         await asyncio.sleep(0.05)
@@ -504,12 +515,11 @@ def test_pause_reading_stops_decrypting(any_loop: asyncio.AbstractEventLoop, pki
             served.set_result(protocol)
             return protocol
 
-        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0,
-                                              ssl=pki.server_context())
+        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             transport, sender = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME)
+                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             receiver = await served
             await receiver.made.wait()  # made at accept time, connected after the handshake
             assert receiver.transport is not None
@@ -528,8 +538,7 @@ def test_pause_reading_stops_decrypting(any_loop: asyncio.AbstractEventLoop, pki
     run(any_loop, scenario())
 
 
-def test_write_flow_control_reaches_the_protocol(any_loop: asyncio.AbstractEventLoop,
-                                                 pki: Pki) -> None:
+def test_write_flow_control_reaches_the_protocol(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     """A reader that pauses: the TLS layer stops reading its socket (so TCP fills up), the
     writer's raw transport pauses the TLS layer, which pauses the writing application; all of
     it resumes when the reader does, and every byte arrives."""
@@ -544,12 +553,11 @@ def test_write_flow_control_reaches_the_protocol(any_loop: asyncio.AbstractEvent
             served.set_result(protocol)
             return protocol
 
-        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0,
-                                              ssl=pki.server_context())
+        server = await any_loop.create_server(server_protocol, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             transport, writer = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME)
+                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             receiver = await served
             await receiver.made.wait()  # made at accept time, connected after the handshake
             assert receiver.transport is not None
@@ -588,7 +596,7 @@ def test_50_mb_each_way_every_byte_checked(loop: ferroloop.Loop, pki: Pki) -> No
     async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
         view = memoryview(data)
         for start in range(0, len(data), piece):
-            writer.write(view[start:start + piece])
+            writer.write(view[start : start + piece])
             await writer.drain()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -604,8 +612,8 @@ def test_50_mb_each_way_every_byte_checked(loop: ferroloop.Loop, pki: Pki) -> No
         server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             reader, writer = await asyncio.open_connection(
-                *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME)
+                *server.sockets[0].getsockname(), ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             sending = asyncio.ensure_future(send(writer, to_server))
             received = await reader.readexactly(size)
             await sending
@@ -638,8 +646,7 @@ def test_500_concurrent_connections(loop: ferroloop.Loop, pki: Pki) -> None:
             open_now -= 1
 
     async def client(address: tuple[str, int], number: int) -> None:
-        reader, writer = await asyncio.open_connection(
-            *address, ssl=client_context, server_hostname=HOSTNAME)
+        reader, writer = await asyncio.open_connection(*address, ssl=client_context, server_hostname=HOSTNAME)
         message = f"client {number}\n".encode()
         writer.write(message)
         assert await reader.readline() == message
@@ -648,8 +655,7 @@ def test_500_concurrent_connections(loop: ferroloop.Loop, pki: Pki) -> None:
         await writer.wait_closed()
 
     async def scenario() -> None:
-        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=pki.server_context(),
-                                            backlog=count)
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=pki.server_context(), backlog=count)
         async with server:
             address = server.sockets[0].getsockname()
             await asyncio.gather(*(client(address, n) for n in range(count)))
@@ -679,19 +685,17 @@ def test_tls_over_tls(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
         server = await asyncio.start_server(tunnel, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             outer, protocol = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME)
+                Recorder, *server.sockets[0].getsockname(), ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             outer.write(b"CONNECT inner.example\n")
             assert await protocol.receive(11) == b"200 tunnel\n"
             protocol.data.clear()
-            inner = await any_loop.start_tls(outer, protocol, inner_client_context,
-                                             server_hostname="inner.example")
+            inner = await any_loop.start_tls(outer, protocol, inner_client_context, server_hostname="inner.example")
             assert inner is not None and inner.get_protocol() is protocol
             outer_tls = outer.get_extra_info("ssl_object")
             inner_tls = inner.get_extra_info("ssl_object")
             assert inner_tls is not outer_tls
-            assert (outer_tls.server_hostname, inner_tls.server_hostname) == (HOSTNAME,
-                                                                            "inner.example")
+            assert (outer_tls.server_hostname, inner_tls.server_hostname) == (HOSTNAME, "inner.example")
             assert ("DNS", "inner.example") in inner.get_extra_info("peercert")["subjectAltName"]
             payload = os.urandom(300_000)
             inner.write(payload)
@@ -703,9 +707,9 @@ def test_tls_over_tls(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     run(any_loop, scenario())
 
 
-def test_start_tls_on_a_plain_connection_with_timeouts(any_loop: asyncio.AbstractEventLoop,
-                                                       pki: Pki) -> None:
+def test_start_tls_on_a_plain_connection_with_timeouts(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     """loop.start_tls on both ends of a plain TCP connection (client and server side)."""
+
     async def scenario() -> None:
         upgraded: asyncio.Future[asyncio.Transport] = any_loop.create_future()
 
@@ -720,8 +724,13 @@ def test_start_tls_on_a_plain_connection_with_timeouts(any_loop: asyncio.Abstrac
 
                 async def upgrade() -> None:
                     tls = await any_loop.start_tls(
-                        self.transport, echo, pki.server_context(), server_side=True,
-                        ssl_handshake_timeout=5, ssl_shutdown_timeout=5)
+                        self.transport,
+                        echo,
+                        pki.server_context(),
+                        server_side=True,
+                        ssl_handshake_timeout=5,
+                        ssl_shutdown_timeout=5,
+                    )
                     assert tls is not None
                     echo.connection_made(tls)
                     upgraded.set_result(tls)
@@ -731,14 +740,18 @@ def test_start_tls_on_a_plain_connection_with_timeouts(any_loop: asyncio.Abstrac
 
         server = await any_loop.create_server(Server, "127.0.0.1", 0)
         async with server:
-            plain, protocol = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname())
+            plain, protocol = await any_loop.create_connection(Recorder, *server.sockets[0].getsockname())
             plain.write(b"STARTTLS\n")
             assert await protocol.receive(3) == b"GO\n"
             protocol.data.clear()
-            tls = await any_loop.start_tls(plain, protocol, pki.client_context(),
-                                           server_hostname=HOSTNAME, ssl_handshake_timeout=5,
-                                           ssl_shutdown_timeout=5)
+            tls = await any_loop.start_tls(
+                plain,
+                protocol,
+                pki.client_context(),
+                server_hostname=HOSTNAME,
+                ssl_handshake_timeout=5,
+                ssl_shutdown_timeout=5,
+            )
             assert tls is not None
             server_tls = await upgraded
             tls.write(b"ping")
@@ -751,15 +764,15 @@ def test_start_tls_on_a_plain_connection_with_timeouts(any_loop: asyncio.Abstrac
     run(any_loop, scenario())
 
 
-def test_streams_over_tls_on_unix_sockets(any_loop: asyncio.AbstractEventLoop, pki: Pki,
-                                          tmp_path: Path) -> None:
+def test_streams_over_tls_on_unix_sockets(any_loop: asyncio.AbstractEventLoop, pki: Pki, tmp_path: Path) -> None:
     path = str(tmp_path / "tls.sock")
 
     async def scenario() -> None:
         server = await asyncio.start_unix_server(echo_stream, path, ssl=pki.server_context())
         async with server:
             reader, writer = await asyncio.open_unix_connection(
-                path, ssl=pki.client_context(), server_hostname=HOSTNAME)
+                path, ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             assert writer.get_extra_info("peername") == path
             assert writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
             writer.write(b"unix and tls\n")
@@ -770,8 +783,7 @@ def test_streams_over_tls_on_unix_sockets(any_loop: asyncio.AbstractEventLoop, p
     run(any_loop, scenario())
 
 
-def test_stream_writer_start_tls_and_refused_streams(any_loop: asyncio.AbstractEventLoop,
-                                                     pki: Pki) -> None:
+def test_stream_writer_start_tls_and_refused_streams(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if await reader.readline() == b"STARTTLS\n":
             writer.write(b"GO\n")
@@ -785,36 +797,36 @@ def test_stream_writer_start_tls_and_refused_streams(any_loop: asyncio.AbstractE
             reader, writer = await asyncio.open_connection(*address)
             writer.write(b"STARTTLS\n")
             assert await reader.readline() == b"GO\n"
-            await writer.start_tls(pki.client_context(), server_hostname=HOSTNAME,
-                                   ssl_handshake_timeout=5)
+            await writer.start_tls(pki.client_context(), server_hostname=HOSTNAME, ssl_handshake_timeout=5)
             assert writer.get_extra_info("ssl_object").server_hostname == HOSTNAME
             writer.write(b"now private\n")
             assert await reader.readline() == b"now private\n"
             writer.close()
             await writer.wait_closed()
 
-        tls_server = await asyncio.start_server(echo_stream, "127.0.0.1", 0,
-                                                ssl=pki.server_context())
+        tls_server = await asyncio.start_server(echo_stream, "127.0.0.1", 0, ssl=pki.server_context())
         async with tls_server:
             with pytest.raises(ssl.SSLCertVerificationError):
-                await asyncio.open_connection(*tls_server.sockets[0].getsockname(),
-                                              ssl=pki.client_context(),
-                                              server_hostname="wrong.example")
+                await asyncio.open_connection(
+                    *tls_server.sockets[0].getsockname(), ssl=pki.client_context(), server_hostname="wrong.example"
+                )
 
     run(any_loop, scenario())
 
 
-def test_connect_accepted_socket_with_tls(any_loop: asyncio.AbstractEventLoop,
-                                          pki: Pki) -> None:
+def test_connect_accepted_socket_with_tls(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     async def scenario() -> None:
         with socket.create_server(("127.0.0.1", 0)) as listener:
             listener.setblocking(False)
-            connecting = asyncio.ensure_future(any_loop.create_connection(
-                Recorder, *listener.getsockname(), ssl=pki.client_context(),
-                server_hostname=HOSTNAME))
+            connecting = asyncio.ensure_future(
+                any_loop.create_connection(
+                    Recorder, *listener.getsockname(), ssl=pki.client_context(), server_hostname=HOSTNAME
+                )
+            )
             accepted, _ = await any_loop.sock_accept(listener)
             server_transport, _ = await any_loop.connect_accepted_socket(
-                Echo, accepted, ssl=pki.server_context(), ssl_handshake_timeout=5)
+                Echo, accepted, ssl=pki.server_context(), ssl_handshake_timeout=5
+            )
             transport, protocol = await connecting
             transport.write(b"accepted elsewhere")
             assert await protocol.receive(18) == b"accepted elsewhere"
@@ -828,12 +840,12 @@ def test_connect_accepted_socket_with_tls(any_loop: asyncio.AbstractEventLoop,
 # -- argument checks --------------------------------------------------------------------------
 
 
-ArgumentCheck = Callable[[asyncio.AbstractEventLoop, tuple[str, int], str, ssl.SSLContext],
-                         Coroutine[Any, Any, Any]]
+ArgumentCheck = Callable[[asyncio.AbstractEventLoop, tuple[str, int], str, ssl.SSLContext], Coroutine[Any, Any, Any]]
 
 
-async def _start_tls_on_plain(event_loop: asyncio.AbstractEventLoop, address: tuple[str, int],
-                              context: Any, **kwargs: Any) -> Any:
+async def _start_tls_on_plain(
+    event_loop: asyncio.AbstractEventLoop, address: tuple[str, int], context: Any, **kwargs: Any
+) -> Any:
     transport, protocol = await event_loop.create_connection(asyncio.Protocol, *address)
     try:
         return await event_loop.start_tls(transport, protocol, context, **kwargs)
@@ -843,7 +855,8 @@ async def _start_tls_on_plain(event_loop: asyncio.AbstractEventLoop, address: tu
 
 async def _start_tls_on_datagram(event_loop: asyncio.AbstractEventLoop, context: Any) -> Any:
     transport, protocol = await event_loop.create_datagram_endpoint(
-        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
     try:
         return await event_loop.start_tls(transport, protocol, context)  # type: ignore[arg-type]
     finally:
@@ -851,59 +864,69 @@ async def _start_tls_on_datagram(event_loop: asyncio.AbstractEventLoop, context:
 
 
 ARGUMENT_CHECKS: dict[str, ArgumentCheck] = {
-    "create_connection server_hostname without ssl": lambda lp, addr, path, ctx:
-        lp.create_connection(asyncio.Protocol, *addr, server_hostname=HOSTNAME),
-    "create_connection handshake timeout without ssl": lambda lp, addr, path, ctx:
-        lp.create_connection(asyncio.Protocol, *addr, ssl_handshake_timeout=1),
-    "create_connection shutdown timeout without ssl": lambda lp, addr, path, ctx:
-        lp.create_connection(asyncio.Protocol, *addr, ssl_shutdown_timeout=1),
-    "create_connection ssl without any hostname": lambda lp, addr, path, ctx:
-        lp.create_connection(asyncio.Protocol, sock=socket.create_connection(addr), ssl=ctx),
-    "create_connection zero handshake timeout": lambda lp, addr, path, ctx:
-        lp.create_connection(asyncio.Protocol, *addr, ssl=ctx, server_hostname=HOSTNAME,
-                             ssl_handshake_timeout=0),
-    "create_connection negative handshake timeout": lambda lp, addr, path, ctx:
-        lp.create_connection(asyncio.Protocol, *addr, ssl=ctx, server_hostname=HOSTNAME,
-                             ssl_handshake_timeout=-1),
-    "create_connection zero shutdown timeout": lambda lp, addr, path, ctx:
-        lp.create_connection(asyncio.Protocol, *addr, ssl=ctx, server_hostname=HOSTNAME,
-                             ssl_shutdown_timeout=0),
-    "create_server handshake timeout without ssl": lambda lp, addr, path, ctx:
-        lp.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl_handshake_timeout=1),
-    "create_server shutdown timeout without ssl": lambda lp, addr, path, ctx:
-        lp.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl_shutdown_timeout=1),
-    "create_unix_connection server_hostname without ssl": lambda lp, addr, path, ctx:
-        lp.create_unix_connection(asyncio.Protocol, path, server_hostname=HOSTNAME),
-    "create_unix_connection ssl without server_hostname": lambda lp, addr, path, ctx:
-        lp.create_unix_connection(asyncio.Protocol, path, ssl=ctx),
-    "create_unix_connection handshake timeout without ssl": lambda lp, addr, path, ctx:
-        lp.create_unix_connection(asyncio.Protocol, path, ssl_handshake_timeout=1),
-    "create_unix_server handshake timeout without ssl": lambda lp, addr, path, ctx:
-        lp.create_unix_server(asyncio.Protocol, path + ".2", ssl_handshake_timeout=1),
-    "connect_accepted_socket handshake timeout without ssl": lambda lp, addr, path, ctx:
-        lp.connect_accepted_socket(asyncio.Protocol, socket.create_connection(addr),
-                                   ssl_handshake_timeout=1),
-    "connect_accepted_socket shutdown timeout without ssl": lambda lp, addr, path, ctx:
-        lp.connect_accepted_socket(asyncio.Protocol, socket.create_connection(addr),
-                                   ssl_shutdown_timeout=1),
-    "open_connection server_hostname without ssl": lambda lp, addr, path, ctx:
-        asyncio.open_connection(*addr, server_hostname=HOSTNAME),
-    "start_tls with a non-context": lambda lp, addr, path, ctx:
-        _start_tls_on_plain(lp, addr, "not a context"),
-    "start_tls zero handshake timeout": lambda lp, addr, path, ctx:
-        _start_tls_on_plain(lp, addr, ctx, server_hostname=HOSTNAME, ssl_handshake_timeout=0),
-    "start_tls negative shutdown timeout": lambda lp, addr, path, ctx:
-        _start_tls_on_plain(lp, addr, ctx, server_hostname=HOSTNAME, ssl_shutdown_timeout=-5),
-    "start_tls on a datagram transport": lambda lp, addr, path, ctx:
-        _start_tls_on_datagram(lp, ctx),
+    "create_connection server_hostname without ssl": lambda lp, addr, path, ctx: lp.create_connection(
+        asyncio.Protocol, *addr, server_hostname=HOSTNAME
+    ),
+    "create_connection handshake timeout without ssl": lambda lp, addr, path, ctx: lp.create_connection(
+        asyncio.Protocol, *addr, ssl_handshake_timeout=1
+    ),
+    "create_connection shutdown timeout without ssl": lambda lp, addr, path, ctx: lp.create_connection(
+        asyncio.Protocol, *addr, ssl_shutdown_timeout=1
+    ),
+    "create_connection ssl without any hostname": lambda lp, addr, path, ctx: lp.create_connection(
+        asyncio.Protocol, sock=socket.create_connection(addr), ssl=ctx
+    ),
+    "create_connection zero handshake timeout": lambda lp, addr, path, ctx: lp.create_connection(
+        asyncio.Protocol, *addr, ssl=ctx, server_hostname=HOSTNAME, ssl_handshake_timeout=0
+    ),
+    "create_connection negative handshake timeout": lambda lp, addr, path, ctx: lp.create_connection(
+        asyncio.Protocol, *addr, ssl=ctx, server_hostname=HOSTNAME, ssl_handshake_timeout=-1
+    ),
+    "create_connection zero shutdown timeout": lambda lp, addr, path, ctx: lp.create_connection(
+        asyncio.Protocol, *addr, ssl=ctx, server_hostname=HOSTNAME, ssl_shutdown_timeout=0
+    ),
+    "create_server handshake timeout without ssl": lambda lp, addr, path, ctx: lp.create_server(
+        asyncio.Protocol, "127.0.0.1", 0, ssl_handshake_timeout=1
+    ),
+    "create_server shutdown timeout without ssl": lambda lp, addr, path, ctx: lp.create_server(
+        asyncio.Protocol, "127.0.0.1", 0, ssl_shutdown_timeout=1
+    ),
+    "create_unix_connection server_hostname without ssl": lambda lp, addr, path, ctx: lp.create_unix_connection(
+        asyncio.Protocol, path, server_hostname=HOSTNAME
+    ),
+    "create_unix_connection ssl without server_hostname": lambda lp, addr, path, ctx: lp.create_unix_connection(
+        asyncio.Protocol, path, ssl=ctx
+    ),
+    "create_unix_connection handshake timeout without ssl": lambda lp, addr, path, ctx: lp.create_unix_connection(
+        asyncio.Protocol, path, ssl_handshake_timeout=1
+    ),
+    "create_unix_server handshake timeout without ssl": lambda lp, addr, path, ctx: lp.create_unix_server(
+        asyncio.Protocol, path + ".2", ssl_handshake_timeout=1
+    ),
+    "connect_accepted_socket handshake timeout without ssl": lambda lp, addr, path, ctx: lp.connect_accepted_socket(
+        asyncio.Protocol, socket.create_connection(addr), ssl_handshake_timeout=1
+    ),
+    "connect_accepted_socket shutdown timeout without ssl": lambda lp, addr, path, ctx: lp.connect_accepted_socket(
+        asyncio.Protocol, socket.create_connection(addr), ssl_shutdown_timeout=1
+    ),
+    "open_connection server_hostname without ssl": lambda lp, addr, path, ctx: asyncio.open_connection(
+        *addr, server_hostname=HOSTNAME
+    ),
+    "start_tls with a non-context": lambda lp, addr, path, ctx: _start_tls_on_plain(lp, addr, "not a context"),
+    "start_tls zero handshake timeout": lambda lp, addr, path, ctx: _start_tls_on_plain(
+        lp, addr, ctx, server_hostname=HOSTNAME, ssl_handshake_timeout=0
+    ),
+    "start_tls negative shutdown timeout": lambda lp, addr, path, ctx: _start_tls_on_plain(
+        lp, addr, ctx, server_hostname=HOSTNAME, ssl_shutdown_timeout=-5
+    ),
+    "start_tls on a datagram transport": lambda lp, addr, path, ctx: _start_tls_on_datagram(lp, ctx),
 }
 
 
 def test_argument_checks_match_the_stdlib(pki: Pki, tmp_path: Path) -> None:
     def snippet(event_loop: asyncio.AbstractEventLoop) -> dict[str, tuple[str, str]]:
         outcomes: dict[str, tuple[str, str]] = {}
-        with socket.create_server(("127.0.0.1", 0)) as tcp_listener, \
-                socket.socket(socket.AF_UNIX) as unix_listener:
+        with socket.create_server(("127.0.0.1", 0)) as tcp_listener, socket.socket(socket.AF_UNIX) as unix_listener:
             path = str(tmp_path / f"{type(event_loop).__name__}.sock")
             unix_listener.bind(path)
             unix_listener.listen()
@@ -913,8 +936,9 @@ def test_argument_checks_match_the_stdlib(pki: Pki, tmp_path: Path) -> None:
                     # layer refuses its arguments; so would any loop that borrows its code.
                     warnings.simplefilter("ignore", ResourceWarning)
                     try:
-                        result = run(event_loop, check(event_loop, tcp_listener.getsockname(),
-                                                       path, pki.client_context()))
+                        result = run(
+                            event_loop, check(event_loop, tcp_listener.getsockname(), path, pki.client_context())
+                        )
                     except Exception as exc:  # noqa: BLE001 - compared across loops
                         # The datagram transport's repr is in the message: its class differs.
                         message = str(exc).split(" <")[0]

@@ -41,18 +41,19 @@ async def tls_pair(
         served.set_result(protocol)
         return protocol
 
-    server = await event_loop.create_server(make_server_protocol, "127.0.0.1", 0,
-                                            ssl=pki.server_context())
+    server = await event_loop.create_server(make_server_protocol, "127.0.0.1", 0, ssl=pki.server_context())
     transport, client = await event_loop.create_connection(
-        client_protocol, *server.sockets[0].getsockname(),
-        ssl=client_context or pki.client_context(), server_hostname=HOSTNAME)
+        client_protocol,
+        *server.sockets[0].getsockname(),
+        ssl=client_context or pki.client_context(),
+        server_hostname=HOSTNAME,
+    )
     server_side = await served
     await server_side.made.wait()
     return server, transport, client, server_side
 
 
-def test_ferroloop_tls_transports_use_its_record_plumbing(loop: ferroloop.Loop,
-                                                          pki: Pki) -> None:
+def test_ferroloop_tls_transports_use_its_record_plumbing(loop: ferroloop.Loop, pki: Pki) -> None:
     async def scenario() -> None:
         server, transport, _client, server_side = await tls_pair(loop, pki)
         async with server:
@@ -63,16 +64,14 @@ def test_ferroloop_tls_transports_use_its_record_plumbing(loop: ferroloop.Loop,
             # start_tls too, on both ends of a plain connection upgraded in place.
             upgraded: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
 
-            async def upgrade(reader: asyncio.StreamReader,
-                              writer: asyncio.StreamWriter) -> None:
+            async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 await writer.start_tls(pki.server_context())
                 upgraded.set_result(writer)
                 writer.write(await reader.readexactly(5))
 
             plain_server = await asyncio.start_server(upgrade, "127.0.0.1", 0)
             async with plain_server:
-                reader, writer = await asyncio.open_connection(
-                    *plain_server.sockets[0].getsockname())
+                reader, writer = await asyncio.open_connection(*plain_server.sockets[0].getsockname())
                 await writer.start_tls(pki.client_context(), server_hostname=HOSTNAME)
                 writer.write(b"hello")
                 assert await reader.readexactly(5) == b"hello"
@@ -100,8 +99,10 @@ class FragmentingProxy:
         outbound = socket.create_connection(self.target)
         for sock in (inbound, outbound):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        pumps = [threading.Thread(target=self._pump, args=pair, daemon=True)
-                 for pair in ((inbound, outbound), (outbound, inbound))]
+        pumps = [
+            threading.Thread(target=self._pump, args=pair, daemon=True)
+            for pair in ((inbound, outbound), (outbound, inbound))
+        ]
         for pump in pumps:
             pump.start()
         for pump in pumps:
@@ -125,8 +126,7 @@ class FragmentingProxy:
             pass
 
 
-def test_records_split_at_every_place_arrive_intact(any_loop: asyncio.AbstractEventLoop,
-                                                    pki: Pki) -> None:
+def test_records_split_at_every_place_arrive_intact(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     payload = os.urandom(300_000)
 
     async def scenario() -> None:
@@ -134,7 +134,8 @@ def test_records_split_at_every_place_arrive_intact(any_loop: asyncio.AbstractEv
         async with server:
             proxy = FragmentingProxy(server.sockets[0].getsockname())
             transport, client = await any_loop.create_connection(
-                Recorder, *proxy.address, ssl=pki.client_context(), server_hostname=HOSTNAME)
+                Recorder, *proxy.address, ssl=pki.client_context(), server_hostname=HOSTNAME
+            )
             sizes = random.Random(3)
             view = memoryview(payload)
             while view:
@@ -149,8 +150,14 @@ def test_records_split_at_every_place_arrive_intact(any_loop: asyncio.AbstractEv
 
 
 def test_writelines_of_mixed_buffers(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
-    chunks: list[Any] = [b"head:", bytearray(b"array:"), memoryview(b"..view:")[2:], b"",
-                         os.urandom(70_000), memoryview(bytearray(b"tail"))]
+    chunks: list[Any] = [
+        b"head:",
+        bytearray(b"array:"),
+        memoryview(b"..view:")[2:],
+        b"",
+        os.urandom(70_000),
+        memoryview(bytearray(b"tail")),
+    ]
     expected = b"".join(bytes(chunk) for chunk in chunks)
 
     async def scenario() -> None:
@@ -171,14 +178,12 @@ class FailingReceiver(Recorder):
         raise ZeroDivisionError("application bug")
 
 
-def test_exception_in_data_received_goes_to_the_handler(any_loop: asyncio.AbstractEventLoop,
-                                                        pki: Pki) -> None:
+def test_exception_in_data_received_goes_to_the_handler(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     def scenario_on(event_loop: asyncio.AbstractEventLoop) -> tuple[str, str, list[str]]:
         errors = record_errors(event_loop)
 
         async def scenario() -> tuple[str, str, list[str]]:
-            server, transport, client, receiver = await tls_pair(
-                event_loop, pki, server_protocol=FailingReceiver)
+            server, transport, client, receiver = await tls_pair(event_loop, pki, server_protocol=FailingReceiver)
             async with server:
                 transport.write(b"boom")
                 lost_with = await receiver.lost
@@ -189,18 +194,19 @@ def test_exception_in_data_received_goes_to_the_handler(any_loop: asyncio.Abstra
                 assert await other_receiver.receive(4) == b"fine"
                 second.close()
                 await other_client.lost
-                return (type(lost_with).__name__, errors[0]["message"],
-                        [type(error["exception"]).__name__ for error in errors])
+                return (
+                    type(lost_with).__name__,
+                    errors[0]["message"],
+                    [type(error["exception"]).__name__ for error in errors],
+                )
 
         return run(event_loop, scenario())
 
     lost, message, reported = scenario_on(any_loop)
-    assert (lost, message, reported) == ("ZeroDivisionError", "Fatal error on SSL protocol",
-                                         ["ZeroDivisionError"])
+    assert (lost, message, reported) == ("ZeroDivisionError", "Fatal error on SSL protocol", ["ZeroDivisionError"])
 
 
-def test_peer_close_notify_reaches_eof_received_once(any_loop: asyncio.AbstractEventLoop,
-                                                     pki: Pki) -> None:
+def test_peer_close_notify_reaches_eof_received_once(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     async def scenario() -> list[str]:
         server, transport, client, receiver = await tls_pair(any_loop, pki)
         async with server:
@@ -231,8 +237,7 @@ class ShoutingSSLObject(ssl.SSLObject):
         return super().write(data)
 
 
-def test_custom_sslobject_class_is_honoured(any_loop: asyncio.AbstractEventLoop,
-                                            pki: Pki) -> None:
+def test_custom_sslobject_class_is_honoured(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     ShoutingSSLObject.writes = 0
     context = pki.client_context()
     context.sslobject_class = ShoutingSSLObject
@@ -242,8 +247,8 @@ def test_custom_sslobject_class_is_honoured(any_loop: asyncio.AbstractEventLoop,
         server = await any_loop.create_server(Echo, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             transport, client = await any_loop.create_connection(
-                Recorder, *server.sockets[0].getsockname(), ssl=context,
-                server_hostname=HOSTNAME)
+                Recorder, *server.sockets[0].getsockname(), ssl=context, server_hostname=HOSTNAME
+            )
             transport.write(payload)
             received = await client.receive(len(payload))
             transport.close()
@@ -285,8 +290,11 @@ def test_buffered_protocol_application(any_loop: asyncio.AbstractEventLoop, pki:
         server = await any_loop.create_server(Echo, "127.0.0.1", 0, ssl=pki.server_context())
         async with server:
             transport, client = await any_loop.create_connection(
-                SmallBufferReceiver, *server.sockets[0].getsockname(),
-                ssl=pki.client_context(), server_hostname=HOSTNAME)
+                SmallBufferReceiver,
+                *server.sockets[0].getsockname(),
+                ssl=pki.client_context(),
+                server_hostname=HOSTNAME,
+            )
             client.expected = len(payload)
             transport.write(payload)
             await client.done
@@ -297,8 +305,7 @@ def test_buffered_protocol_application(any_loop: asyncio.AbstractEventLoop, pki:
     run(any_loop, scenario())
 
 
-def test_write_after_close_is_dropped_quietly(any_loop: asyncio.AbstractEventLoop,
-                                              pki: Pki) -> None:
+def test_write_after_close_is_dropped_quietly(any_loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
     async def scenario() -> None:
         errors = record_errors(any_loop)
         server, transport, client, receiver = await tls_pair(any_loop, pki)
@@ -334,15 +341,15 @@ class ReplyThenAbort(ReplyThenClose):
 
 
 @pytest.mark.parametrize("server_protocol", [ReplyThenClose, ReplyThenAbort])
-def test_closing_inside_data_received(any_loop: asyncio.AbstractEventLoop, pki: Pki,
-                                      server_protocol: type[ReplyThenClose]) -> None:
+def test_closing_inside_data_received(
+    any_loop: asyncio.AbstractEventLoop, pki: Pki, server_protocol: type[ReplyThenClose]
+) -> None:
     """The read path goes on after data_received returns (pending writes, flow control):
     closing or aborting from inside it must end the connection the standard library's way."""
 
     async def scenario() -> tuple[bytes, str, list[str]]:
         errors = record_errors(any_loop)
-        server, transport, client, receiver = await tls_pair(
-            any_loop, pki, server_protocol=server_protocol)
+        server, transport, client, receiver = await tls_pair(any_loop, pki, server_protocol=server_protocol)
         async with server:
             transport.write(b"ping")
             lost = await client.lost

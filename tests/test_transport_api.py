@@ -79,7 +79,7 @@ class Recorder(asyncio.Protocol):
             self.lost.set_result(exc)
 
     def calls_after_lost(self) -> list[str]:
-        return self.calls[self.calls.index("connection_lost") + 1:]
+        return self.calls[self.calls.index("connection_lost") + 1 :]
 
 
 class Connected:
@@ -106,9 +106,7 @@ class Connected:
         return bytes(received)
 
 
-async def connect(
-    protocol_factory: Callable[[], Any] = Recorder, *, peer_rcvbuf: int | None = None
-) -> Connected:
+async def connect(protocol_factory: Callable[[], Any] = Recorder, *, peer_rcvbuf: int | None = None) -> Connected:
     listener = socket.create_server(("127.0.0.1", 0))
     if peer_rcvbuf is not None:  # inherited by the accepted socket: makes writes buffer early
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_rcvbuf)
@@ -143,8 +141,7 @@ def closing(conn: Connected, peers: list[socket.socket]) -> Connected:
 # -- types and identity -------------------------------------------------------------------------
 
 
-def test_transport_types_and_protocol(any_loop: asyncio.AbstractEventLoop,
-                                      peers: list[socket.socket]) -> None:
+def test_transport_types_and_protocol(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         transport = conn.transport
@@ -187,8 +184,7 @@ def test_server_side_transport_types(any_loop: asyncio.AbstractEventLoop) -> Non
             writer.close()
             await writer.wait_closed()
             assert await made[0].lost is None
-            assert made[0].calls == ["connection_made", "data_received", "eof_received",
-                                     "connection_lost"]
+            assert made[0].calls == ["connection_made", "data_received", "eof_received", "connection_lost"]
 
     run(any_loop, scenario())
 
@@ -196,8 +192,7 @@ def test_server_side_transport_types(any_loop: asyncio.AbstractEventLoop) -> Non
 # -- write, writelines -----------------------------------------------------------------------------
 
 
-def test_write_and_writelines_arrive_in_order(any_loop: asyncio.AbstractEventLoop,
-                                              peers: list[socket.socket]) -> None:
+def test_write_and_writelines_arrive_in_order(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         t = conn.transport
@@ -211,7 +206,7 @@ def test_write_and_writelines_arrive_in_order(any_loop: asyncio.AbstractEventLoo
         t.write(BIG)  # now the rest must queue behind the buffered tail, in order
         t.writelines([b"after", b"-big|"])
         t.write(b"end")
-        expected = (b"bytes|bytearray|memoryview|lines:a,b,tuple|" + BIG + b"after-big|end")
+        expected = b"bytes|bytearray|memoryview|lines:a,b,tuple|" + BIG + b"after-big|end"
         assert await conn.peer_reads_exactly(len(expected)) == expected
         t.close()
         assert await conn.peer_reads_until_eof() == b""
@@ -220,8 +215,7 @@ def test_write_and_writelines_arrive_in_order(any_loop: asyncio.AbstractEventLoo
     run(any_loop, scenario())
 
 
-def test_buffer_may_be_changed_after_write(loop: asyncio.AbstractEventLoop,
-                                           peers: list[socket.socket]) -> None:
+def test_buffer_may_be_changed_after_write(loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     """write() takes what the buffer holds at the call: the caller may reuse or resize it.
 
     ferroloop only: its transport copies the unsent tail (DESIGN.md, rule 6), as 3.11's asyncio
@@ -246,8 +240,7 @@ def test_buffer_may_be_changed_after_write(loop: asyncio.AbstractEventLoop,
     run(loop, scenario())
 
 
-def test_multi_byte_memoryviews_are_sent_whole(loop: asyncio.AbstractEventLoop,
-                                              peers: list[socket.socket]) -> None:
+def test_multi_byte_memoryviews_are_sent_whole(loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     """A memoryview whose items are wider than a byte, or with several dimensions, is sent
     byte for byte even when the socket takes only part of it.
 
@@ -261,7 +254,7 @@ def test_multi_byte_memoryviews_are_sent_whole(loop: asyncio.AbstractEventLoop,
         conn.transport.write(memoryview(words))
         conn.transport.write(grid)
         conn.transport.writelines([memoryview(words)[:1000], grid])
-        expected = (words.tobytes() + grid.tobytes() + words[:1000].tobytes() + grid.tobytes())
+        expected = words.tobytes() + grid.tobytes() + words[:1000].tobytes() + grid.tobytes()
         conn.transport.close()
         assert await conn.peer_reads_until_eof() == expected
         await conn.protocol.lost
@@ -269,8 +262,7 @@ def test_multi_byte_memoryviews_are_sent_whole(loop: asyncio.AbstractEventLoop,
     run(loop, scenario())
 
 
-def test_write_rejects_what_is_not_bytes(any_loop: asyncio.AbstractEventLoop,
-                                         peers: list[socket.socket]) -> None:
+def test_write_rejects_what_is_not_bytes(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         # The wording is the interpreter's ("bytes-like object" before 3.13.x, "bytes,
@@ -308,8 +300,7 @@ def test_writelines_with_a_bad_item_writes_nothing(loop: ferroloop.Loop, peers: 
 # -- write_eof, close, abort ----------------------------------------------------------------------
 
 
-def test_write_eof_half_closes(any_loop: asyncio.AbstractEventLoop,
-                               peers: list[socket.socket]) -> None:
+def test_write_eof_half_closes(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(peer_rcvbuf=SMALL_RCVBUF), peers)
         t = conn.transport
@@ -327,14 +318,21 @@ def test_write_eof_half_closes(any_loop: asyncio.AbstractEventLoop,
         assert conn.protocol.data == b"reply"
         conn.peer.shutdown(socket.SHUT_WR)
         assert await conn.protocol.lost is None
-        assert conn.protocol.calls == ["connection_made", "pause_writing", "resume_writing",
-                                       "data_received", "eof_received", "connection_lost"]
+        assert conn.protocol.calls == [
+            "connection_made",
+            "pause_writing",
+            "resume_writing",
+            "data_received",
+            "eof_received",
+            "connection_lost",
+        ]
 
     run(any_loop, scenario())
 
 
-def test_close_flushes_then_connection_lost_none(any_loop: asyncio.AbstractEventLoop,
-                                                 peers: list[socket.socket]) -> None:
+def test_close_flushes_then_connection_lost_none(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]
+) -> None:
     async def scenario() -> None:
         conn = closing(await connect(peer_rcvbuf=SMALL_RCVBUF), peers)
         t = conn.transport
@@ -351,15 +349,13 @@ def test_close_flushes_then_connection_lost_none(any_loop: asyncio.AbstractEvent
         assert await conn.protocol.lost is None
         await settle()
         # The buffer drained, so the protocol was resumed before it was told of the close.
-        assert conn.protocol.calls == ["connection_made", "pause_writing", "resume_writing",
-                                       "connection_lost"]
+        assert conn.protocol.calls == ["connection_made", "pause_writing", "resume_writing", "connection_lost"]
         assert conn.protocol.lost_with == [None]
 
     run(any_loop, scenario())
 
 
-def test_close_with_nothing_buffered(any_loop: asyncio.AbstractEventLoop,
-                                     peers: list[socket.socket]) -> None:
+def test_close_with_nothing_buffered(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         conn.transport.close()
@@ -375,8 +371,7 @@ def test_close_with_nothing_buffered(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_abort_drops_the_buffer(any_loop: asyncio.AbstractEventLoop,
-                                peers: list[socket.socket]) -> None:
+def test_abort_drops_the_buffer(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(peer_rcvbuf=SMALL_RCVBUF), peers)
         t = conn.transport
@@ -402,8 +397,7 @@ def test_abort_drops_the_buffer(any_loop: asyncio.AbstractEventLoop,
 # -- reading: pause, resume, EOF ---------------------------------------------------------------
 
 
-def test_pause_and_resume_reading(any_loop: asyncio.AbstractEventLoop,
-                                  peers: list[socket.socket]) -> None:
+def test_pause_and_resume_reading(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         t = conn.transport
@@ -420,8 +414,7 @@ def test_pause_and_resume_reading(any_loop: asyncio.AbstractEventLoop,
         t.resume_reading()  # a second resume is a no-op
         assert await conn.protocol.lost is None  # eof_received returned False: closed
         assert conn.protocol.data == b"held back"
-        assert conn.protocol.calls == ["connection_made", "data_received", "eof_received",
-                                       "connection_lost"]
+        assert conn.protocol.calls == ["connection_made", "data_received", "eof_received", "connection_lost"]
         assert not t.is_reading()
         t.pause_reading()  # harmless once closed
         t.resume_reading()
@@ -430,8 +423,7 @@ def test_pause_and_resume_reading(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_pause_reading_from_data_received(any_loop: asyncio.AbstractEventLoop,
-                                          peers: list[socket.socket]) -> None:
+def test_pause_reading_from_data_received(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     """A protocol that pauses in data_received gets no more data until it resumes."""
 
     class Pauser(Recorder):
@@ -462,8 +454,9 @@ def test_pause_reading_from_data_received(any_loop: asyncio.AbstractEventLoop,
 
 
 @pytest.mark.parametrize("keep_open", [True, False])
-def test_eof_received_return_value(any_loop: asyncio.AbstractEventLoop,
-                                   peers: list[socket.socket], keep_open: bool) -> None:
+def test_eof_received_return_value(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket], keep_open: bool
+) -> None:
     async def scenario() -> None:
         conn = closing(await connect(lambda: Recorder(eof_keeps_open=keep_open)), peers)
         t = conn.transport
@@ -484,8 +477,7 @@ def test_eof_received_return_value(any_loop: asyncio.AbstractEventLoop,
         t.close()
         assert await conn.peer_reads_until_eof() == b""
         assert await conn.protocol.lost is None
-        assert conn.protocol.calls == ["connection_made", "data_received", "eof_received",
-                                       "connection_lost"]
+        assert conn.protocol.calls == ["connection_made", "data_received", "eof_received", "connection_lost"]
 
     run(any_loop, scenario())
 
@@ -493,8 +485,7 @@ def test_eof_received_return_value(any_loop: asyncio.AbstractEventLoop,
 # -- flow control ---------------------------------------------------------------------------------
 
 
-def test_write_buffer_limits(any_loop: asyncio.AbstractEventLoop,
-                             peers: list[socket.socket]) -> None:
+def test_write_buffer_limits(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         t = conn.transport
@@ -549,16 +540,26 @@ class ReentrantMark:
         return other * self._touch()
 
 
-def test_write_buffer_limits_odd_values(any_loop: asyncio.AbstractEventLoop,
-                                        peers: list[socket.socket]) -> None:
+def test_write_buffer_limits_odd_values(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> list[Any]:
         conn = closing(await connect(), peers)
         t = conn.transport
         seen: list[Any] = []
-        for high, low in [(2**70, None), (None, 2**70), (2**64 + 3, 2**63), (-(2**70), None),
-                          (None, -(2**70)), (10, -(2**70)), (2**70, 2**71), ("x", None),
-                          (None, "x"), (1.5, None), (ReentrantMark(100, t), None),
-                          (None, ReentrantMark(100, t)), (ReentrantMark(100, t), 10)]:
+        for high, low in [
+            (2**70, None),
+            (None, 2**70),
+            (2**64 + 3, 2**63),
+            (-(2**70), None),
+            (None, -(2**70)),
+            (10, -(2**70)),
+            (2**70, 2**71),
+            ("x", None),
+            (None, "x"),
+            (1.5, None),
+            (ReentrantMark(100, t), None),
+            (None, ReentrantMark(100, t)),
+            (ReentrantMark(100, t), 10),
+        ]:
             try:
                 t.set_write_buffer_limits(high, low)
             except Exception as exc:  # noqa: BLE001 - the exception type is compared
@@ -572,13 +573,25 @@ def test_write_buffer_limits_odd_values(any_loop: asyncio.AbstractEventLoop,
         return seen
 
     assert run(any_loop, scenario()) == [
-        "ok", "ok", "ok", ValueError, ValueError, ValueError, ValueError, TypeError,
-        TypeError, "ok", "ok", "ok", "ok",
+        "ok",
+        "ok",
+        "ok",
+        ValueError,
+        ValueError,
+        ValueError,
+        ValueError,
+        TypeError,
+        TypeError,
+        "ok",
+        "ok",
+        "ok",
+        "ok",
     ]
 
 
-def test_pause_and_resume_writing_at_the_water_marks(any_loop: asyncio.AbstractEventLoop,
-                                                     peers: list[socket.socket]) -> None:
+def test_pause_and_resume_writing_at_the_water_marks(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]
+) -> None:
     async def scenario() -> None:
         conn = closing(await connect(peer_rcvbuf=SMALL_RCVBUF), peers)
         t, protocol = conn.transport, conn.protocol
@@ -643,8 +656,7 @@ def test_failing_pause_writing_goes_to_the_exception_handler(
         return contexts
 
     contexts = run(any_loop, scenario())
-    assert [c["message"] for c in contexts] == ["protocol.pause_writing() failed",
-                                                "protocol.resume_writing() failed"]
+    assert [c["message"] for c in contexts] == ["protocol.pause_writing() failed", "protocol.resume_writing() failed"]
     assert all(isinstance(c["exception"], ZeroDivisionError) for c in contexts)
     assert all(isinstance(c["transport"], asyncio.Transport) for c in contexts)
     assert all(isinstance(c["protocol"], BadFlow) for c in contexts)
@@ -676,8 +688,7 @@ def test_get_extra_info(any_loop: asyncio.AbstractEventLoop, peers: list[socket.
     run(any_loop, scenario())
 
 
-def test_set_protocol_redirects_data(any_loop: asyncio.AbstractEventLoop,
-                                     peers: list[socket.socket]) -> None:
+def test_set_protocol_redirects_data(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         first: Recorder = conn.protocol
@@ -735,8 +746,7 @@ class BufferedRecorder(asyncio.BufferedProtocol):
         self.lost.set_result(exc)
 
 
-def test_buffered_protocol_receives_everything(any_loop: asyncio.AbstractEventLoop,
-                                               peers: list[socket.socket]) -> None:
+def test_buffered_protocol_receives_everything(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(BufferedRecorder), peers)
         protocol: BufferedRecorder = conn.protocol
@@ -756,8 +766,7 @@ def test_buffered_protocol_receives_everything(any_loop: asyncio.AbstractEventLo
     run(any_loop, scenario())
 
 
-def test_switching_to_a_buffered_protocol(any_loop: asyncio.AbstractEventLoop,
-                                          peers: list[socket.socket]) -> None:
+def test_switching_to_a_buffered_protocol(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         conn.peer.sendall(b"plain")
@@ -783,9 +792,9 @@ def test_switching_to_a_buffered_protocol(any_loop: asyncio.AbstractEventLoop,
         ("eof_received", "Fatal error: protocol.eof_received() call failed."),
     ],
 )
-def test_a_failing_protocol_method_is_fatal(any_loop: asyncio.AbstractEventLoop,
-                                            peers: list[socket.socket], failing: str,
-                                            message: str) -> None:
+def test_a_failing_protocol_method_is_fatal(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket], failing: str, message: str
+) -> None:
     class Failing(Recorder):
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -846,8 +855,9 @@ def data_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("fallback", [False, True])
-def test_sendfile_over_tcp(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket],
-                           data_file: Path, fallback: bool) -> None:
+def test_sendfile_over_tcp(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket], data_file: Path, fallback: bool
+) -> None:
     """fallback=False proves the native os.sendfile path exists for TCP transports."""
     content = data_file.read_bytes()
 
@@ -865,8 +875,7 @@ def test_sendfile_over_tcp(any_loop: asyncio.AbstractEventLoop, peers: list[sock
             assert rest == b"tail"
             # offset and count, and the transport is usable afterwards
             file.seek(0)
-            sent = await event_loop.sendfile(conn.transport, file, offset=100, count=1000,
-                                             fallback=fallback)
+            sent = await event_loop.sendfile(conn.transport, file, offset=100, count=1000, fallback=fallback)
             assert sent == 1000
             assert file.tell() == 1100
             assert await conn.peer_reads_exactly(1000) == content[100:1100]
@@ -878,9 +887,9 @@ def test_sendfile_over_tcp(any_loop: asyncio.AbstractEventLoop, peers: list[sock
     run(any_loop, scenario())
 
 
-def test_sendfile_refuses_writes_while_in_progress(any_loop: asyncio.AbstractEventLoop,
-                                                   peers: list[socket.socket],
-                                                   data_file: Path) -> None:
+def test_sendfile_refuses_writes_while_in_progress(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket], data_file: Path
+) -> None:
     async def scenario() -> None:
         conn = closing(await connect(peer_rcvbuf=SMALL_RCVBUF), peers)
         event_loop = asyncio.get_running_loop()
@@ -899,9 +908,9 @@ def test_sendfile_refuses_writes_while_in_progress(any_loop: asyncio.AbstractEve
     run(any_loop, scenario())
 
 
-def test_sendfile_is_not_for_a_closing_transport(any_loop: asyncio.AbstractEventLoop,
-                                                 peers: list[socket.socket],
-                                                 data_file: Path) -> None:
+def test_sendfile_is_not_for_a_closing_transport(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket], data_file: Path
+) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         conn.transport.close()
@@ -916,8 +925,9 @@ def test_sendfile_is_not_for_a_closing_transport(any_loop: asyncio.AbstractEvent
 # -- calls back into the transport from protocol callbacks ----------------------------------------
 
 
-def test_pause_reading_or_close_in_connection_made(any_loop: asyncio.AbstractEventLoop,
-                                                    peers: list[socket.socket]) -> None:
+def test_pause_reading_or_close_in_connection_made(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]
+) -> None:
     """Reading starts after connection_made, and respects what connection_made decided."""
 
     class PausesAtOnce(Recorder):
@@ -952,9 +962,9 @@ def test_pause_reading_or_close_in_connection_made(any_loop: asyncio.AbstractEve
 
 
 @pytest.mark.parametrize("ending", ["close", "abort"])
-def test_ending_the_connection_inside_data_received(any_loop: asyncio.AbstractEventLoop,
-                                                    peers: list[socket.socket],
-                                                    ending: str) -> None:
+def test_ending_the_connection_inside_data_received(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket], ending: str
+) -> None:
     class EndsOnFirstData(Recorder):
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -979,8 +989,7 @@ def test_ending_the_connection_inside_data_received(any_loop: asyncio.AbstractEv
     run(any_loop, scenario())
 
 
-def test_writing_from_resume_writing(any_loop: asyncio.AbstractEventLoop,
-                                     peers: list[socket.socket]) -> None:
+def test_writing_from_resume_writing(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     """A producer that writes whenever it is resumed: writes re-entering the transport from
     inside its own flush must keep the byte order."""
 
@@ -1016,8 +1025,7 @@ def test_writing_from_resume_writing(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_closing_from_pause_writing(any_loop: asyncio.AbstractEventLoop,
-                                    peers: list[socket.socket]) -> None:
+def test_closing_from_pause_writing(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     """close() from inside pause_writing (itself called from inside write()) still flushes."""
 
     class ClosesWhenFull(Recorder):
@@ -1036,8 +1044,7 @@ def test_closing_from_pause_writing(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_set_protocol_inside_data_received(any_loop: asyncio.AbstractEventLoop,
-                                          peers: list[socket.socket]) -> None:
+def test_set_protocol_inside_data_received(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     second: Recorder | None = None
 
     class HandsOver(Recorder):
@@ -1061,8 +1068,7 @@ def test_set_protocol_inside_data_received(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_writelines_with_many_pieces(any_loop: asyncio.AbstractEventLoop,
-                                     peers: list[socket.socket]) -> None:
+def test_writelines_with_many_pieces(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     """More pieces than one vectored write takes (IOV_MAX is 1024 on Linux), while data is
     already queued, mixed with plain writes: all arrive, in order."""
 
@@ -1082,8 +1088,9 @@ def test_writelines_with_many_pieces(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_methods_after_connection_lost_are_harmless(any_loop: asyncio.AbstractEventLoop,
-                                                    peers: list[socket.socket]) -> None:
+def test_methods_after_connection_lost_are_harmless(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]
+) -> None:
     async def scenario() -> None:
         conn = closing(await connect(), peers)
         t = conn.transport
@@ -1108,8 +1115,9 @@ def test_methods_after_connection_lost_are_harmless(any_loop: asyncio.AbstractEv
     run(any_loop, scenario())
 
 
-def test_eof_received_false_still_flushes_pending_writes(any_loop: asyncio.AbstractEventLoop,
-                                                         peers: list[socket.socket]) -> None:
+def test_eof_received_false_still_flushes_pending_writes(
+    any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]
+) -> None:
     """The peer half-closes while a large write is queued; eof_received says "close": the
     close waits for the queue to drain, as close() always does."""
 
@@ -1174,8 +1182,7 @@ def test_transports_nobody_references_keep_working(any_loop: asyncio.AbstractEve
     run(any_loop, scenario())
 
 
-def test_repr_at_every_stage(any_loop: asyncio.AbstractEventLoop,
-                             peers: list[socket.socket]) -> None:
+def test_repr_at_every_stage(any_loop: asyncio.AbstractEventLoop, peers: list[socket.socket]) -> None:
     async def scenario() -> None:
         conn = closing(await connect(peer_rcvbuf=SMALL_RCVBUF), peers)
         assert f"fd={conn.transport.get_extra_info('socket').fileno()}" in repr(conn.transport)
@@ -1190,8 +1197,7 @@ def test_repr_at_every_stage(any_loop: asyncio.AbstractEventLoop,
     run(any_loop, scenario())
 
 
-def test_sendfile_over_a_unix_stream(any_loop: asyncio.AbstractEventLoop, data_file: Path,
-                                     tmp_path: Path) -> None:
+def test_sendfile_over_a_unix_stream(any_loop: asyncio.AbstractEventLoop, data_file: Path, tmp_path: Path) -> None:
     path = str(tmp_path / "sendfile.sock")
     content = data_file.read_bytes()
 

@@ -105,8 +105,7 @@ def test_peer_reset_during_a_large_write(any_loop: asyncio.AbstractEventLoop, si
             listener = socket.create_server(("127.0.0.1", 0))
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF)
             with listener:
-                transport, protocol = await event_loop.create_connection(
-                    Recorder, *listener.getsockname())
+                transport, protocol = await event_loop.create_connection(Recorder, *listener.getsockname())
                 peer, _ = listener.accept()
             server = None
         else:
@@ -162,8 +161,7 @@ def test_peer_reset_while_only_reading(any_loop: asyncio.AbstractEventLoop) -> N
         contexts: list[dict[str, Any]] = []
         event_loop.set_exception_handler(lambda _, ctx: contexts.append(ctx))
         with socket.create_server(("127.0.0.1", 0)) as listener:
-            transport, protocol = await event_loop.create_connection(
-                Recorder, *listener.getsockname())
+            transport, protocol = await event_loop.create_connection(Recorder, *listener.getsockname())
             peer, _ = listener.accept()
         with peer:
             # Unread data on the peer's side makes its close() a reset even without SO_LINGER;
@@ -191,8 +189,7 @@ def write_after(event_loop: asyncio.AbstractEventLoop, how: str) -> dict[str, An
         listener = socket.create_server(("127.0.0.1", 0))
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF)
         with listener:
-            transport, protocol = await asyncio.get_running_loop().create_connection(
-                Recorder, *listener.getsockname())
+            transport, protocol = await asyncio.get_running_loop().create_connection(Recorder, *listener.getsockname())
             peer, _ = listener.accept()
         peer.setblocking(False)
         outcome: dict[str, Any] = {"raised": []}
@@ -233,9 +230,7 @@ def write_after(event_loop: asyncio.AbstractEventLoop, how: str) -> dict[str, An
     return run(event_loop, scenario())  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(
-    "how", ["close", "close with data pending", "abort", "after connection_lost", "peer reset"]
-)
+@pytest.mark.parametrize("how", ["close", "close with data pending", "abort", "after connection_lost", "peer reset"])
 def test_writes_after_the_end_match_asyncio(how: str) -> None:
     asyncio_outcome, ferroloop_outcome = on_both_loops(lambda loop: write_after(loop, how))
     assert asyncio_outcome["raised"] == []  # asyncio tolerates them; so must ferroloop
@@ -339,8 +334,7 @@ def test_accept_out_of_file_descriptors(loop_name: str) -> None:
     result = run_python("-c", EMFILE_SCRIPT, loop_name, timeout=40)
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
-    assert outcome["loop"] == ("ferroloop._loop" if loop_name == "ferroloop" else
-                               "asyncio.unix_events")
+    assert outcome["loop"] == ("ferroloop._loop" if loop_name == "ferroloop" else "asyncio.unix_events")
     # It ran out: fewer accepted than connected, and the server said why.
     assert 0 < outcome["accepted_before"] < outcome["clients"]
     assert outcome["logged"], "the EMFILE was not logged"
@@ -446,8 +440,7 @@ def test_unread_peer_and_a_writer_that_ignores_pause_writing(loop_name: str) -> 
     result = run_python("-c", MEMORY_SCRIPT, loop_name, timeout=50)
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
-    assert outcome["loop"] == ("ferroloop._loop" if loop_name == "ferroloop" else
-                               "asyncio.unix_events")
+    assert outcome["loop"] == ("ferroloop._loop" if loop_name == "ferroloop" else "asyncio.unix_events")
     handed = outcome["handed_to_write"]
     buffered = outcome["buffered"]
     # The transport holds what it was given and could not send yet: no more, and nothing lost
@@ -455,10 +448,12 @@ def test_unread_peer_and_a_writer_that_ignores_pause_writing(loop_name: str) -> 
     assert 0 < buffered <= handed
     # (+1 MiB: TCP may queue a segment or so past the send buffer's limit)
     assert handed - buffered <= outcome["kernel_capacity"] + (1 << 20), (
-        f"only {buffered} of {handed} bytes are accounted for")
+        f"only {buffered} of {handed} bytes are accounted for"
+    )
     # Memory grew by what is buffered (one copy), not by more.
     assert outcome["rss_growth"] <= buffered * 1.15 + (8 << 20), (
-        f"RSS grew {outcome['rss_growth'] >> 20} MiB for {buffered >> 20} MiB buffered")
+        f"RSS grew {outcome['rss_growth'] >> 20} MiB for {buffered >> 20} MiB buffered"
+    )
     # Once the reader read, every byte arrived, in order.
     assert outcome["received"] == handed
     assert outcome["in_order"]

@@ -33,8 +33,14 @@ REGRESSIONS: list[tuple[str, dict[str, str], list[Any]]] = [
         # connection_lost until the socket drained a third of its buffer.
         "write from resume_writing after the buffer drained",
         {**QUIET, "pause_writing": "close", "resume_writing": "write"},
-        [("write", 5000), ("peer_read", 10000), ("write", 70000), ("peer_read", 10000),
-         ("limits", None, 50), ("peer_send", 8000)],
+        [
+            ("write", 5000),
+            ("peer_read", 10000),
+            ("write", 70000),
+            ("peer_read", 10000),
+            ("limits", None, 50),
+            ("peer_send", 8000),
+        ],
     ),
 ]
 

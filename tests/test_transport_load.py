@@ -94,8 +94,7 @@ def test_5000_concurrent_echo_connections(loop: ferroloop.Loop, enough_descripto
         async def connect(n: int) -> EchoClient:
             payload = n.to_bytes(4, "big") + os.urandom(PAYLOAD - 4)
             async with gate:
-                _, client = await event_loop.create_connection(
-                    lambda: EchoClient(payload), *address)
+                _, client = await event_loop.create_connection(lambda: EchoClient(payload), *address)
             return client
 
         clients = await asyncio.gather(*(connect(n) for n in range(CONNECTIONS)))

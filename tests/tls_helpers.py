@@ -24,8 +24,7 @@ class Pki:
     inner: Any  # trustme.LeafCert for "inner.example", from another authority
     inner_authority: Any
 
-    def server_context(self, *, alpn: list[str] | None = None,
-                       require_client_cert: bool = False) -> ssl.SSLContext:
+    def server_context(self, *, alpn: list[str] | None = None, require_client_cert: bool = False) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server.configure_cert(context)
         if alpn:
@@ -35,8 +34,7 @@ class Pki:
             self.authority.configure_trust(context)
         return context
 
-    def client_context(self, *, alpn: list[str] | None = None,
-                       with_cert: bool = False) -> ssl.SSLContext:
+    def client_context(self, *, alpn: list[str] | None = None, with_cert: bool = False) -> ssl.SSLContext:
         context = ssl.create_default_context()
         self.authority.configure_trust(context)
         if alpn:
@@ -60,8 +58,7 @@ def make_pki() -> Pki:
     )
 
 
-def run(event_loop: asyncio.AbstractEventLoop, scenario: Coroutine[Any, Any, Any],
-        timeout: float = 20) -> Any:
+def run(event_loop: asyncio.AbstractEventLoop, scenario: Coroutine[Any, Any, Any], timeout: float = 20) -> Any:
     return event_loop.run_until_complete(asyncio.wait_for(scenario, timeout))
 
 

@@ -42,8 +42,17 @@ Op = tuple[Any, ...]
 REACTIONS: dict[str, tuple[str, ...]] = {
     "connection_made": ("none", "write", "close", "pause_reading"),
     "data_received": (
-        "none", "none", "none", "echo", "close", "abort", "pause_reading", "raise",
-        "write_eof", "writelines", "limits",
+        "none",
+        "none",
+        "none",
+        "echo",
+        "close",
+        "abort",
+        "pause_reading",
+        "raise",
+        "write_eof",
+        "writelines",
+        "limits",
     ),
     "eof_received": ("none", "keep_open", "raise", "close", "write"),
     "pause_writing": ("none", "none", "abort", "close", "raise", "write"),
@@ -403,9 +412,22 @@ async def settle(world: World | None = None) -> None:
 def random_op(rng: random.Random) -> Op:
     kind = rng.choices(
         [
-            "write", "writelines", "write_eof", "close", "abort", "pause_reading",
-            "resume_reading", "limits", "react", "peer_send", "peer_shut_wr", "peer_reset",
-            "peer_read", "set_protocol", "callbacks", "sock_recv_cancel",
+            "write",
+            "writelines",
+            "write_eof",
+            "close",
+            "abort",
+            "pause_reading",
+            "resume_reading",
+            "limits",
+            "react",
+            "peer_send",
+            "peer_shut_wr",
+            "peer_reset",
+            "peer_read",
+            "set_protocol",
+            "callbacks",
+            "sock_recv_cancel",
         ],
         weights=[14, 6, 2, 1, 1, 4, 4, 3, 6, 12, 2, 1, 8, 2, 4, 1],
     )[0]
@@ -413,11 +435,16 @@ def random_op(rng: random.Random) -> Op:
         return (kind, rng.random() < 0.7)  # True: a BufferedProtocol
     if kind == "callbacks":
         size = rng.randint(1, 6)
-        return (kind, tuple(
-            (rng.choice(["soon", "soon", "threadsafe", 0, 0.0005, -1]),
-             rng.choice([None, None, "now", *range(size)]))
-            for _ in range(size)
-        ))
+        return (
+            kind,
+            tuple(
+                (
+                    rng.choice(["soon", "soon", "threadsafe", 0, 0.0005, -1]),
+                    rng.choice([None, None, "now", *range(size)]),
+                )
+                for _ in range(size)
+            ),
+        )
     if kind == "sock_recv_cancel":
         return (kind, rng.choice([0, 1, 3]))
     if kind == "write":
@@ -425,9 +452,21 @@ def random_op(rng: random.Random) -> Op:
     if kind == "writelines":
         return (kind, tuple(rng.choice([0, 10, 1000, 40_000]) for _ in range(rng.randint(0, 4))))
     if kind == "limits":
-        return (kind, *rng.choice([
-            (None, None), (0, 0), (100, 10), (1, None), (None, 50), (65536, 16384), (5, 10), (-1, None),
-        ]))
+        return (
+            kind,
+            *rng.choice(
+                [
+                    (None, None),
+                    (0, 0),
+                    (100, 10),
+                    (1, None),
+                    (None, 50),
+                    (65536, 16384),
+                    (5, 10),
+                    (-1, None),
+                ]
+            ),
+        )
     if kind == "react":
         callback = rng.choice(sorted(REACTIONS))
         return (kind, callback, rng.choice(REACTIONS[callback]))
@@ -440,8 +479,9 @@ def random_op(rng: random.Random) -> Op:
 
 def random_program(seed: int, length: int) -> tuple[dict[str, str], list[Op]]:
     rng = random.Random(seed)
-    reactions = {callback: rng.choice(choices[:3] if rng.random() < 0.6 else choices)
-                 for callback, choices in REACTIONS.items()}
+    reactions = {
+        callback: rng.choice(choices[:3] if rng.random() < 0.6 else choices) for callback, choices in REACTIONS.items()
+    }
     return reactions, [random_op(rng) for _ in range(length)]
 
 
@@ -518,18 +558,14 @@ def play_once(
             if asyncio_bug_hit:
                 # The loops count writes to a lost connection from different points since
                 # asyncio's bug, so their "socket.send() raised exception." warnings differ.
-                expected, actual = (
-                    (o[0], [e for e in o[1] if e != SEND_WARNING], *o[2:]) for o in (expected, actual)
-                )
+                expected, actual = ((o[0], [e for e in o[1] if e != SEND_WARNING], *o[2:]) for o in (expected, actual))
             if expected != actual:
                 if not asyncio_bug(op, expected, actual):
                     return Divergence(seed, step, op, reactions, ops, expected, actual)
                 asyncio_bug_hit = True
         expected, actual = (w.finish() for w in worlds)
         if asyncio_bug_hit:
-            expected, actual = (
-                (o[0], [e for e in o[1] if e != SEND_WARNING], *o[2:]) for o in (expected, actual)
-            )
+            expected, actual = ((o[0], [e for e in o[1] if e != SEND_WARNING], *o[2:]) for o in (expected, actual))
         if expected != actual:
             return Divergence(seed, len(ops), "finish", reactions, ops, expected, actual)
         return None
@@ -540,15 +576,13 @@ def play_once(
         logger.propagate = propagate
 
 
-def shrink(
-    divergence: Divergence, ferroloop_factory: Callable[[], asyncio.AbstractEventLoop]
-) -> Divergence:
+def shrink(divergence: Divergence, ferroloop_factory: Callable[[], asyncio.AbstractEventLoop]) -> Divergence:
     """Drop operations one at a time while the two loops still diverge: a short reproducer."""
     best = divergence
     ops = list(divergence.ops[: divergence.step + 1])
     i = 0
     while i < len(ops):
-        candidate = ops[:i] + ops[i + 1:]
+        candidate = ops[:i] + ops[i + 1 :]
         found = play(best.reactions, candidate, ferroloop_factory, best.seed)
         if found is not None:
             ops, best = candidate[: found.step + 1], found
