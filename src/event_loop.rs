@@ -26,6 +26,7 @@ use crate::fork_guard;
 use crate::gil_cell::GilCell;
 use crate::handle_pool::HandlePool;
 use crate::handles::{Handle, TimerHandle, TimerState};
+use crate::idle_spin;
 use crate::instrument::Instruments;
 use crate::ready::ReadyQueue;
 use crate::sock_ops;
@@ -101,6 +102,8 @@ pub struct LoopCore {
     polling: AtomicBool,
     /// A wake-up was written during the current wait; further ones would be redundant.
     woken: AtomicBool,
+    /// How long the loop polls without blocking before it sleeps (see `idle_spin`), in ns.
+    spin_ns: u64,
     read_buffer: GilCell<Vec<u8>>,
     /// `sock_recv`'s buffer for large sizes, kept between calls (see `sock_ops::RecvSpare`).
     recv_spare: GilCell<Option<sock_ops::RecvSpare>>,
@@ -343,7 +346,16 @@ impl LoopCore {
                 timeout
             };
             wait_started = monotonic_ns();
-            let r = py.detach(|| io.poller.wait(&mut events, timeout));
+            let r = self.spin_then_wait(py, &io, &mut events, timeout);
+            let r = match r {
+                Ok(r) => r,
+                Err(err) => {
+                    self.polling.store(false, Relaxed);
+                    self.woken.store(false, Relaxed);
+                    self.events.with_borrow_mut(py, |v| *v = events);
+                    return Err(err);
+                }
+            };
             self.polling.store(false, Relaxed);
             self.woken.store(false, Relaxed);
             let took = monotonic_ns() - wait_started;
@@ -399,6 +411,39 @@ impl LoopCore {
             drop((removed, emptied, handle));
         }
         Ok(())
+    }
+
+    /// The blocking wait, after the idle spin (see `idle_spin`), which is never longer than
+    /// `timeout`. A signal that arrived during the spin interrupted no wait, so its handler
+    /// runs between the two, as an interrupted wait would have it run; it may raise, or queue
+    /// a callback, and then the loop does not sleep.
+    fn spin_then_wait(
+        &self,
+        py: Python<'_>,
+        io: &Io,
+        events: &mut Vec<Event>,
+        mut timeout: Option<f64>,
+    ) -> PyResult<std::io::Result<usize>> {
+        let spin_ns = match timeout {
+            None => self.spin_ns,
+            Some(t) => self.spin_ns.min(to_ns(t)),
+        };
+        if spin_ns > 0 {
+            let spun = py.detach(|| idle_spin::spin(&io.poller, events, spin_ns));
+            if !matches!(spun, Ok(0)) {
+                return Ok(spun);
+            }
+            py.check_signals()?;
+            if self.stopping.load(Relaxed)
+                || !self
+                    .ready
+                    .with_borrow(py, super::ready::ReadyQueue::is_empty)
+            {
+                return Ok(Ok(0));
+            }
+            timeout = timeout.map(|t| t - spin_ns as f64 * 1e-9);
+        }
+        Ok(py.detach(|| io.poller.wait(events, timeout)))
     }
 
     /// epoll reported fds the table does not watch. Each is a registration that outlived its
@@ -885,6 +930,7 @@ impl LoopCore {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let spin_ns = idle_spin::configured_ns().map_err(PyValueError::new_err)?;
         let poller = Poller::new().map_err(os_error)?;
         let waker = Waker::new(&poller).map_err(os_error)?;
         Ok(LoopCore {
@@ -905,6 +951,7 @@ impl LoopCore {
             fork_generation: fork_guard::current(),
             polling: AtomicBool::new(false),
             woken: AtomicBool::new(false),
+            spin_ns,
             task_factory: GilCell::new(None),
             read_buffer: GilCell::new(Vec::new()),
             recv_spare: GilCell::new(None),

@@ -23,6 +23,7 @@ pub mod gil_cell;
 pub mod handle_memory;
 pub mod handle_pool;
 pub mod handles;
+pub mod idle_spin;
 pub mod instrument;
 pub mod ready;
 pub mod sock_ops;
