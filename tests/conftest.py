@@ -71,6 +71,19 @@ def listener() -> Iterator[socket.socket]:
 
 
 @pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two connected non-blocking Unix stream sockets (`socket.socketpair()`)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.fixture
 def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """Two connected non-blocking TCP sockets over loopback."""
     with socket.create_server(("127.0.0.1", 0)) as listener:

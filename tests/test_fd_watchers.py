@@ -19,18 +19,6 @@ pytestmark = pytest.mark.timeout(30)  # a lost wake-up must fail fast, not hang 
 
 
 @pytest.fixture
-def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
-
-
-@pytest.fixture
 def pipe() -> Iterator[tuple[int, int]]:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)

@@ -12,7 +12,6 @@ import os
 import socket
 import warnings
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,18 +20,6 @@ import ferroloop
 pytestmark = pytest.mark.timeout(30)  # a lost registration must fail fast, not hang
 
 WAIT = 5.0  # seconds a read that should succeed may take before the test calls it lost
-
-
-@pytest.fixture
-def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
 
 
 async def echo_once(loop: asyncio.AbstractEventLoop, sender: socket.socket, receiver: socket.socket) -> bytes:
